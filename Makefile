@@ -1,0 +1,52 @@
+# mixnb: every target installs into .venv first when pyproject.toml changed (stamp keyed on its hash).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp-$(shell sha1sum pyproject.toml | cut -c1-16)
+
+PROFILE ?= sample
+METHODS ?=
+BACKBONES ?=
+SEEDS ?=
+EPOCHS ?=
+GPUS ?=
+GPUS_PER_RUN ?= 1
+EXECUTOR ?= local-slots
+BENCH_ARGS ?=
+export MIXNB_DATA
+
+SWEEP_ARGS = --profile $(PROFILE) \
+	$(if $(METHODS),--methods $(METHODS)) \
+	$(if $(BACKBONES),--backbones $(BACKBONES)) \
+	$(if $(SEEDS),--seeds $(SEEDS)) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) \
+	$(if $(GPUS),--gpus $(GPUS))
+
+.PHONY: install sweep report test bench lab clean-runs
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install -e .
+	$(PY) -m ipykernel install --sys-prefix --name mixnb --display-name "Python (mixnb)" >/dev/null
+	@rm -f $(VENV)/.stamp-*
+	@touch $@
+
+sweep: $(STAMP)
+	$(PY) -m mixnb sweep $(SWEEP_ARGS)
+	$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
+
+report: $(STAMP)
+	$(PY) -m mixnb report --profile $(PROFILE)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m mixnb.bench $(BENCH_ARGS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

@@ -1,0 +1,65 @@
+"""CutMix: paste a box of the partner image; lam is the area left of the original.
+
+Paper: Yun et al., "CutMix: Regularization Strategy to Train Strong Classifiers with
+Localizable Features", ICCV 2019, https://arxiv.org/abs/1905.04899.
+Code: https://github.com/clovaai/CutMix-PyTorch.
+Protocol: protocol.md §2.4 (alpha 1): side int(64 * sqrt(1 - lam)), uniform integer centre,
+corners centre -/+ side // 2 clipped to the image, one box for the batch, lam corrected to
+the true area; the partner is a permutation redrawn up to 10 times to avoid self-pairs
+(§2.2, ``_no_repeat_shuffle_idx``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mixnb.mixups._helpers import box_from_lam, box_mask, lam_from_box, random_partner, sample_beta
+from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
+
+NO_REPEAT_TRIES = 10  # protocol.md §2.2
+
+
+@dataclass(frozen=True)
+class CutMixDraw:
+    lam: Tensor  # () float32, the prior lam (before area correction)
+    perm: Tensor  # (N,) int64
+    center: Tensor  # (2,) int64 (row, col)
+
+
+def sample_cutmix(n: int, h: int, w: int, *, gen: torch.Generator, alpha: float) -> CutMixDraw:
+    lam = sample_beta(alpha, alpha, gen=gen)
+    perm = random_partner(n, gen=gen, tries=NO_REPEAT_TRIES)
+    center = torch.stack([
+        torch.randint(h, (), generator=gen, device=gen.device),
+        torch.randint(w, (), generator=gen, device=gen.device),
+    ])
+    return CutMixDraw(lam, perm, center)
+
+
+def cutmix(x: Tensor, draw: CutMixDraw) -> tuple[Tensor, Tensor, Tensor]:
+    """Paste the box of x[perm] into every image; returns (x_mixed, lam, mask) with lam the
+    exact share of x and mask (1, 1, H, W) the float weight of x."""
+    h, w = x.shape[-2:]
+    box = box_from_lam(draw.lam, draw.center, h, w)  # (4,) int64: y0, y1, x0, x1
+    keep = (~box_mask(box, h, w)).to(x.dtype)[None, None]  # (1, 1, H, W)
+    return torch.where(keep.bool(), x, x[draw.perm]), lam_from_box(box, h, w), keep
+
+
+class CutMix(MixMethod):
+    """Args:
+    alpha: Beta(alpha, alpha) concentration for the prior lam, > 0 (protocol default 1).
+    """
+
+    name = "cutmix"
+
+    def __init__(self, *, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = check_alpha(alpha)
+
+    def mix(self, x: Tensor, y: Tensor, *, gen: torch.Generator) -> MixedBatch:
+        draw = sample_cutmix(x.shape[0], *x.shape[-2:], gen=gen, alpha=self.alpha)
+        x_mixed, lam, keep = cutmix(x, draw)
+        return MixedBatch(x_mixed, y, y[draw.perm], lam, keep)

@@ -1,0 +1,172 @@
+"""CIFAR-variant ResNet-18 and ResNeXt-50 (32x4d), as OpenMixup's Tiny-ImageNet benchmark uses them.
+
+Protocol: protocol.md §1.3. A 3x3 stride-1 stem without max-pool, stage strides (1, 2, 2, 2),
+global average pool and one Linear. Initialisation follows the 2022 code the published numbers
+came from (kaiming fan_out, zero-init of each residual branch's last BN, fc N(0, 0.01)), not
+OpenMixup HEAD's PyTorch default (protocol.md §7.1).
+
+``forward(x, mix=FeatureMix(...))`` mixes hidden features after a named stage (ManifoldMix);
+``forward_stages`` returns every stage's features without hooks (AttentiveMix, AutoMix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+STAGES = ("input", "layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class FeatureMix:
+    """Mix hidden features after ``stage``: ``lam * h + (1 - lam) * h[perm]`` (ManifoldMix)."""
+
+    stage: str  # one of STAGES
+    lam: Tensor  # () float32
+    perm: Tensor  # (N,) int64
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"FeatureMix stage {self.stage!r} is not one of {STAGES}")
+
+    def apply(self, h: Tensor) -> Tensor:
+        lam = self.lam.to(h.dtype)
+        return lam * h + (1 - lam) * h[self.perm]
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, groups: int = 1, base_width: int = 64) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(inplanes, planes, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.downsample(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, groups: int = 1, base_width: int = 64) -> None:
+        super().__init__()
+        mid = int(planes * (base_width / 64.0)) * groups  # ResNeXt 32x4d: 128/256/512/1024 at width 64
+        self.conv1 = nn.Conv2d(inplanes, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=groups, bias=False)  # "pytorch" style: stride on 3x3
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(inplanes, planes * 4, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.downsample(x))
+
+
+def _shortcut(inplanes: int, outplanes: int, stride: int) -> nn.Module:
+    """1x1 conv + BN when the shape changes (no avg-down), identity otherwise."""
+    if stride == 1 and inplanes == outplanes:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride, bias=False), nn.BatchNorm2d(outplanes))
+
+
+class ResNetCifar(nn.Module):
+    """ResNet/ResNeXt with a 3x3 stride-1 stem and no max-pool; ``width`` scales every stage."""
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, int, int, int],
+        *,
+        num_classes: int = 200,
+        width: int = 64,
+        groups: int = 1,
+        width_per_group: int = 64,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        inplanes, stages = width, []
+        for i, (n_blocks, stride) in enumerate(zip(layers, (1, 2, 2, 2))):
+            planes = width * 2**i
+            blocks = []
+            for j in range(n_blocks):
+                blocks.append(block(inplanes, planes, stride if j == 0 else 1, groups, width_per_group))
+                inplanes = planes * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.num_features = inplanes
+        self.fc = nn.Linear(inplanes, num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():  # zero_init_residual: each residual branch starts as identity
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                nn.init.zeros_((m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight)
+        nn.init.normal_(self.fc.weight, 0.0, 0.01)
+        nn.init.zeros_(self.fc.bias)
+
+    @property
+    def stages(self) -> tuple[nn.Module, ...]:
+        return (self.layer1, self.layer2, self.layer3, self.layer4)
+
+    def forward_stages(self, x: Tensor, upto: int = 4) -> list[Tensor]:
+        """Features after layer1..layer``upto``; at 64 px: 64, 32, 16, 8 px maps."""
+        h, feats = self.stem(x), []
+        for stage in self.stages[:upto]:
+            h = stage(h)
+            feats.append(h)
+        return feats
+
+    def forward_head(self, h: Tensor) -> Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))  # (N, num_classes)
+
+    def forward(self, x: Tensor, mix: FeatureMix | None = None) -> Tensor:
+        if mix is not None and mix.stage == "input":
+            x = mix.apply(x)
+        h = self.stem(x)  # (N, width, 64, 64)
+        for name, stage in zip(STAGES[1:], self.stages):
+            h = stage(h)
+            if mix is not None and mix.stage == name:
+                h = mix.apply(h)
+        return self.forward_head(h)
+
+
+def resnet18_cifar(num_classes: int = 200, width: int = 64) -> ResNetCifar:
+    return ResNetCifar(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, width=width)
+
+
+def resnext50_32x4d_cifar(num_classes: int = 200, width: int = 64) -> ResNetCifar:
+    return ResNetCifar(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, width=width, groups=32, width_per_group=4)
+
+
+BACKBONES: dict[str, Callable[..., ResNetCifar]] = {
+    "resnet18": resnet18_cifar,
+    "resnext50": resnext50_32x4d_cifar,
+}
+
+
+def build_model(backbone: str, *, num_classes: int, width: int = 64) -> ResNetCifar:
+    """Build a backbone by name; unknown names fail with the valid ones."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
+    return BACKBONES[backbone](num_classes=num_classes, width=width)

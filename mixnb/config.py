@@ -22,7 +22,7 @@ from mixnb.models import BACKBONES
 # dataset on a 2-core CPU in minutes; it does not reproduce the published numbers.
 PROFILES: dict[str, dict[str, Any]] = {
     "tiny-imagenet": {"epochs": 400, "width": 64, "sample": None},
-    "sample": {"epochs": 6, "width": 16, "sample": {"num_classes": 10, "train_per_class": 200, "val_per_class": 50}},
+    "sample": {"epochs": 4, "width": 8, "sample": {"num_classes": 10, "train_per_class": 100, "val_per_class": 30}},
     "test": {"epochs": 2, "width": 8, "sample": {"num_classes": 4, "train_per_class": 16, "val_per_class": 8}},
 }
 

@@ -10,9 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mixnb.mixups._helpers import mixed_cross_entropy, sample_beta, soft_target
+from mixnb.mixups.attentivemix import AttentiveMix
+from mixnb.mixups.automix import AutoMix
 from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput
 from mixnb.mixups.cutmix import CutMix
+from mixnb.mixups.fmix import FMix
+from mixnb.mixups.manifoldmix import ManifoldMix
 from mixnb.mixups.mixup import MixUp
+from mixnb.mixups.puzzlemix import PuzzleMix
+from mixnb.mixups.resizemix import ResizeMix
+from mixnb.mixups.saliencymix import SaliencyMix
+from mixnb.mixups.samix import SAMix
 from mixnb.mixups.vanilla import Vanilla
 
 
@@ -28,6 +36,14 @@ REGISTRY: dict[str, MethodSpec] = {
     "vanilla": MethodSpec(Vanilla, {}, label="Vanilla"),
     "mixup": MethodSpec(MixUp, {"alpha": 1.0}, label="MixUp"),
     "cutmix": MethodSpec(CutMix, {"alpha": 1.0}, label="CutMix"),
+    "manifoldmix": MethodSpec(ManifoldMix, {"alpha": 0.2, "layers": ("input", "layer1", "layer2")}, label="ManifoldMix"),
+    "saliencymix": MethodSpec(SaliencyMix, {"alpha": 1.0}, label="SaliencyMix"),
+    "attentivemix": MethodSpec(AttentiveMix, {"alpha": 2.0, "teacher_weights": None}, label="AttentiveMix+"),
+    "fmix": MethodSpec(FMix, {"alpha": 1.0, "decay_power": 3.0, "size": (64, 64), "max_soft": 0.0, "spectrum": "openmixup"}, label="FMix*"),
+    "puzzlemix": MethodSpec(PuzzleMix, {"alpha": 1.0, "block_nums": (2, 4, 8), "beta": 1.2, "gamma": 0.5, "eta": 0.2, "neigh_size": 4, "n_labels": 3, "t_eps": 0.8, "transport": True, "t_size": -1, "workers": 0}, label="PuzzleMix"),
+    "resizemix": MethodSpec(ResizeMix, {"alpha": 1.0, "scope": (0.1, 0.8), "use_alpha": True, "interpolation": "nearest"}, label="ResizeMix*"),
+    "automix": MethodSpec(AutoMix, {"alpha": 2.0, "momentum": 0.999, "end_momentum": 0.999999, "momentum_warmup": 0.1, "lam_margin": 0.08, "mask_loss": 0.1, "mask_margin": 0.1, "mixblock_lr": 0.1, "mixblock_min_lr": 1e-3}, min_lr=0.05, label="AutoMix"),
+    "samix": MethodSpec(SAMix, {"alpha": 2.0, "momentum": 0.999, "end_momentum": 0.999999, "momentum_warmup": 0.1, "lam_margin": 0.08, "mask_loss": 0.1, "mask_margin": 0.1, "mixblock_lr": 0.1, "mixblock_min_lr": 1e-3, "lam_mul_k": "auto"}, min_lr=0.05, label="SAMix*"),
 }
 
 

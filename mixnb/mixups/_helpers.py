@@ -44,9 +44,8 @@ def random_partner(n: int, *, gen: torch.Generator, tries: int = 1) -> Tensor:
     if tries == 1:
         return perms[0]
     fixed = (perms == torch.arange(n, device=perms.device)).any(dim=1)  # (T,)
-    ok = ~fixed
-    ok[-1] = True  # fall back to the last draw
-    return perms[ok.to(torch.int8).argmax()]
+    ok = torch.cat([~fixed[:-1], torch.ones_like(fixed[:1])])  # fall back to the last draw
+    return perms.index_select(0, ok.to(torch.int8).argmax().view(1)).squeeze(0)  # no host sync
 
 
 def box_from_lam(lam: Tensor, center: Tensor, h: int, w: int) -> Tensor:
@@ -60,8 +59,8 @@ def box_from_lam(lam: Tensor, center: Tensor, h: int, w: int) -> Tensor:
 def box_around(center: Tensor, half: Tensor, h: int, w: int) -> Tensor:
     """Box (y0, y1, x0, x1) spanning center -/+ half, clipped to [0, h] x [0, w]."""
     lo = (center - half).clamp_min(0)
-    hi = torch.minimum(center + half, torch.tensor([h, w], device=center.device))
-    return torch.stack([lo[0], hi[0], lo[1], hi[1]])
+    hi = center + half  # clamp per axis with Python bounds: a host tensor here would sync on CUDA
+    return torch.stack([lo[0], hi[0].clamp_max(h), lo[1], hi[1].clamp_max(w)])
 
 
 def lam_from_box(box: Tensor, h: int, w: int) -> Tensor:

@@ -33,8 +33,9 @@ class FeatureMix:
             raise ValueError(f"FeatureMix stage {self.stage!r} is not one of {STAGES}")
 
     def apply(self, h: Tensor) -> Tensor:
-        lam = self.lam.to(h.dtype)
-        return lam * h + (1 - lam) * h[self.perm]
+        """Mix in float32 (under bf16 autocast lam would otherwise be rounded to 8 bits)."""
+        hf = h.float()
+        return (self.lam * hf + (1 - self.lam) * hf[self.perm]).to(h.dtype)
 
 
 class BasicBlock(nn.Module):

@@ -1,0 +1,147 @@
+"""Write the template notebooks (without outputs) from the cell sources below.
+
+The notebooks are the product; this script keeps their source reviewable in one place.
+Run `python scripts/make_notebooks.py` after editing it.
+"""
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+NB = Path(__file__).resolve().parents[1] / "notebooks"
+KERNEL = {"kernelspec": {"display_name": "Python (mixnb)", "language": "python", "name": "mixnb"},
+          "language_info": {"name": "python"}}
+
+
+def code(src: str, tags: list[str] | None = None):
+    cell = new_code_cell(src.strip())
+    if tags:
+        cell.metadata["tags"] = tags
+    return cell
+
+
+def md(src: str):
+    return new_markdown_cell(src.strip())
+
+
+TRAIN = [
+    md("""
+# One training run
+Papermill executes this notebook once per (method, backbone, seed) into `runs/<profile>/<run>/`.
+Logic lives in `mixnb`; this notebook only wires it: parameters → `RunConfig` → `fit` → plots.
+A killed run resumes from its checkpoint when executed again with the same parameters.
+"""),
+    code("""
+method = "vanilla"  # a name in mixnb.mixups.REGISTRY
+backbone = "resnet18"  # resnet18 | resnext50
+profile = "sample"  # tiny-imagenet (the full protocol) | sample (generated data, CPU minutes) | test
+seed = 0  # seeds data order, augmentation, mixing and init
+epochs = None  # None: the profile's (400 for tiny-imagenet)
+method_args = {}  # overrides of the registry defaults, e.g. {"alpha": 0.5}
+data = None  # tiny-imagenet-200 folder; None: $MIXNB_DATA, or the generated sample set
+device = "auto"  # auto | cpu | cuda | cuda:N
+compile = False  # torch.compile the model (CUDA only)
+run_dir = None  # None: runs/<profile>/<run name>
+progress = "epoch"  # epoch: a line per epoch (papermill-friendly) | bar | none
+""", tags=["parameters"]),
+    code("""
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from mixnb.config import RunConfig
+from mixnb.paths import run_dir as default_run_dir
+from mixnb.report import plot_learning_curve, run_gallery
+from mixnb.train import fit
+
+cfg = RunConfig.from_dict(dict(method=method, backbone=backbone, profile=profile, seed=seed, epochs=epochs,
+                               method_args=method_args, data=data, device=device, compile=compile))
+print("differs from the defaults:", cfg.changes())
+run_dir = Path(run_dir) if run_dir else default_run_dir(cfg.profile, cfg.run_name())
+print("run folder:", run_dir)
+"""),
+    code("""
+#papermill_description=train
+summary = fit(cfg, run_dir, progress=progress)
+print(f"{summary['median_label']}: {summary['median_top1']:.2f}  "
+      f"(best {summary['best_top1']:.2f} at epoch {summary['best_epoch']}, {summary['seconds_per_epoch']:.1f} s/epoch)")
+"""),
+    md("## Learning curve"),
+    code("""
+metrics = pd.read_csv(run_dir / "metrics.csv")
+plot_learning_curve(metrics)
+plt.show()
+"""),
+    md("## Mixed samples (fixed seed, val images)"),
+    code("""
+fig = run_gallery(run_dir)
+fig.savefig(run_dir / "mix_samples.png", dpi=110, bbox_inches="tight")
+plt.show()
+"""),
+]
+
+ANALYSIS = [
+    code("""
+profile = "sample"  # which profile's runs to report
+runs_root = None  # None: the repo's runs/
+""", tags=["parameters"]),
+    code("""
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from IPython.display import HTML, Image, Markdown, display
+
+from mixnb.report import benchmark_table, cost_table, header, load_runs, method_label, plot_curves
+
+summaries, metrics = load_runs(profile, Path(runs_root) if runs_root else None)
+h = header(summaries, profile)
+lines = [f"# Mixup benchmark on Tiny-ImageNet — profile `{profile}`"]
+if h["sample"]:
+    lines.append("> **These numbers come from the generated sample profile** (a small synthetic dataset and a "
+                 "narrow network, minutes on a CPU). They prove the pipeline; they are **not** comparable "
+                 "with OpenMixup's published Tiny-ImageNet numbers, shown beside them for reference only.")
+lines.append(f"- Protocol: OpenMixup Tiny-ImageNet (SGD lr 0.2, cosine, batch 100, 64 px, RandomResizedCrop "
+             f"bicubic + flip, no centre crop at test); epochs: {h['epochs']}")
+lines.append(f"- Dataset: {'generated sample set' if h['sample'] else h['data'] or '$MIXNB_DATA'}; runs: {h['runs']}")
+lines.append(f"- Hardware: {', '.join(h['devices']) or '?'}; torch {h['torch']}, Python {h['python']}; "
+             f"commit(s): {', '.join(c[:10] for c in h['commits'])}")
+display(Markdown("\\n".join(lines)))
+"""),
+    md("## Benchmark table\nMedian top-1 (%) of the last 10 epochs (of all epochs when a run has fewer), "
+       "mean ± std over seeds, beside OpenMixup's published number and the difference."),
+    code("""
+if summaries.empty:
+    display(Markdown(f"No finished runs for profile `{profile}` yet: run `make sweep PROFILE={profile}`."))
+else:
+    display(benchmark_table(summaries))
+    display(Markdown("Best epoch top-1 (%), for comparison:"))
+    display(benchmark_table(summaries, value="best_top1"))
+"""),
+    md("## Learning curves"),
+    code("""
+if not metrics.empty:
+    plot_curves(metrics)
+    plt.show()
+"""),
+    md("## Cost: seconds per epoch and peak memory"),
+    code("""
+if not summaries.empty:
+    display(cost_table(summaries))
+"""),
+    md("## Mixed samples of every method (fixed seed, val images)"),
+    code("""
+for _, row in summaries.sort_values(["backbone", "method"]).iterrows():
+    png = Path(row["run_dir"]) / "mix_samples.png"
+    if png.exists():
+        display(Markdown(f"### {method_label(row['method'])} — {row['backbone']}, seed {row['seed']}"))
+        display(Image(filename=str(png)))
+"""),
+]
+
+if __name__ == "__main__":
+    for name, cells in {"train": TRAIN, "analysis": ANALYSIS}.items():
+        nb = new_notebook(cells=cells, metadata=KERNEL)
+        nbformat.write(nb, NB / f"{name}.ipynb")
+        print("wrote", NB / f"{name}.ipynb")

@@ -1,0 +1,98 @@
+"""The training loop: resume after a kill, every method's step through the Trainer, summaries."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+import torch
+
+from mixnb.config import RunConfig
+from mixnb.mixups import REGISTRY
+from mixnb.train import cosine_lr, fit
+
+MATH_COLUMNS = ["epoch", "lr", "train_loss", "top1", "top5", "val_loss"]
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import mixnb.train as t
+    from mixnb.config import RunConfig
+    real = t.train_one_epoch
+    def dying(*args, **kwargs):
+        if args[4].epoch == int(sys.argv[2]):  # ctx.epoch: die in the middle of this epoch
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    t.train_one_epoch = dying
+    t.fit(RunConfig(method="mixup", profile="test", epochs=4, device="cpu"), sys.argv[1], progress="none")
+""")
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path):
+    cfg = RunConfig(method="mixup", profile="test", epochs=4, device="cpu")
+    straight = fit(cfg, tmp_path / "straight", progress="none")
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(killed), "2"], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr  # really killed, mid-run
+    assert torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"] == 2
+    assert not (killed / "summary.json").exists()
+    assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no debris
+    resumed = fit(cfg, killed, progress="none")
+    a = pd.read_csv(tmp_path / "straight" / "metrics.csv")[MATH_COLUMNS]
+    b = pd.read_csv(killed / "metrics.csv")[MATH_COLUMNS]
+    pd.testing.assert_frame_equal(a, b)
+    assert resumed["median_top1"] == straight["median_top1"]
+    wa = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
+    wb = torch.load(killed / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_with_a_different_config_fails_clearly(tmp_path):
+    fit(RunConfig(method="vanilla", profile="test", epochs=1, device="cpu"), tmp_path, progress="none")
+    (tmp_path / "summary.json").unlink()
+    with pytest.raises(ValueError, match="different config"):
+        fit(RunConfig(method="vanilla", profile="test", epochs=1, lr=0.1, device="cpu"), tmp_path, progress="none")
+
+
+def test_summary_and_metrics_files(tmp_path):
+    summary = fit(RunConfig(method="cutmix", profile="test", epochs=2, device="cpu"), tmp_path, progress="none")
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["median_top1"] == summary["median_top1"]
+    assert summary["median_window"] == 2 and "fewer than 10" in summary["median_label"]
+    for key in ("best_top1", "best_epoch", "last_top1", "seconds_per_epoch", "peak_mem_mb", "config",
+                "environment", "git"):
+        assert key in summary
+    assert summary["environment"]["torch"] == torch.__version__
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2] and metrics["lr"].iloc[0] == pytest.approx(0.2)
+    assert json.loads((tmp_path / "params.json").read_text())["method"] == "cutmix"
+
+
+def test_cosine_schedule_is_per_epoch_to_the_floor():
+    assert cosine_lr(0.2, 0.0, 0, 400) == pytest.approx(0.2)
+    assert cosine_lr(0.2, 0.0, 200, 400) == pytest.approx(0.1)
+    assert cosine_lr(0.2, 0.05, 400, 400) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("method", [m for m in REGISTRY if m != "attentivemix"])
+def test_every_method_trains_one_epoch_through_the_trainer(method, tmp_path):
+    summary = fit(RunConfig(method=method, profile="test", epochs=1, device="cpu"), tmp_path, progress="none")
+    assert 0 <= summary["median_top1"] <= 100
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert torch.isfinite(torch.tensor(metrics["train_loss"].to_numpy())).all()
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="unknown RunConfig key"):
+        RunConfig.from_dict({"methd": "mixup"})
+    with pytest.raises(TypeError, match="epochs"):
+        RunConfig.from_dict({"epochs": "ten"})
+    with pytest.raises(ValueError, match="valid methods"):
+        RunConfig(method="nope")
+    with pytest.raises(ValueError, match="unknown profile"):
+        RunConfig(profile="imagenet")
+    with pytest.raises(ValueError, match="MIXNB_DATA"):
+        RunConfig(profile="tiny-imagenet").data_root()
+    assert RunConfig(method="mixup", epochs=3).run_name().startswith("mixup-resnet18-s0-")
+    assert RunConfig(method="mixup", device="cpu").run_name() == "mixup-resnet18-s0"

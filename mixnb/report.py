@@ -13,17 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from mixnb.config import RunConfig  # noqa: E402
-from mixnb.mixups import REGISTRY, MixedBatch, get_method, get_spec  # noqa: E402
-from mixnb.paths import KERNEL, NOTEBOOKS, reports_root, runs_root  # noqa: E402
+from mixnb.config import RunConfig
+from mixnb.mixups import REGISTRY, MixedBatch, get_method, get_spec
+from mixnb.paths import KERNEL, NOTEBOOKS, reports_root, runs_root
 
 # OpenMixup's published Tiny-ImageNet top-1 (%), R-18 / RX-50 (protocol.md §4).
 PUBLISHED: dict[str, dict[str, float]] = {
@@ -191,6 +188,46 @@ def run_gallery(run_dir: str | Path, *, n: int = 8, seed: int = 0) -> plt.Figure
     words = [data.words.get(w, w) for w in data.wnids]
     return plot_mixed_grid(batch, x, mean=IMAGENET_MEAN, std=IMAGENET_STD, classes=words,
                            title=f"{method_label(cfg.method)} ({cfg.backbone}, seed {seed})")
+
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
+          "colorwheel")  # colour photos that ship with scikit-image (no download)
+
+
+def photo_batch(n: int = 6, size: int = 64) -> tuple[Tensor, Tensor, list[str]]:
+    """Real photos from ``skimage.data``, centre-cropped square, resized to ``size`` and normalised."""
+    import skimage.data
+
+    from mixnb.data import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+    names = list(PHOTOS[:n])
+    imgs = []
+    for name in names:
+        img = torch.from_numpy(getattr(skimage.data, name)()[..., :3]).permute(2, 0, 1).float()  # (3, H, W)
+        side = min(img.shape[-2:])
+        top, left = (img.shape[-2] - side) // 2, (img.shape[-1] - side) // 2
+        img = img[:, top:top + side, left:left + side]
+        imgs.append(torch.nn.functional.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True,
+                                                    align_corners=False)[0])
+    x = normalize(torch.stack(imgs).clamp(0, 255), IMAGENET_MEAN, IMAGENET_STD)  # (N, 3, size, size)
+    return x, torch.arange(len(names)), names
+
+
+def method_gallery(name: str, x: Tensor, y: Tensor, *, classes: list[str], seed: int = 0,
+                   run_dir: Path | None = None) -> plt.Figure:
+    """A fixed-seed mixed batch of ``x`` for method ``name``; model-based methods get an untrained
+    narrow model (their masks then show the mechanism, not a trained model's choices)."""
+    from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
+    from mixnb.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("resnet18", num_classes=len(classes), width=8).eval()
+    method = get_method(name)
+    method.setup(model, cfg=RunConfig(method=name, profile="test", device="cpu"), run_dir=run_dir)
+    method.eval()
+    batch = method.preview(model, x, y, gen=torch.Generator().manual_seed(seed))
+    return plot_mixed_grid(batch, x, mean=IMAGENET_MEAN, std=IMAGENET_STD, classes=classes,
+                           title=f"{method_label(name)} (seed {seed})")
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -198,8 +198,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
     # Resume from the last checkpoint: every RNG state, so the run ends as if never stopped.
     rows: list[dict[str, Any]] = []
     start_epoch = 0
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    ckpt = _load_checkpoint(ckpt_path, device, progress)
+    if ckpt is not None:
         if ckpt["config"] != cfg.to_dict():
             raise ValueError(f"{ckpt_path} was written by a different config; use a new run folder "
                              f"or delete it. Differences: {_diff(ckpt['config'], cfg.to_dict())}")
@@ -291,6 +291,18 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+def _load_checkpoint(path: Path, device: torch.device, progress: str) -> dict[str, Any] | None:
+    """The run's checkpoint, or None; an unreadable one is moved aside and the run starts over."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # truncated or foreign file: keep it for inspection, do not trust it
+        path.replace(path.with_suffix(".pt.corrupt"))
+        _log(progress, f"warning: {path} is unreadable ({type(err).__name__}); moved to *.corrupt, starting over")
+        return None
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -130,7 +130,21 @@ if not metrics.empty:
 if not summaries.empty:
     display(cost_table(summaries))
 """),
-    md("## Mixed samples of every method (fixed seed, val images)"),
+    md("## Mixed samples of every method on real photos (fixed seed)\n"
+       "The same grid as `notebooks/explore.ipynb`: photos from `skimage.data` at 64×64."),
+    code("""
+from mixnb.mixups import REGISTRY
+from mixnb.report import method_gallery, photo_batch
+
+x, y, names = photo_batch(6)
+for name in REGISTRY:
+    try:
+        method_gallery(name, x, y, classes=names, seed=0)
+        plt.show()
+    except (FileNotFoundError, RuntimeError) as err:
+        display(Markdown(f"**{method_label(name)}** skipped: {err}"))
+"""),
+    md("## Mixed samples of every run on dataset images (fixed seed, val images)"),
     code("""
 for _, row in summaries.sort_values(["backbone", "method"]).iterrows():
     png = Path(row["run_dir"]) / "mix_samples.png"
@@ -140,8 +154,39 @@ for _, row in summaries.sort_values(["backbone", "method"]).iterrows():
 """),
 ]
 
+EXPLORE = [
+    md("""
+# Explore the mixup methods
+Each method mixes the same real photos (from `skimage.data`, resized to 64×64) with a fixed seed.
+Rows: the image, its mask (white = the image's own pixels, where the method has one) and the mixed
+image; λ (the weight of the image's own label) is in each title. Change `seed` or `methods` and re-run.
+Methods that need a model (ManifoldMix, PuzzleMix, AutoMix, SAMix) use an untrained narrow network
+here; AttentiveMix+ needs a teacher (see its docstring) and is skipped without one.
+"""),
+    code("""
+methods = None  # None: every registered method; or a list of names
+seed = 0  # the generator seed of the draws
+n_images = 6  # how many photos (up to 8)
+""", tags=["parameters"]),
+    code("""
+import matplotlib.pyplot as plt
+from IPython.display import Markdown, display
+
+from mixnb.mixups import REGISTRY
+from mixnb.report import method_gallery, photo_batch
+
+x, y, names = photo_batch(n_images)
+for name in methods or list(REGISTRY):
+    try:
+        method_gallery(name, x, y, classes=names, seed=seed)
+        plt.show()
+    except (FileNotFoundError, RuntimeError) as err:  # e.g. no AttentiveMix+ teacher on this machine
+        display(Markdown(f"**{name}** skipped: {err}"))
+"""),
+]
+
 if __name__ == "__main__":
-    for name, cells in {"train": TRAIN, "analysis": ANALYSIS}.items():
+    for name, cells in {"train": TRAIN, "analysis": ANALYSIS, "explore": EXPLORE}.items():
         nb = new_notebook(cells=cells, metadata=KERNEL)
         nbformat.write(nb, NB / f"{name}.ipynb")
         print("wrote", NB / f"{name}.ipynb")

@@ -153,8 +153,9 @@ def test_two_label_swap_is_exact_on_2x2_grids():
 def test_three_label_swap_on_2x2_grids_against_exhaustive_search():
     """α-β swap is only a local optimum for 3 labels: every result must admit no improving swap
     move, separable problems (no pairwise term) must be solved exactly, and on PuzzleMix's own
-    energies the global minimum over all 81 labellings is reached in 99.4% of 1,000 random
-    2x2 cases (measured when writing this test); we require >= 97% of 300 here."""
+    energies the global minimum over all 81 labellings is reached in most cases: 294 of these
+    300 (98.0%), and 98.7% / 99.4% in two other samples of 1,000 (measured when writing this
+    test); we require >= 97% here."""
     optimal = total = 0
     for seed in range(6):
         x, sal = _random_batch(50, seed=100 + seed)
@@ -323,6 +324,8 @@ def test_lam_is_the_true_share_and_targets_sum_to_one(block_num):
     assert torch.allclose(t.sum(1), torch.ones(7))
     x_t, lam_t, mask_t = puzzlemix(x, sal, draw, PuzzleMixArgs())  # transport keeps the mask and lam
     assert torch.equal(mask_t, mask) and torch.equal(lam_t, lam) and x_t.dtype == torch.float32
+    x_cl, _, _ = puzzlemix(x.contiguous(memory_format=torch.channels_last), sal, draw, PuzzleMixArgs())
+    assert torch.equal(x_cl, x_t) and x_cl.is_contiguous(memory_format=torch.channels_last)  # the layout is kept
 
 
 def test_core_leaves_the_input_alone_and_accepts_odd_and_single_batches():

@@ -55,6 +55,12 @@ def test_resume_with_a_different_config_fails_clearly(tmp_path):
         fit(RunConfig(method="vanilla", profile="test", epochs=1, lr=0.1, device="cpu"), tmp_path, progress="none")
 
 
+def test_unreadable_checkpoint_is_moved_aside_and_the_run_redone(tmp_path):
+    (tmp_path / "checkpoint.pt").write_text("not a checkpoint")
+    summary = fit(RunConfig(method="vanilla", profile="test", epochs=1, device="cpu"), tmp_path, progress="none")
+    assert summary["epochs"] == 1 and (tmp_path / "checkpoint.pt.corrupt").exists()
+
+
 def test_summary_and_metrics_files(tmp_path):
     summary = fit(RunConfig(method="cutmix", profile="test", epochs=2, device="cpu"), tmp_path, progress="none")
     on_disk = json.loads((tmp_path / "summary.json").read_text())

@@ -164,7 +164,10 @@ def apply_puzzle_mask(
     lam = mask.flatten(1).mean(1)  # (N,) exact: block shares are multiples of 1/(L-1) over B^2 blocks
     scale = h // mask.shape[-1]
     mask = mask.repeat_interleave(scale, -2).repeat_interleave(scale, -1)  # (N, 1, H, W) nearest upsampling
-    return mask * x1 + (1 - mask) * x2, lam, mask
+    x_mixed = mask * x1 + (1 - mask) * x2
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():  # keep the loader's layout
+        x_mixed = x_mixed.contiguous(memory_format=torch.channels_last)
+    return x_mixed, lam, mask
 
 
 def puzzlemix(x: Tensor, saliency: Tensor, draw: PuzzleMixDraw, args: PuzzleMixArgs) -> tuple[Tensor, Tensor, Tensor]:

@@ -32,18 +32,28 @@ class MethodSpec:
     label: str = ""  # the name in the benchmark table
 
 
+# AutoMix/SAMix settings (protocol.md §3.1-3.4): EMA momentum 0.999 -> 0.999999 after 10% of the
+# iterations, lam margin 0.08, mask loss 0.1 with margin 0.1, MixBlock lr 0.1 -> 1e-3.
+_AUTOMIX = {"alpha": 2.0, "momentum": 0.999, "end_momentum": 0.999999, "momentum_warmup": 0.1, "lam_margin": 0.08,
+            "mask_loss": 0.1, "mask_margin": 0.1, "mixblock_lr": 0.1, "mixblock_min_lr": 1e-3}
+
 REGISTRY: dict[str, MethodSpec] = {
     "vanilla": MethodSpec(Vanilla, {}, label="Vanilla"),
     "mixup": MethodSpec(MixUp, {"alpha": 1.0}, label="MixUp"),
     "cutmix": MethodSpec(CutMix, {"alpha": 1.0}, label="CutMix"),
-    "manifoldmix": MethodSpec(ManifoldMix, {"alpha": 0.2, "layers": ("input", "layer1", "layer2")}, label="ManifoldMix"),
+    "manifoldmix": MethodSpec(ManifoldMix, {"alpha": 0.2, "layers": ("input", "layer1", "layer2")},
+                              label="ManifoldMix"),
     "saliencymix": MethodSpec(SaliencyMix, {"alpha": 1.0}, label="SaliencyMix"),
     "attentivemix": MethodSpec(AttentiveMix, {"alpha": 2.0, "teacher_weights": None}, label="AttentiveMix+"),
-    "fmix": MethodSpec(FMix, {"alpha": 1.0, "decay_power": 3.0, "size": (64, 64), "max_soft": 0.0, "spectrum": "openmixup"}, label="FMix*"),
-    "puzzlemix": MethodSpec(PuzzleMix, {"alpha": 1.0, "block_nums": (2, 4, 8), "beta": 1.2, "gamma": 0.5, "eta": 0.2, "neigh_size": 4, "n_labels": 3, "t_eps": 0.8, "transport": True, "t_size": -1, "workers": 0}, label="PuzzleMix"),
-    "resizemix": MethodSpec(ResizeMix, {"alpha": 1.0, "scope": (0.1, 0.8), "use_alpha": True, "interpolation": "nearest"}, label="ResizeMix*"),
-    "automix": MethodSpec(AutoMix, {"alpha": 2.0, "momentum": 0.999, "end_momentum": 0.999999, "momentum_warmup": 0.1, "lam_margin": 0.08, "mask_loss": 0.1, "mask_margin": 0.1, "mixblock_lr": 0.1, "mixblock_min_lr": 1e-3}, min_lr=0.05, label="AutoMix"),
-    "samix": MethodSpec(SAMix, {"alpha": 2.0, "momentum": 0.999, "end_momentum": 0.999999, "momentum_warmup": 0.1, "lam_margin": 0.08, "mask_loss": 0.1, "mask_margin": 0.1, "mixblock_lr": 0.1, "mixblock_min_lr": 1e-3, "lam_mul_k": "auto"}, min_lr=0.05, label="SAMix*"),
+    "fmix": MethodSpec(FMix, {"alpha": 1.0, "decay_power": 3.0, "size": (64, 64), "max_soft": 0.0,
+                              "spectrum": "openmixup"}, label="FMix*"),
+    "puzzlemix": MethodSpec(PuzzleMix, {"alpha": 1.0, "block_nums": (2, 4, 8), "beta": 1.2, "gamma": 0.5, "eta": 0.2,
+                                        "neigh_size": 4, "n_labels": 3, "t_eps": 0.8, "transport": True, "t_size": -1,
+                                        "workers": 0}, label="PuzzleMix"),
+    "resizemix": MethodSpec(ResizeMix, {"alpha": 1.0, "scope": (0.1, 0.8), "use_alpha": True,
+                                        "interpolation": "nearest"}, label="ResizeMix*"),
+    "automix": MethodSpec(AutoMix, dict(_AUTOMIX), min_lr=0.05, label="AutoMix"),
+    "samix": MethodSpec(SAMix, {**_AUTOMIX, "lam_mul_k": "auto"}, min_lr=0.05, label="SAMix*"),
 }
 
 

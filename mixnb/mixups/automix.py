@@ -22,10 +22,11 @@ are evaluated; the table shows the online clean head (``median_top1``), and ``su
 reference's best-of-heads number (``reference_top1``, §1.7) next to it.
 
 Where we follow the reference's code rather than the paper: on Tiny-ImageNet the MixBlock gets
-no lambda input (``lam_concat=False``, §7.5); the value conv reads x_(1-lam) and m = P v is the
-share of x[perm] (``PixelMixBlock`` at HEAD, the paper writes the mask of x_lam); the EMA
-schedule is ``CosineScheduleHook`` with the absolute it/itmax (m starts near 0.99902 at 10%);
-the encoder k stays in train mode, so its BN statistics come from its own forwards; hard CE.
+no lambda input (``lam_concat=False``, §7.5); the mask side is ``mask_mode="none_v_"`` (the Tiny
+configs, and the only mode at HEAD): the value conv reads x_(1-lam), m = sigmoid(upsample(P v)) is
+the share of x[perm] and the mask loss reads m (an older default, "none", took P^T v on x_lam);
+the EMA schedule is ``CosineScheduleHook`` with the absolute it/itmax (m starts near 0.99902 at
+10%); the encoder k stays in train mode, so its BN statistics come from its own forwards; hard CE.
 Deviations: the MixBlock runs in fp32 under bf16 autocast (the reference is fp32 throughout);
 the bb mask is computed under no_grad instead of computed then detached (same values); no
 ``att_norm`` (commented out at HEAD). Out of scope: RX-50's 2 x 50 per-GPU BN (one process, BN
@@ -68,11 +69,15 @@ def sample_automix(n: int, *, gen: torch.Generator, alpha: float) -> AutoMixDraw
     return AutoMixDraw(lam, random_partner(n, gen=gen), random_partner(n, gen=gen))
 
 
-def automix(x: Tensor, m: Tensor, lam: Tensor, perm: Tensor, *, lam_margin: float) -> tuple[Tensor, Tensor]:
-    """The backbone-branch mix: returns (x_mixed, w) with w (N or 1, 1, H, W) the weight of x,
-    1 - m or the constant lam when lam is within ``lam_margin`` of 0 or 1."""
-    w = backbone_weight(m, lam, lam_margin=lam_margin)
-    return mix_with_mask(x, perm, w), w
+def automix(x: Tensor, m: Tensor, draw: AutoMixDraw, *, lam_margin: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The backbone-branch mix with the MixBlock's mask m (N, 1, H, W), the share of x[perm_bb].
+
+    Returns (x_mixed, lam, w): lam = lam_bb, the loss weight of y_a = y, and w the per-pixel
+    weight of x, 1 - m, or the constant lam (plain mixup) when lam_bb or 1 - lam_bb <= lam_margin.
+    """
+    lam = draw.lam[1]
+    w = backbone_weight(m, lam, lam_margin=lam_margin)  # (N, 1, H, W) float32
+    return mix_with_mask(x, draw.perm_bb, w), lam, w
 
 
 class AutoMix(MixMethod):
@@ -104,7 +109,8 @@ class AutoMix(MixMethod):
             "mask_loss": (mask_loss, mask_loss >= 0, ">= 0"),
             "mask_margin": (mask_margin, mask_margin >= 0, ">= 0"),
             "mixblock_lr": (mixblock_lr, mixblock_lr > 0, "> 0"),
-            "mixblock_min_lr": (mixblock_min_lr, 0 <= mixblock_min_lr <= mixblock_lr, f"[0, mixblock_lr={mixblock_lr}]"),
+            "mixblock_min_lr": (mixblock_min_lr, 0 <= mixblock_min_lr <= mixblock_lr,
+                                f"[0, mixblock_lr={mixblock_lr}]"),
         }
         for key, (value, ok, valid) in checks.items():
             if not ok:
@@ -148,7 +154,7 @@ class AutoMix(MixMethod):
         with torch.no_grad():
             m_bb = self.mix_block(feat, lam_bb, draw.perm_bb, size)  # detached
         x_mb = mix_with_mask(x, draw.perm_mb, 1 - m_mb)  # (N, 3, H, W) float32
-        x_bb, _ = automix(x, m_bb, lam_bb, draw.perm_bb, lam_margin=self.lam_margin)
+        x_bb, _, _ = automix(x, m_bb, draw, lam_margin=self.lam_margin)
 
         # k on x_mb: its weights are frozen, so mix_k trains only the MixBlock through x_mb
         logits_mix_k = self.head_mix_k(pool(self.encoder_k.forward_stages(x_mb)[-1]))
@@ -179,10 +185,9 @@ class AutoMix(MixMethod):
     def preview(self, model: nn.Module, x: Tensor, y: Tensor, *, gen: torch.Generator) -> MixedBatch:
         """The backbone-branch batch with the current MixBlock and encoder k; ``mask`` = weight of x."""
         draw = sample_automix(x.shape[0], gen=gen, alpha=self.alpha)
-        lam = draw.lam[1]
-        m = self.mix_block(self.features_k(x), lam, draw.perm_bb, (x.shape[-2], x.shape[-1]))
-        x_mixed, w = automix(x, m, lam, draw.perm_bb, lam_margin=self.lam_margin)
-        return MixedBatch(x_mixed, y, y[draw.perm_bb], lam, w.expand(x.shape[0], 1, *x.shape[-2:]))
+        m = self.mix_block(self.features_k(x), draw.lam[1], draw.perm_bb, (x.shape[-2], x.shape[-1]))
+        x_mixed, lam, w = automix(x, m, draw, lam_margin=self.lam_margin)
+        return MixedBatch(x_mixed, y, y[draw.perm_bb], lam, w)
 
     def summarize(self, rows: list[dict[str, float]]) -> dict[str, Any]:
         return {"readout": "median_top1 (online encoder q, clean head)", **reference_readout(rows)}

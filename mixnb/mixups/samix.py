@@ -38,7 +38,8 @@ class SAMix(AutoMix):
 
     def __init__(self, *, lam_mul_k: float | str = "auto", **settings: Any) -> None:
         super().__init__(**settings)
-        if lam_mul_k != "auto" and (isinstance(lam_mul_k, (str, bool)) or not (lam_mul_k == -1 or 0 <= lam_mul_k <= 10)):
+        numeric = isinstance(lam_mul_k, (int, float)) and not isinstance(lam_mul_k, bool)
+        if lam_mul_k != "auto" and not (numeric and (lam_mul_k == -1 or 0 <= lam_mul_k <= 10)):
             raise ValueError(f"SAMix lam_mul_k must be 'auto', -1 or in [0, 10], got {lam_mul_k!r}")
         self.lam_mul_k = lam_mul_k
 

@@ -1,0 +1,348 @@
+"""AutoMix and SAMix: MixBlock masks, gradient routing, EMA schedule, lam margin, read-out, trainer runs."""
+
+import math
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from mixnb.config import RunConfig
+from mixnb.mixups import StepContext, get_method
+from mixnb.mixups._automix_ops import (
+    MixBlock,
+    ema_momentum,
+    lam_rescale,
+    mask_loss,
+    pool,
+    reference_readout,
+)
+from mixnb.mixups._helpers import mixed_cross_entropy
+from mixnb.mixups.automix import AutoMix, AutoMixDraw, automix, sample_automix
+from mixnb.mixups.samix import SAMix
+from mixnb.models import build_model
+from mixnb.train import fit
+
+H = W = 64
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def setup_method(name: str, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    model = build_model("resnet18", num_classes=4, width=8)
+    method = get_method(name, **overrides)
+    method.setup(model, cfg=RunConfig(method=name, profile="test", device="cpu"), run_dir=None)
+    return model, method
+
+
+def batch(n: int = 5, seed: int = 0):
+    g = gen(seed)
+    return torch.randn(n, 3, H, W, generator=g), torch.randint(0, 4, (n,), generator=g)
+
+
+def ctx(seed: int = 0, step: int = 0, total: int = 100) -> StepContext:
+    return StepContext(gen=gen(seed), cpu_gen=gen(seed + 1), step=step, total_steps=total)
+
+
+# ----------------------------------------------------------------------------- MixBlock and masks
+
+
+@pytest.mark.parametrize("name", ["automix", "samix"])
+def test_masks_are_in_unit_range_and_the_two_weights_sum_to_one(name):
+    model, method = setup_method(name)
+    x, y = batch()
+    with torch.no_grad():  # large weights: saturated masks still stay in [0, 1]
+        for p in method.mix_block.parameters():
+            p.mul_(300)
+    feat = method.features_k(x)
+    m = method.mix_block(feat, torch.tensor(0.3), torch.tensor([1, 2, 3, 4, 0]), (H, W))
+    assert m.shape == (5, 1, H, W) and m.dtype == torch.float32
+    assert m.min() >= 0 and m.max() <= 1 and m.std() > 0.05  # not a constant mask
+    ones = torch.ones_like(x)  # x and x[perm] both 1: the mix is 1 everywhere iff the weights sum to 1
+    draw = AutoMixDraw(torch.tensor([0.3, 0.5]), torch.tensor([1, 2, 3, 4, 0]), torch.tensor([1, 2, 3, 4, 0]))
+    x_mixed, _, w = automix(ones, m, draw, lam_margin=0.08)
+    assert torch.allclose(x_mixed, ones, atol=1e-6) and torch.equal(w, 1 - m)
+    method.eval()
+    mb = method.preview(model, x, y, gen=gen(3))
+    assert mb.mask.shape == (5, 1, H, W) and 0 <= mb.mask.min() and mb.mask.max() <= 1
+    draw = sample_automix(5, gen=gen(3), alpha=2.0)
+    assert torch.allclose(mb.x, mb.mask * x + (1 - mb.mask) * x[draw.perm_bb], atol=1e-6)
+    assert torch.equal(mb.y_b, y[draw.perm_bb]) and mb.lam == draw.lam[1]
+
+
+def test_mixblock_matches_the_attention_formula_and_autoMix_ignores_lam():
+    torch.manual_seed(0)
+    feat = torch.randn(3, 16, 4, 4)
+    perm = torch.tensor([2, 0, 1])
+    block = MixBlock(16, pair_qk=False, value_neck=False, lam_mul_k=None, upsample="nearest")
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.3)
+    m = block(feat, torch.tensor(0.7), perm, (16, 16))
+    q = torch.einsum("dc,nchw->nhwd", block.query.weight[:, :, 0, 0], feat) + block.query.bias
+    k = q[perm]  # shared conv: k = conv(x[perm])
+    v = torch.einsum("c,nchw->nhw", block.value.weight[0, :, 0, 0], feat[perm]) + block.value.bias  # value of x[perm]
+    logits = torch.einsum("nhwd,nijd->nhwij", q, k) / math.sqrt(8)
+    attn = logits.flatten(3).softmax(-1).reshape(logits.shape)
+    expect = torch.sigmoid(torch.einsum("nhwij,nij->nhw", attn, v))  # (N, 4, 4) share of x[perm]
+    expect = expect.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None]  # nearest x4
+    assert torch.allclose(m, expect, atol=1e-6)
+    assert torch.equal(m, block(feat, torch.tensor(0.1), perm, (16, 16)))  # no lam input on Tiny
+
+
+def test_samix_block_uses_lam_and_its_layout():
+    _, method = setup_method("samix")
+    block = method.mix_block
+    assert block.key is not None and block.query.in_channels == 2 * 32 and block.query.out_channels == 16
+    assert isinstance(block.value, torch.nn.Sequential) and block.upsample == "bilinear" and block.lam_mul_k == -1
+    assert all(c.bias is None for c in block.value if isinstance(c, torch.nn.Conv2d))
+    feat = torch.randn(4, 32, 16, 16)
+    perm = torch.tensor([1, 0, 3, 2])
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.3)
+    lam_2, lam_8 = torch.tensor(0.2), torch.tensor(0.8)
+    assert not torch.allclose(block(feat, lam_2, perm, (H, W)), block(feat, lam_8, perm, (H, W)))
+    _, auto = setup_method("automix")
+    assert auto.mix_block.key is None and auto.mix_block.lam_mul_k is None and auto.mix_block.upsample == "nearest"
+
+
+def test_samix_lam_curve():
+    lam = torch.linspace(0, 1, 101, dtype=torch.float64)
+    assert torch.equal(lam_rescale(lam, -1), lam)  # R-18: identity
+    curve = lam_rescale(lam, 0.25)  # RX-50: K = 1.25
+    assert lam_rescale(torch.tensor(0.5, dtype=torch.float64), 0.25).item() == pytest.approx(0.5)
+    assert torch.allclose(lam_rescale(1 - lam, 0.25), 1 - curve, atol=1e-12)  # symmetric
+    assert curve[0] == 0 and curve[-1].item() == pytest.approx(1) and (curve.diff() > 0).all()
+    assert not torch.allclose(curve, lam)
+    assert SAMix().build_mix_block(32, SimpleNamespace(backbone="resnext50")).lam_mul_k == 0.25
+    assert SAMix().build_mix_block(32, SimpleNamespace(backbone="resnet18")).lam_mul_k == -1
+    assert SAMix(lam_mul_k=0.25).build_mix_block(32, None).lam_mul_k == 0.25
+    with pytest.raises(ValueError, match="backbone"):
+        SAMix().build_mix_block(32, None)
+
+
+def test_mask_loss_sign_and_variance():
+    m = torch.full((2, 1, 4, 4), 0.3)  # share of x[perm] 0.3 -> share of x 0.7
+    assert mask_loss(m, torch.tensor(0.7), margin=0.1, var_weight=0).item() == 0
+    assert mask_loss(m, torch.tensor(0.4), margin=0.1, var_weight=0).item() == pytest.approx(0.2)
+    binary = torch.zeros(2, 1, 4, 4)
+    binary[..., :2, :] = 1  # mean 0.5, variance 0.25
+    assert mask_loss(binary, torch.tensor(0.5), margin=0.1, var_weight=2).item() == pytest.approx(-0.5)
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def hand_draw(lam_bb: float, perm: torch.Tensor) -> AutoMixDraw:
+    return AutoMixDraw(torch.tensor([0.5, lam_bb]), perm.flip(0), perm)
+
+
+def test_lam_margin_switches_to_plain_mixup():
+    x, _ = batch(5)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    m = torch.rand(5, 1, H, W, generator=gen(1))
+    for lam in (0.05, 0.95):
+        x_mixed, lam_out, w = automix(x, m, hand_draw(lam, perm), lam_margin=0.08)
+        assert torch.allclose(x_mixed, lam * x + (1 - lam) * x[perm], atol=1e-6)
+        assert lam_out.item() == pytest.approx(lam) and w.unique().tolist() == [pytest.approx(lam)]  # exact share
+    x_mixed, _, w = automix(x, m, hand_draw(0.5, perm), lam_margin=0.08)  # inside: the learned mask
+    assert torch.equal(w, 1 - m) and torch.allclose(x_mixed, (1 - m) * x + m * x[perm], atol=1e-6)
+    assert torch.equal(automix(x, m, hand_draw(1.0, perm), lam_margin=0.08)[0], x)  # lam 1: unchanged
+    x_off, _, _ = automix(x, m, hand_draw(0.05, perm), lam_margin=0.0)  # margin 0 = off
+    assert torch.allclose(x_off, (1 - m) * x + m * x[perm], atol=1e-6)
+    assert torch.equal(automix(x, torch.zeros_like(m), hand_draw(0.5, perm), lam_margin=0.08)[0], x)  # m = 0
+
+
+@pytest.mark.parametrize("name", ["automix", "samix"])
+def test_mix_k_trains_only_the_mixblock(name):
+    model, method = setup_method(name)
+    x, y = batch()
+    method.training_step(model, x, y, ctx(5)).loss.backward()
+    assert all(p.grad is None for p in [*method.encoder_k.parameters(), *method.head_mix_k.parameters()])
+    assert all(p.grad is not None for p in [*model.parameters(), *method.head_mix_q.parameters()])
+    g_full = [p.grad.clone() for p in method.mix_block.parameters()]
+    assert any(g.abs().sum() > 0 for g in g_full)
+
+    # mix_k (+ the mask loss) alone, rebuilt from the same draw: the MixBlock gets exactly the full
+    # step's gradient (the q losses see only the detached bb mask) and no online parameter any.
+    model.zero_grad(set_to_none=True)
+    method.zero_grad(set_to_none=True)
+    draw = sample_automix(5, gen=gen(5), alpha=2.0)
+    m_mb = method.mix_block(method.features_k(x), draw.lam[0], draw.perm_mb, (H, W))
+    x_mb = (1 - m_mb) * x + m_mb * x[draw.perm_mb]
+    logits = method.head_mix_k(pool(method.encoder_k.forward_stages(x_mb)[-1]))
+    loss = mixed_cross_entropy(logits, y, y[draw.perm_mb], draw.lam[0])
+    (loss + 0.1 * mask_loss(m_mb, draw.lam[0], margin=0.1, var_weight=method.mask_var_weight)).backward()
+    for g, p in zip(g_full, method.mix_block.parameters()):
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-9)
+    assert all(p.grad is None for p in [*model.parameters(), *method.head_mix_q.parameters(),
+                                        *method.encoder_k.parameters(), *method.head_mix_k.parameters()])
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_odd_and_single_batches_and_seeded_draws(n):
+    model, method = setup_method("samix")
+    x, y = batch(n)
+    out = method.training_step(model, x, y, ctx(2))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and set(out.logs) >= {"loss", "loss_mix_q", "loss_one_q", "loss_mix_k", "loss_mask"}
+    method.eval()
+    a, b = method.preview(model, x, y, gen=gen(4)), method.preview(model, x, y, gen=gen(4))
+    assert torch.equal(a.x, b.x) and torch.equal(a.mask, b.mask) and a.lam == b.lam
+
+
+def test_bad_settings_fail_clearly():
+    with pytest.raises(ValueError, match="alpha"):
+        AutoMix(alpha=0)
+    with pytest.raises(ValueError, match=r"lam_margin must be in \[0, 0.5\), got 0.6"):
+        AutoMix(lam_margin=0.6)
+    with pytest.raises(ValueError, match="end_momentum"):
+        AutoMix(momentum=0.999, end_momentum=0.99)
+    with pytest.raises(ValueError, match="mixblock_min_lr"):
+        AutoMix(mixblock_lr=0.1, mixblock_min_lr=0.2)
+    with pytest.raises(ValueError, match="lam_mul_k"):
+        SAMix(lam_mul_k=-0.5)
+    with pytest.raises(ValueError, match="lam_mul_k"):
+        SAMix(lam_mul_k="s-curve")
+    with pytest.raises(ValueError, match="no setting"):
+        get_method("automix", lam_mul_k=0.25)
+
+
+# ----------------------------------------------------------------------------- EMA and optimizer
+
+
+def test_ema_schedule_values():
+    kw = {"base": 0.999, "end": 0.999999, "warmup": 0.1}
+    assert ema_momentum(0, 1000, **kw) == 0.999
+    assert ema_momentum(99, 1000, **kw) == 0.999  # held for the first 10%
+    at_10 = 0.999999 - (0.999999 - 0.999) * (math.cos(math.pi * 0.1) + 1) / 2
+    assert ema_momentum(100, 1000, **kw) == pytest.approx(at_10, abs=1e-12)
+    assert at_10 == pytest.approx(0.9990245, abs=1e-7)  # starts just above the base at 10%
+    assert ema_momentum(1000, 1000, **kw) == pytest.approx(0.999999, abs=1e-12)
+    assert 0.999998 < ema_momentum(999, 1000, **kw) < 0.999999
+
+
+@pytest.mark.parametrize("step", [0, 100, 999])
+def test_ema_update_follows_the_formula(step):
+    model, method = setup_method("automix")
+    with torch.no_grad():  # q moves away from k
+        for p in [*model.parameters(), *method.head_mix_q.parameters()]:
+            p.add_(torch.randn(p.shape, generator=gen(7)))
+    k_old = {n: t.clone() for n, t in method.encoder_k.state_dict().items()}
+    h_old = [p.clone() for p in method.head_mix_k.parameters()]
+    method.on_step_end(model, ctx(step=step, total=1000))
+    m = ema_momentum(step, 1000, base=0.999, end=0.999999, warmup=0.1)
+    q = dict(model.named_parameters())
+    for name, p in method.encoder_k.named_parameters():
+        assert torch.allclose(p, m * k_old[name] + (1 - m) * q[name], rtol=0, atol=1e-6), name
+    for name, buf in method.encoder_k.named_buffers():  # BN buffers are not EMA'd
+        assert torch.equal(buf, k_old[name]), name
+    for old, p, pq in zip(h_old, method.head_mix_k.parameters(), method.head_mix_q.parameters()):
+        assert torch.allclose(p, m * old + (1 - m) * pq, rtol=0, atol=1e-6)
+    assert not any(p.requires_grad for p in method.encoder_k.parameters())
+
+
+def test_param_groups_lr_and_floors():
+    cfg = RunConfig(method="automix", profile="test", device="cpu")
+    assert cfg.floor_lr == 0.05 and RunConfig(method="samix", profile="test").floor_lr == 0.05
+    model, method = setup_method("automix")
+    groups = method.param_groups(model, lr=cfg.lr, min_lr=cfg.floor_lr)
+    assert [(g["lr"], g["min_lr"]) for g in groups] == [(0.2, 0.05), (0.1, 1e-3)]
+    ids = [{id(p) for p in g["params"]} for g in groups]
+    assert ids[0] == {id(p) for p in [*model.parameters(), *method.head_mix_q.parameters()]}
+    assert ids[1] == {id(p) for p in method.mix_block.parameters()}
+    frozen = {id(p) for p in [*method.encoder_k.parameters(), *method.head_mix_k.parameters()]}
+    assert not (ids[0] | ids[1]) & frozen
+
+
+# ----------------------------------------------------------------------------- read-out
+
+
+def rows_from(values: dict[str, list[float]], first_epoch: int = 1) -> list[dict[str, float]]:
+    cols = {"one_q": "top1", "mix_q": "mix_q_top1", "one_k": "one_k_top1", "mix_k": "mix_k_top1"}
+    n = len(values["one_q"])
+    return [{"epoch": first_epoch + i, **{cols[h]: v[i] for h, v in values.items()}} for i in range(n)]
+
+
+def test_reference_readout_on_hand_made_rows():
+    # 20 epochs: the rule keeps epochs >= 20 - 11 = 9, i.e. 12 rows (9..20)
+    one_q = [10.0] * 8 + [50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61]
+    mix_q = [10.0] * 8 + [49.0] * 12
+    one_k = [10.0] * 8 + [60] * 6 + [62] * 5 + [70]  # a good last epoch
+    mix_k = [10.0] * 20
+    out = reference_readout(rows_from({"one_q": one_q, "mix_q": mix_q, "one_k": one_k, "mix_k": mix_k}))
+    # full window (12 rows): median one_k 61; prefix of 11: 60 -> the full window wins
+    assert out["reference_epochs"] == [9, 20]
+    assert out["reference_top1_k"] == 61 and out["reference_top1_q"] == 55.5 and out["reference_top1"] == 61
+    assert out["reference_medians"]["mix_q"] == 49
+    # a tie between the windows keeps the first one tried, the prefix of 11 (np.argmax)
+    flat_k = [10.0] * 8 + [60] * 12
+    out2 = reference_readout(rows_from({"one_q": one_q, "mix_q": mix_q, "one_k": flat_k, "mix_k": mix_k}))
+    assert out2["reference_epochs"] == [9, 19] and out2["reference_top1"] == 60
+    assert out2["reference_top1_q"] == 55  # one_q median over epochs 9..19
+    # the prefix wins outright when the last epoch collapses
+    one_k3 = [10.0] * 8 + [60] * 5 + [62] * 6 + [1]  # 12 rows: median 61; first 11: median 62 -> prefix
+    out3 = reference_readout(rows_from({"one_q": one_q, "mix_q": mix_q, "one_k": one_k3, "mix_k": mix_k}))
+    assert out3["reference_epochs"] == [9, 19] and out3["reference_top1"] == 62
+    # short runs: every row kept, a single row works, rows without the heads give nothing
+    assert reference_readout(rows_from({h: [5.0] for h in ("one_q", "mix_q", "one_k", "mix_k")}))["reference_top1"] == 5
+    assert reference_readout([{"epoch": 1, "top1": 3.0}]) == {}
+    assert "find_automix_val_median" in out["reference_rule"]
+
+
+# ----------------------------------------------------------------------------- through the Trainer (width 4: fast)
+
+
+def check_trainer_run(summary, run_dir):
+    metrics = pd.read_csv(run_dir / "metrics.csv")
+    heads = ("top1", "mix_q_top1", "one_k_top1", "mix_k_top1", "mix_k_val_loss")
+    for col in (*heads, "train_loss_mix_k", "train_loss_mask"):
+        assert col in metrics and metrics[col].notna().all(), col
+    assert summary["readout"].startswith("median_top1") and 0 <= summary["reference_top1"] <= 100
+    assert summary["reference_top1"] >= summary["median_top1"]  # best-of-heads includes the reported head
+    assert metrics["lr"].iloc[0] == pytest.approx(0.2) and metrics["lr"].iloc[1] == pytest.approx(0.125)  # floor 0.05
+
+
+def test_automix_runs_through_the_trainer(tmp_path):
+    summary = fit(RunConfig(method="automix", profile="test", epochs=2, width=4, device="cpu"), tmp_path, progress="none")
+    check_trainer_run(summary, tmp_path)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import mixnb.train as t
+    from mixnb.config import RunConfig
+    real = t.train_one_epoch
+    def dying(*args, **kwargs):
+        if args[4].epoch == int(sys.argv[2]):  # ctx.epoch: die in the middle of this epoch
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    t.train_one_epoch = dying
+    t.fit(RunConfig(method="samix", profile="test", epochs=2, width=4, device="cpu"), sys.argv[1], progress="none")
+""")
+
+
+def test_samix_runs_and_a_killed_run_restores_the_ema_encoder_and_mixblock(tmp_path):
+    cfg = RunConfig(method="samix", profile="test", epochs=2, width=4, device="cpu")
+    straight = fit(cfg, tmp_path / "straight", progress="none")
+    check_trainer_run(straight, tmp_path / "straight")
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(killed), "1"], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    resumed = fit(cfg, killed, progress="none")
+    a, b = pd.read_csv(tmp_path / "straight" / "metrics.csv"), pd.read_csv(killed / "metrics.csv")
+    cols = [c for c in a.columns if "seconds" not in c and c != "peak_mem_mb"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    assert resumed["reference_top1"] == straight["reference_top1"]
+    sa = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["method"]
+    sb = torch.load(killed / "checkpoint.pt", weights_only=False)["method"]
+    assert any(k.startswith("encoder_k.") for k in sa) and any(k.startswith("mix_block.") for k in sa)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -13,6 +13,11 @@ EPOCHS ?=
 GPUS ?=
 GPUS_PER_RUN ?= 1
 EXECUTOR ?= local-slots
+PARTITION ?=
+ACCOUNT ?=
+QOS ?=
+TIME ?=
+WAIT ?= 1
 BENCH_ARGS ?=
 export MIXNB_DATA
 
@@ -21,7 +26,12 @@ SWEEP_ARGS = --profile $(PROFILE) \
 	$(if $(BACKBONES),--backbones $(BACKBONES)) \
 	$(if $(SEEDS),--seeds $(SEEDS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) \
-	$(if $(GPUS),--gpus $(GPUS))
+	$(if $(GPUS),--gpus $(GPUS)) \
+	--gpus-per-run $(GPUS_PER_RUN) --executor $(EXECUTOR) --wait $(WAIT) \
+	$(if $(PARTITION),--partition $(PARTITION)) \
+	$(if $(ACCOUNT),--account $(ACCOUNT)) \
+	$(if $(QOS),--qos $(QOS)) \
+	$(if $(TIME),--time $(TIME))
 
 .PHONY: install sweep report test bench lab clean-runs
 install: $(STAMP)
@@ -36,7 +46,11 @@ $(STAMP): pyproject.toml
 
 sweep: $(STAMP)
 	$(PY) -m mixnb sweep $(SWEEP_ARGS)
+ifeq ($(WAIT),0)
+	@echo "WAIT=0: the jobs run on; 'make report PROFILE=$(PROFILE)' renders the runs that have finished"
+else
 	$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
+endif
 
 report: $(STAMP)
 	$(PY) -m mixnb report --profile $(PROFILE)

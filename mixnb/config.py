@@ -47,6 +47,7 @@ class RunConfig:
     data: str | None = None  # tiny-imagenet-200 folder; None: $MIXNB_DATA, or the generated sample set
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False  # torch.compile the model (on CUDA)
+    sync_bn: bool = False  # multi-GPU runs: BatchNorm over the global batch (SyncBN); False = per GPU (reference)
     eval_batch_size: int = 1000
     log_every: int = 50  # iterations between host reads of the running loss
 

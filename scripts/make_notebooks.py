@@ -42,6 +42,8 @@ method_args = {}  # overrides of the registry defaults, e.g. {"alpha": 0.5}
 data = None  # tiny-imagenet-200 folder; None: $MIXNB_DATA, or the generated sample set
 device = "auto"  # auto | cpu | cuda | cuda:N
 compile = False  # torch.compile the model (CUDA only)
+world_size = 1  # processes (GPUs) for this run; > 1: the same run through torchrun (DDP), global batch unchanged
+sync_bn = False  # world_size > 1 only: BatchNorm over the global batch; False = per GPU, as the reference
 run_dir = None  # None: runs/<profile>/<run name>
 progress = "epoch"  # epoch: a line per epoch (papermill-friendly) | bar | none
 """, tags=["parameters"]),
@@ -54,17 +56,20 @@ import pandas as pd
 from mixnb.config import RunConfig
 from mixnb.paths import run_dir as default_run_dir
 from mixnb.report import plot_learning_curve, run_gallery
-from mixnb.train import fit
+from mixnb.train import fit, launch
 
 cfg = RunConfig.from_dict(dict(method=method, backbone=backbone, profile=profile, seed=seed, epochs=epochs,
-                               method_args=method_args, data=data, device=device, compile=compile))
+                               method_args=method_args, data=data, device=device, compile=compile, sync_bn=sync_bn))
 print("differs from the defaults:", cfg.changes())
 run_dir = Path(run_dir) if run_dir else default_run_dir(cfg.profile, cfg.run_name())
 print("run folder:", run_dir)
 """),
     code("""
 #papermill_description=train
-summary = fit(cfg, run_dir, progress=progress)
+if world_size > 1:  # torchrun --standalone --nproc-per-node world_size -m mixnb train --config run_dir/params.json
+    summary = launch(cfg, run_dir, world_size=world_size, progress=progress)
+else:
+    summary = fit(cfg, run_dir, progress=progress)
 print(f"{summary['median_label']}: {summary['median_top1']:.2f}  "
       f"(best {summary['best_top1']:.2f} at epoch {summary['best_epoch']}, {summary['seconds_per_epoch']:.1f} s/epoch)")
 """),

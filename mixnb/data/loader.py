@@ -172,6 +172,12 @@ class DeviceLoader:
         augment: train augmentations in order, keys of `AUGMENTS`; () = off.
         drop_last: drop the final partial batch.
         channels_last: yield batches in channels_last memory format.
+        shard: (rank, world_size) for DistributedDataParallel: yield only this rank's rows of every
+            batch (contiguous, sizes differing by at most 1); (0, 1) = the whole batch. The
+            permutation and the augmentation are drawn and applied for the whole batch on every rank,
+            then sliced, so with the same generator state the union over ranks is exactly the
+            unsharded batch. Cheap: the crop is 3.1 MFLOP per image against 13.3 GFLOP for a
+            ResNet-18 forward + backward at 64 px, so (world_size - 1) x 0.02% more work per rank.
     """
 
     def __init__(
@@ -188,6 +194,7 @@ class DeviceLoader:
         augment: Sequence[str] = ("random_resized_crop", "flip_lr"),
         drop_last: bool = False,
         channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         unknown = [a for a in augment if a not in AUGMENTS]
         if unknown:
@@ -198,6 +205,8 @@ class DeviceLoader:
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
         device = torch.device(device)
         if train and (gen is None or gen.device.type != device.type):
             raise ValueError(f"train=True needs gen, a torch.Generator on {device}; got {gen and gen.device}")
@@ -207,6 +216,7 @@ class DeviceLoader:
         self.std = torch.tensor(std, dtype=torch.float32, device=device)
         self.batch_size, self.train, self.gen = batch_size, train, gen
         self.augment, self.drop_last, self.channels_last = tuple(augment), drop_last, channels_last
+        self.shard = shard
 
     def __len__(self) -> int:
         n, b = len(self.x), self.batch_size
@@ -221,6 +231,10 @@ class DeviceLoader:
             if self.train:
                 for name in self.augment:
                     x = AUGMENTS[name](x, self.gen)  # (B, 3, 64, 64) float32 once cropped
+            if self.shard[1] > 1:  # this rank's rows, after the whole batch's draws
+                rank, world = self.shard
+                lo, hi = rank * len(y) // world, (rank + 1) * len(y) // world
+                x, y = x[lo:hi], y[lo:hi]  # (B / world, 3, H, W), (B / world,)
             x = normalize(x, self.mean, self.std)  # (B, 3, H, W) float32
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

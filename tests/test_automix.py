@@ -1,15 +1,13 @@
 """AutoMix and SAMix: MixBlock masks, gradient routing, EMA schedule, lam margin, read-out, trainer runs."""
 
 import math
-import subprocess
-import sys
-import textwrap
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
+from killing import run_until_killed
 from mixnb.config import RunConfig
 from mixnb.mixups import StepContext, get_method
 from mixnb.mixups._automix_ops import (
@@ -315,18 +313,6 @@ def test_automix_runs_through_the_trainer(tmp_path):
     check_trainer_run(summary, tmp_path)
 
 
-KILL_SCRIPT = textwrap.dedent("""
-    import os, signal, sys
-    import mixnb.train as t
-    from mixnb.config import RunConfig
-    real = t.train_one_epoch
-    def dying(*args, **kwargs):
-        if args[4].epoch == int(sys.argv[2]):  # ctx.epoch: die in the middle of this epoch
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kwargs)
-    t.train_one_epoch = dying
-    t.fit(RunConfig(method="samix", profile="test", epochs=2, width=4, device="cpu"), sys.argv[1], progress="none")
-""")
 
 
 def test_samix_runs_and_a_killed_run_restores_the_ema_encoder_and_mixblock(tmp_path):
@@ -334,9 +320,7 @@ def test_samix_runs_and_a_killed_run_restores_the_ema_encoder_and_mixblock(tmp_p
     straight = fit(cfg, tmp_path / "straight", progress="none")
     check_trainer_run(straight, tmp_path / "straight")
     killed = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(killed), "1"], capture_output=True, text=True)
-    assert proc.returncode == -9, proc.stderr
-    assert torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    run_until_killed(cfg, killed, 1)
     resumed = fit(cfg, killed, progress="none")
     a, b = pd.read_csv(tmp_path / "straight" / "metrics.csv"), pd.read_csv(killed / "metrics.csv")
     cols = [c for c in a.columns if "seconds" not in c and c != "peak_mem_mb"]

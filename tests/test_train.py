@@ -1,42 +1,24 @@
 """The training loop: resume after a kill, every method's step through the Trainer, summaries."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pandas as pd
 import pytest
 import torch
 
+from killing import run_until_killed
 from mixnb.config import RunConfig
 from mixnb.mixups import REGISTRY
 from mixnb.train import cosine_lr, fit
 
 MATH_COLUMNS = ["epoch", "lr", "train_loss", "top1", "top5", "val_loss"]
 
-KILL_SCRIPT = textwrap.dedent("""
-    import os, signal, sys
-    import mixnb.train as t
-    from mixnb.config import RunConfig
-    real = t.train_one_epoch
-    def dying(*args, **kwargs):
-        if args[4].epoch == int(sys.argv[2]):  # ctx.epoch: die in the middle of this epoch
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kwargs)
-    t.train_one_epoch = dying
-    t.fit(RunConfig(method="mixup", profile="test", epochs=4, device="cpu"), sys.argv[1], progress="none")
-""")
-
 
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     cfg = RunConfig(method="mixup", profile="test", epochs=4, device="cpu")
     straight = fit(cfg, tmp_path / "straight", progress="none")
     killed = tmp_path / "killed"
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(killed), "2"], capture_output=True, text=True)
-    assert proc.returncode == -9, proc.stderr  # really killed, mid-run
-    assert torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"] == 2
-    assert not (killed / "summary.json").exists()
+    run_until_killed(cfg, killed, 2)
     assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no debris
     resumed = fit(cfg, killed, progress="none")
     a = pd.read_csv(tmp_path / "straight" / "metrics.csv")[MATH_COLUMNS]

@@ -25,11 +25,15 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-import gco
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+try:
+    import gco  # gco-wrapper: only PuzzleMix's graph cut needs it, so the other methods import without it
+except ImportError:
+    gco = None
 
 PRIOR_EPS = 1e-8  # inside -log(p + eps), as the reference
 BETA_SCALE = 16  # the reference rescales beta to beta / block_num / 16
@@ -142,7 +146,14 @@ def grid_energy(labels: np.ndarray, unary: np.ndarray, pairwise: np.ndarray, cos
 
 # gco.cut_grid_graph itself is the task and the worker set-up below is stdlib source run by
 # ``exec``: workers never import mixnb (whose import costs seconds and ~1 GB), only gco + numpy.
-_swap_cut = functools.partial(gco.cut_grid_graph, algorithm="swap")
+_swap_cut = functools.partial(gco.cut_grid_graph, algorithm="swap") if gco is not None else None
+
+
+def require_gco() -> None:
+    """Fail with the fix when gco-wrapper is missing (PuzzleMix has no fallback, as the reference)."""
+    if gco is None:
+        raise RuntimeError("PuzzleMix needs the graph-cut package gco-wrapper (`import gco`): "
+                           "pip install gco-wrapper (it is in pyproject.toml; `make install` installs it)")
 _WORKER_INIT = """
 import multiprocessing, multiprocessing.connection, os, signal, threading
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Jupyter's interrupt signals the whole process group

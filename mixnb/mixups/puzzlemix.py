@@ -200,6 +200,7 @@ class PuzzleMix(MixMethod):
         t_size: int = -1, workers: int = 0, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         super().__init__()
+        ops.require_gco()
         self.alpha = check_alpha(alpha)
         if isinstance(block_nums, (str, int)) or not block_nums or not all(
             isinstance(b, int) and not isinstance(b, bool) and b >= 2 for b in block_nums

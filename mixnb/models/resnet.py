@@ -11,6 +11,7 @@ OpenMixup HEAD's PyTorch default (protocol.md §7.1).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -61,7 +62,8 @@ class Bottleneck(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, groups: int = 1, base_width: int = 64) -> None:
         super().__init__()
-        mid = int(planes * (base_width / 64.0)) * groups  # ResNeXt 32x4d: 128/256/512/1024 at width 64
+        mid = planes * base_width * groups // 64  # ResNeXt 32x4d: 128/256/512/1024 at width 64
+        groups = math.gcd(mid, groups)  # narrow sample-profile widths: fewer groups than 32 (never at width >= 16)
         self.conv1 = nn.Conv2d(inplanes, mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.conv2 = nn.Conv2d(mid, mid, 3, stride, 1, groups=groups, bias=False)  # "pytorch" style: stride on 3x3

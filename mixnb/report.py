@@ -82,10 +82,26 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "median_top1") -> pd.D
         cols[(label, "OpenMixup")] = [f"{r:.2f}" if r is not None else "–" for r in ref]
         cols[(label, "Δ")] = [f"{mean[m] - r:+.2f}" if r is not None and m in mean else "–"
                               for m, r in zip(order, ref)]
-    table = pd.DataFrame(cols, index=[method_label(m) for m in order])
+    labels = [method_label(m) for m in order]
+    if "teacher" in summaries:  # AttentiveMix+: say which teacher made the row (ImageNet file or own run)
+        teachers = summaries.dropna(subset=["teacher"]).groupby("method")["teacher"].first()
+        labels = [f"{lab} (teacher: {teachers[m]})" if m in teachers else lab for m, lab in zip(order, labels)]
+    table = pd.DataFrame(cols, index=labels)
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     table.index.name = "method"
     return table
+
+
+def readout_table(summaries: pd.DataFrame) -> pd.DataFrame:
+    """AutoMix/SAMix: the plain online-encoder median (shown in the table) beside the reference's
+    best-of-heads read-out (protocol.md §1.7), which is how OpenMixup's numbers were read."""
+    if "reference_top1" not in summaries:
+        return pd.DataFrame()
+    rows = summaries.dropna(subset=["reference_top1"])
+    out = rows[["method", "backbone", "seed", "median_top1", "reference_top1"]].copy()
+    out["method"] = out["method"].map(method_label)
+    return out.set_index(["method", "backbone", "seed"]).rename(columns={"median_top1": "online q median (in the table)",
+                               "reference_top1": "reference best-of-heads median"}).round(2)
 
 
 def _fmt(mean: float | None, std: float | None, n: int) -> str:
@@ -100,7 +116,7 @@ def cost_table(summaries: pd.DataFrame) -> pd.DataFrame:
     base = df[df["method"] == "vanilla"].set_index("backbone")["seconds_per_epoch"]
     df["× vanilla"] = df.apply(lambda r: r["seconds_per_epoch"] / base.get(r["backbone"], float("nan")), axis=1)
     df["method"] = df["method"].map(method_label)
-    return df.round(2)
+    return df.set_index(["method", "backbone"]).round(2)
 
 
 # ----------------------------------------------------------------------------- plots

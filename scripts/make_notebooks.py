@@ -43,7 +43,7 @@ data = None  # tiny-imagenet-200 folder; None: $MIXNB_DATA, or the generated sam
 device = "auto"  # auto | cpu | cuda | cuda:N
 compile = False  # torch.compile the model (CUDA only)
 world_size = 1  # processes (GPUs) for this run; > 1: the same run through torchrun (DDP), global batch unchanged
-sync_bn = False  # world_size > 1 only: BatchNorm over the global batch; False = per GPU, as the reference
+sync_bn = False  # world_size > 1 only: True syncs BatchNorm over the global batch; per GPU (the reference) otherwise
 run_dir = None  # None: runs/<profile>/<run name>
 progress = "epoch"  # epoch: a line per epoch (papermill-friendly) | bar | none
 """, tags=["parameters"]),
@@ -98,7 +98,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import HTML, Image, Markdown, display
 
-from mixnb.report import benchmark_table, cost_table, header, load_runs, method_label, plot_curves
+from mixnb.report import (benchmark_table, cost_table, header, load_runs, method_label, plot_curves,
+                          readout_table)
 
 summaries, metrics = load_runs(profile, Path(runs_root) if runs_root else None)
 h = header(summaries, profile)
@@ -123,6 +124,11 @@ else:
     display(benchmark_table(summaries))
     display(Markdown("Best epoch top-1 (%), for comparison:"))
     display(benchmark_table(summaries, value="best_top1"))
+    readout = readout_table(summaries)
+    if not readout.empty:
+        display(Markdown("AutoMix and SAMix: the table shows the online encoder's clean-head median. OpenMixup "
+                         "read these rows as the best of four heads (online/EMA x clean/mixed, protocol.md §1.7):"))
+        display(readout)
 """),
     md("## Learning curves"),
     code("""
@@ -139,12 +145,14 @@ if not summaries.empty:
        "The same grid as `notebooks/explore.ipynb`: photos from `skimage.data` at 64×64."),
     code("""
 from mixnb.mixups import REGISTRY
+from mixnb.paths import runs_root as runs_root_default
 from mixnb.report import method_gallery, photo_batch
 
 x, y, names = photo_batch(6)
+profile_runs = (Path(runs_root) if runs_root else runs_root_default()) / profile
 for name in REGISTRY:
-    try:
-        method_gallery(name, x, y, classes=names, seed=0)
+    try:  # a run folder of this profile lets AttentiveMix+ find its default teacher (the Vanilla run)
+        method_gallery(name, x, y, classes=names, seed=0, run_dir=profile_runs / "gallery")
         plt.show()
     except (FileNotFoundError, RuntimeError) as err:
         display(Markdown(f"**{method_label(name)}** skipped: {err}"))
@@ -192,6 +200,8 @@ for name in methods or list(REGISTRY):
 
 if __name__ == "__main__":
     for name, cells in {"train": TRAIN, "analysis": ANALYSIS, "explore": EXPLORE}.items():
+        for i, cell in enumerate(cells):
+            cell.id = f"{name}-{i}"  # stable ids: regenerating leaves untouched cells untouched in git
         nb = new_notebook(cells=cells, metadata=KERNEL)
         nbformat.write(nb, NB / f"{name}.ipynb")
         print("wrote", NB / f"{name}.ipynb")

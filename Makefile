@@ -33,23 +33,24 @@ SWEEP_ARGS = --profile $(PROFILE) \
 	$(if $(QOS),--qos $(QOS)) \
 	$(if $(TIME),--time $(TIME))
 
-.PHONY: install sweep report test bench lab clean-runs
+.PHONY: install sweep report test bench lab
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip >/dev/null
 	$(PY) -m pip install -e .
 	$(PY) -m ipykernel install --sys-prefix --name mixnb --display-name "Python (mixnb)" >/dev/null
 	@rm -f $(VENV)/.stamp-*
 	@touch $@
 
+# A failed run does not stop the others; the report renders what finished, then make fails.
 sweep: $(STAMP)
-	$(PY) -m mixnb sweep $(SWEEP_ARGS)
 ifeq ($(WAIT),0)
+	$(PY) -m mixnb sweep $(SWEEP_ARGS)
 	@echo "WAIT=0: the jobs run on; 'make report PROFILE=$(PROFILE)' renders the runs that have finished"
 else
-	$(MAKE) --no-print-directory report PROFILE=$(PROFILE)
+	$(PY) -m mixnb sweep $(SWEEP_ARGS); rc=$$?; \
+	$(MAKE) --no-print-directory report PROFILE=$(PROFILE) && exit $$rc
 endif
 
 report: $(STAMP)

@@ -42,7 +42,8 @@ from mixnb.data import DeviceLoader, IMAGENET_MEAN, IMAGENET_STD, TinyImageNetTe
 from mixnb.io import atomic_write_text, environment, git_state, write_json
 from mixnb.mixups import REGISTRY, MixMethod, StepContext, get_method
 from mixnb.models import build_model
-from mixnb.train import Generators, evaluate, load_data, peak_memory_mb, resolve_device, train_one_epoch
+from mixnb.train import (Generators, build_parts, evaluate, load_data, peak_memory_mb, resolve_device,
+                         train_one_epoch)
 
 EPOCH_IMAGES, EVAL_IMAGES, NUM_CLASSES = 100_000, 10_000, 200  # Tiny-ImageNet train, val, classes
 EXPECTED_SYNC = {  # methods whose step must meet the host, and why
@@ -165,25 +166,16 @@ def build_rig(spec: str, backbone: str, data: TinyImageNetTensors, opts: argpars
     dev, on_cuda = opts.device, opts.device.type == "cuda"
     cfg = RunConfig(method=name, backbone=backbone, width=opts.width, batch_size=opts.batch_size, device=str(dev),
                     method_args=overrides, compile=opts.compile != "off")
-    torch.manual_seed(cfg.seed)
-    model = build_model(backbone, num_classes=NUM_CLASSES, width=opts.width).to(dev)
-    if on_cuda:
-        model = model.to(memory_format=torch.channels_last)
-    method = get_method(cfg.method, **cfg.method_args)
-    method.setup(model, cfg=cfg, run_dir=None)
-    method.to(dev)
-    optimizer = torch.optim.SGD(method.param_groups(model, lr=cfg.lr, min_lr=cfg.floor_lr), lr=cfg.lr,
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=on_cuda or None)
+    mode = None if opts.compile == "on" else opts.compile
+    model, step_model, method, optimizer, autocast = build_parts(cfg, dev, num_classes=NUM_CLASSES, run_dir=None,
+                                                                 compile_mode=mode)
     gens = Generators.from_seed(cfg.seed, dev)
     x, y = tile(data.x_train, data.y_train, max(len(data.x_train), 10 * cfg.batch_size))
     train = DeviceLoader(x, y, batch_size=cfg.batch_size, device=dev, train=True, gen=gens.data, drop_last=True,
                          channels_last=on_cuda)
     val = DeviceLoader(*tile(data.x_val, data.y_val, opts.eval_images), batch_size=cfg.eval_batch_size, device=dev,
                        train=False, channels_last=on_cuda)
-    mode = None if opts.compile == "on" else opts.compile
-    step_model = torch.compile(model, mode=mode) if cfg.compile and on_cuda else model  # as fit: CUDA only
     ctx = StepContext(gen=gens.mix, cpu_gen=gens.host, total_steps=10**6)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=on_cuda)
     return Rig(cfg, model, step_model, method, optimizer, ctx, autocast, train, val)
 
 

@@ -200,6 +200,35 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- fit
+def build_parts(
+    cfg: RunConfig, device: torch.device, *, num_classes: int, run_dir: Path | None, world: int = 1,
+    compile_mode: str | None = None,
+) -> tuple[nn.Module, nn.Module, MixMethod, torch.optim.Optimizer, torch.autocast]:
+    """(model, step_model, method, optimizer, autocast) of a run, as ``fit`` (and ``make bench``) train them.
+
+    ``step_model`` is the compiled model when ``cfg.compile`` on CUDA, else ``model`` itself.
+    """
+    on_cuda = device.type == "cuda"
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, num_classes=num_classes, width=cfg.model_width)
+    if cfg.sync_bn and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if on_cuda:
+        model = model.to(memory_format=torch.channels_last)  # +20-50% for bf16 convs (performance.md §8.3)
+    method = get_method(cfg.method, **cfg.method_args)
+    method.setup(model, cfg=cfg, run_dir=run_dir)
+    method.to(device)
+    groups = method.param_groups(model, lr=cfg.lr, min_lr=cfg.floor_lr)
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                fused=on_cuda or None)
+    step_model = torch.compile(model, mode=compile_mode) if cfg.compile and on_cuda else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda)
+    return model, step_model, method, optimizer, autocast
+
+
 def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``, resuming from its checkpoint; returns the summary.
 
@@ -224,29 +253,14 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
             write_json(run_dir / "params.json", cfg.to_dict())
 
         # Model, method and optimizer (init from the one visible seed: the same on every rank).
-        torch.manual_seed(cfg.seed)
-        model = build_model(cfg.backbone, num_classes=len(data.wnids), width=cfg.model_width)
-        if cfg.sync_bn and world > 1:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = model.to(device)
-        if on_cuda:
-            model = model.to(memory_format=torch.channels_last)
-        method = get_method(cfg.method, **cfg.method_args)
-        method.setup(model, cfg=cfg, run_dir=run_dir)
-        method.to(device)
-        groups = method.param_groups(model, lr=cfg.lr, min_lr=cfg.floor_lr)
-        for g in groups:
-            g["base_lr"] = g["lr"]
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                    fused=on_cuda or None)
+        model, step_model, method, optimizer, autocast = build_parts(
+            cfg, device, num_classes=len(data.wnids), run_dir=run_dir, world=world)
         gens = Generators.from_seed(cfg.seed, device, rank=rank)
         train_loader = DeviceLoader(data.x_train, data.y_train, batch_size=cfg.batch_size, device=device,
                                     train=True, gen=gens.data, channels_last=on_cuda, shard=(rank, world))
         lo, hi = rank * len(data.y_val) // world, (rank + 1) * len(data.y_val) // world  # this rank's val shard
         val_loader = DeviceLoader(data.x_val[lo:hi], data.y_val[lo:hi], batch_size=cfg.eval_batch_size,
                                   device=device, train=False, channels_last=on_cuda)
-        step_model = torch.compile(model) if cfg.compile and on_cuda else model
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda)
 
         # Resume from the last checkpoint: every RNG state, so the run ends as if never stopped.
         rows: list[dict[str, Any]] = []

@@ -37,13 +37,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mixnb.config import PROFILES, RunConfig
+from mixnb.config import COMPILE_MODES, PRECISIONS, PROFILES, RunConfig
 from mixnb.data import DeviceLoader, IMAGENET_MEAN, IMAGENET_STD, TinyImageNetTensors
 from mixnb.io import atomic_write_text, environment, git_state, write_json
 from mixnb.mixups import REGISTRY, MixMethod, StepContext, get_method
 from mixnb.models import build_model
-from mixnb.train import (Generators, build_parts, evaluate, load_data, peak_memory_mb, resolve_device,
-                         train_one_epoch)
+from mixnb.train import (Generators, build_parts, evaluate, load_data, new_cuda_graph_step, peak_memory_mb,
+                         resolve_compile, resolve_device, resolve_precision, train_one_epoch)
 
 EPOCH_IMAGES, EVAL_IMAGES, NUM_CLASSES = 100_000, 10_000, 200  # Tiny-ImageNet train, val, classes
 EXPECTED_SYNC = {  # methods whose step must meet the host, and why
@@ -127,7 +127,6 @@ class Rig:
 
     cfg: RunConfig
     model: nn.Module
-    step_model: nn.Module
     method: MixMethod
     optimizer: torch.optim.Optimizer
     ctx: StepContext
@@ -138,16 +137,17 @@ class Rig:
     def step(self, x: Tensor, y: Tensor) -> None:
         """The body of ``train_one_epoch``'s loop for ``--sync-check`` (one process: no gradient
         averaging, no log sums); keep the two identical."""
+        new_cuda_graph_step(x)
         with self.autocast:
-            out = self.method.training_step(self.step_model, x, y, self.ctx)
+            out = self.method.training_step(self.model, x, y, self.ctx)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
-        self.method.on_step_end(self.step_model, self.ctx)
+        self.method.on_step_end(self.model, self.ctx)
         self.ctx.step += 1
 
     def epoch(self, n: int) -> None:
-        train_one_epoch(self.step_model, self.method, Steps(self.train, n), self.optimizer, self.ctx,  # type: ignore[arg-type]
+        train_one_epoch(self.model, self.method, Steps(self.train, n), self.optimizer, self.ctx,  # type: ignore[arg-type]
                         autocast=self.autocast, log_every=10**9)
 
 
@@ -165,10 +165,8 @@ def build_rig(spec: str, backbone: str, data: TinyImageNetTensors, opts: argpars
         overrides["teacher_weights"] = random_teacher(tmp)  # same cost as the ImageNet teacher; timing only
     dev, on_cuda = opts.device, opts.device.type == "cuda"
     cfg = RunConfig(method=name, backbone=backbone, width=opts.width, batch_size=opts.batch_size, device=str(dev),
-                    method_args=overrides, compile=opts.compile != "off")
-    mode = None if opts.compile == "on" else opts.compile
-    model, step_model, method, optimizer, autocast = build_parts(cfg, dev, num_classes=NUM_CLASSES, run_dir=None,
-                                                                 compile_mode=mode)
+                    method_args=overrides, compile=opts.compile, precision=opts.precision)
+    model, method, optimizer, autocast = build_parts(cfg, dev, num_classes=NUM_CLASSES, run_dir=None)
     gens = Generators.from_seed(cfg.seed, dev)
     x, y = tile(data.x_train, data.y_train, max(len(data.x_train), 10 * cfg.batch_size))
     train = DeviceLoader(x, y, batch_size=cfg.batch_size, device=dev, train=True, gen=gens.data, drop_last=True,
@@ -176,7 +174,7 @@ def build_rig(spec: str, backbone: str, data: TinyImageNetTensors, opts: argpars
     val = DeviceLoader(*tile(data.x_val, data.y_val, opts.eval_images), batch_size=cfg.eval_batch_size, device=dev,
                        train=False, channels_last=on_cuda)
     ctx = StepContext(gen=gens.mix, cpu_gen=gens.host, total_steps=10**6)
-    return Rig(cfg, model, step_model, method, optimizer, ctx, autocast, train, val)
+    return Rig(cfg, model, method, optimizer, ctx, autocast, train, val)
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -208,7 +206,7 @@ def mix_probe(name: str, rig: Rig) -> tuple[str, Callable[[Tensor, Tensor], obje
         return f"n/a: {NO_MIX_PROBE[name]}", None
     if type(rig.method).mix is not MixMethod.mix:
         return "mix()", partial(rig.method.mix, gen=rig.ctx.gen)
-    return "preview(): all the mixing work", partial(rig.method.preview, rig.step_model, gen=rig.ctx.gen)
+    return "preview(): all the mixing work", partial(rig.method.preview, rig.model, gen=rig.ctx.gen)
 
 
 # ----------------------------------------------------------------------------- one method
@@ -244,7 +242,7 @@ def bench_method(spec: str, backbone: str, data: TinyImageNetTensors, opts: argp
     shared = type(rig.method).eval_logits is MixMethod.eval_logits  # the plain model: time it once per backbone
     row["eval_s"] = eval_cache.get(backbone) if shared else None
     if row["eval_s"] is None:
-        ((per_pass, _),) = measure([lambda k: [evaluate(rig.step_model, rig.method, rig.val, autocast=rig.autocast)
+        ((per_pass, _),) = measure([lambda k: [evaluate(rig.model, rig.method, rig.val, autocast=rig.autocast)
                                                for _ in range(k)]], opts, seconds=0, steps=1, warmup=1)
         row["eval_s"] = Stat.of([s * EVAL_IMAGES / opts.eval_images for s in per_pass])  # scaled to 10,000
         eval_cache.update({backbone: row["eval_s"]} if shared else {})
@@ -350,7 +348,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     window = f"{m['steps']} steps" if m["steps"] else f"~{m['seconds']} s"
     lines = [f"## mixnb {'sync check' if sync else 'bench'}: {m['device_name']} ({m['device']}), torch {m['torch']}, "
              f"{m['date']}", "", f"commit {m['git']['commit'][:12]}{' (dirty)' if m['git']['dirty'] else ''}; width "
-             f"{m['width']}, batch {m['batch_size']}, compile {m['compile']}, {m['windows']} windows of {window} each, "
+             f"{m['width']}, batch {m['batch_size']}, compile {m['compile']}, autocast {m.get('precision', 'n/a')}, {m['windows']} windows of {window} each, "
              f"median (min–max) over windows; {m['threads']} CPU threads."]
     if sync:
         rows = [[r["backbone"], r["method"], r["result"], r.get("where", "")] for r in report["methods"]]
@@ -430,8 +428,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="naive pipeline workers")
     p.add_argument("--out", default="bench-results")
     p.add_argument("--no-peers", action="store_true")
-    p.add_argument("--compile", default="off", choices=("off", "on", "reduce-overhead", "max-autotune"),
-                   help="torch.compile the model (CUDA only, as the Trainer); a value other than on is its mode")
+    p.add_argument("--compile", default="auto", choices=COMPILE_MODES,
+                   help="RunConfig.compile: torch.compile mode of the model, as the Trainer (auto: its default)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help="RunConfig.precision, as the Trainer")
     p.add_argument("--budget", type=float, default=0, help="seconds; rows not started by then are skipped (0: none)")
     p.add_argument("--sync-check", action="store_true", help="check every method's step for host syncs, then exit")
     opts = p.parse_args(argv)
@@ -472,11 +471,14 @@ def main(argv: list[str] | None = None) -> int:
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as fit: fixed shapes
     env = environment(dev)
+    settings = RunConfig(compile=opts.compile, precision=opts.precision)
+    compiled = resolve_compile(settings, dev) or "off"
+    precision = str(resolve_precision(settings, dev)).removeprefix("torch.")
     log(f"{env['device_name']} ({dev}), torch {env['torch']}, width {opts.width}, batch {opts.batch_size}, "
-        f"compile {opts.compile}, methods {','.join(opts.methods)}, backbones {','.join(opts.backbones)}")
+        f"compile {compiled}, autocast {precision}, methods {','.join(opts.methods)}, backbones {','.join(opts.backbones)}")
     data = load_data(RunConfig(profile=opts.profile))  # a generated set is made once, under $MIXNB_CACHE
     meta = {**env, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
-            "width": opts.width, "batch_size": opts.batch_size, "compile": opts.compile, "windows": opts.windows,
+            "width": opts.width, "batch_size": opts.batch_size, "compile": compiled, "precision": precision, "windows": opts.windows,
             "seconds": opts.seconds, "steps": opts.steps, "eval_images": opts.eval_images, "profile": opts.profile,
             "train_images": len(data.y_train), "threads": torch.get_num_threads(), "workers": opts.workers,
             "argv": sys.argv[1:] if argv is None else argv}

@@ -29,6 +29,13 @@ PROFILES: dict[str, dict[str, Any]] = {
 # Fields that name a run rather than change its maths (kept out of the override hash).
 _IDENTITY = ("method", "backbone", "profile", "seed", "data", "device", "compile")
 
+# torch.compile settings: "auto" resolves per device (mixnb.train.resolve_compile); the others are
+# torch.compile modes, or "off". Compiling changes no maths beyond float reassociation (performance.md §8.5).
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+# Autocast precision: bf16 keeps fp32 master weights, optimizer state and BN statistics (performance.md §8.1);
+# "auto" resolves per device (mixnb.train.resolve_precision).
+PRECISIONS = ("auto", "bf16", "fp32")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -46,7 +53,8 @@ class RunConfig:
     method_args: dict[str, Any] = field(default_factory=dict)  # overrides of the registry defaults
     data: str | None = None  # tiny-imagenet-200 folder; None: $MIXNB_DATA, or the generated sample set
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: bool = False  # torch.compile the model (on CUDA)
+    compile: str = "auto"  # COMPILE_MODES: auto = the measured best on CUDA, off on the CPU
+    precision: str = "auto"  # PRECISIONS: auto = bf16 where the device computes it natively (CUDA, AMX CPUs)
     sync_bn: bool = False  # multi-GPU runs: BatchNorm over the global batch (SyncBN); False = per GPU (reference)
     eval_batch_size: int = 1000
     log_every: int = 50  # iterations between host reads of the running loss
@@ -64,6 +72,9 @@ class RunConfig:
         for name in ("epochs", "width"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or None for the profile's), got {getattr(self, name)}")
+        for name, valid in (("compile", COMPILE_MODES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         get_method(self.method, **self.method_args)  # unknown method, unknown setting or bad value fails here

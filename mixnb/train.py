@@ -121,6 +121,14 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 # ----------------------------------------------------------------------------- phases
+def new_cuda_graph_step(x: Tensor) -> None:
+    """Tell CUDA graphs (compile mode "reduce-overhead") that a new iteration starts, so a replay may
+    reuse the last one's output memory. A counter bump; skipped on the CPU, where importing inductor
+    for it would cost seconds and there are no CUDA graphs."""
+    if x.is_cuda:
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 def train_one_epoch(
     model: nn.Module,
     method: MixMethod,
@@ -142,6 +150,7 @@ def train_one_epoch(
     method.train()
     sums: dict[str, Tensor] = {}
     for i, (x, y) in enumerate(loader):
+        new_cuda_graph_step(x)
         with autocast:
             out = method.training_step(model, x, y, ctx)  # mix + forward + loss
         optimizer.zero_grad(set_to_none=True)
@@ -174,6 +183,7 @@ def evaluate(
     sums: dict[str, Tensor] = {}
     count = 0
     for x, y in loader:
+        new_cuda_graph_step(x)
         with autocast:
             heads = method.eval_logits(model, x)
         for head, logits in heads.items():
@@ -200,13 +210,42 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- fit
+AUTO_COMPILE_CUDA = "default"  # what compile="auto" means on CUDA (BENCHMARKS.md: measured with make bench)
+RECOMPILE_LIMIT = 32  # graphs per compiled model: train/eval modes, eval batch sizes, ManifoldMix's stages
+
+
+def resolve_compile(cfg: RunConfig, device: torch.device) -> str | None:
+    """The torch.compile mode a run uses, or None for eager. "auto": AUTO_COMPILE_CUDA on CUDA; eager on
+    the CPU, where a compile costs a minute and the sample profile's runs take a few."""
+    mode = AUTO_COMPILE_CUDA if cfg.compile == "auto" and device.type == "cuda" else cfg.compile
+    return None if mode in ("off", "auto") else mode
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device runs bf16 matmuls/convs natively: CUDA (Ampere on), or a CPU with AMX or AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: assume not
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(cfg: RunConfig, device: torch.device) -> torch.dtype:
+    """The autocast dtype of a run (torch.float32 = no autocast)."""
+    if cfg.precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+
+
 def build_parts(
     cfg: RunConfig, device: torch.device, *, num_classes: int, run_dir: Path | None, world: int = 1,
-    compile_mode: str | None = None,
-) -> tuple[nn.Module, nn.Module, MixMethod, torch.optim.Optimizer, torch.autocast]:
-    """(model, step_model, method, optimizer, autocast) of a run, as ``fit`` (and ``make bench``) train them.
+) -> tuple[nn.Module, MixMethod, torch.optim.Optimizer, torch.autocast]:
+    """(model, method, optimizer, autocast) of a run, as ``fit`` (and ``make bench``) train them.
 
-    ``step_model`` is the compiled model when ``cfg.compile`` on CUDA, else ``model`` itself.
+    With compile on, the model is compiled in place (``nn.Module.compile``: its ``__call__``), after
+    the method's ``setup``, so state dicts and checkpoints are the same with and without it.
     """
     on_cuda = device.type == "cuda"
     torch.manual_seed(cfg.seed)
@@ -224,9 +263,18 @@ def build_parts(
         g["base_lr"] = g["lr"]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 fused=on_cuda or None)
-    step_model = torch.compile(model, mode=compile_mode) if cfg.compile and on_cuda else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda)
-    return model, step_model, method, optimizer, autocast
+    mode = resolve_compile(cfg, device)
+    if mode is not None:
+        compiler_config = torch._dynamo.config
+        compiler_config.recompile_limit = max(compiler_config.recompile_limit, RECOMPILE_LIMIT)
+        if not on_cuda:  # torch 2.14's CPU conv backward crashes on the channels_last layouts inductor picks
+            import torch._inductor.config as inductor_config
+
+            inductor_config.layout_optimization = False
+        model.compile(mode=mode, dynamic=False)  # one static graph per shape: no dynamic-shape kernels
+    dtype = resolve_precision(cfg, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+    return model, method, optimizer, autocast
 
 
 def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[str, Any]:
@@ -253,7 +301,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
             write_json(run_dir / "params.json", cfg.to_dict())
 
         # Model, method and optimizer (init from the one visible seed: the same on every rank).
-        model, step_model, method, optimizer, autocast = build_parts(
+        model, method, optimizer, autocast = build_parts(
             cfg, device, num_classes=len(data.wnids), run_dir=run_dir, world=world)
         gens = Generators.from_seed(cfg.seed, device, rank=rank)
         train_loader = DeviceLoader(data.x_train, data.y_train, batch_size=cfg.batch_size, device=device,
@@ -286,11 +334,11 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
                 torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
 
         # Several processes: DDP averages the model's gradients, we average the method's own.
-        train_model: nn.Module = step_model
+        train_model: nn.Module = model
         own_params: list[Tensor] = []
         if world > 1:
             broadcast_(method)  # the method's state starts equal on every rank, as DDP does for the model
-            train_model = DistributedModel(step_model)
+            train_model = DistributedModel(model)
             in_model = {id(p) for p in model.parameters()}
             own_params = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in in_model]
 
@@ -313,7 +361,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
                                          log_every=cfg.log_every, bar=bar, own_params=own_params)
             t_train = time.perf_counter() - t0
             average_buffers_(model, method)  # per-rank BN statistics -> their mean: one model to evaluate and save
-            val = evaluate(step_model, method, val_loader, autocast=autocast)
+            val = evaluate(model, method, val_loader, autocast=autocast)
             if bar is not None:
                 bar.close()
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_logs, **val,

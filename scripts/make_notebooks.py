@@ -41,7 +41,8 @@ epochs = None  # None: the profile's (400 for tiny-imagenet)
 method_args = {}  # overrides of the registry defaults, e.g. {"alpha": 0.5}
 data = None  # tiny-imagenet-200 folder; None: $MIXNB_DATA, or the generated sample set
 device = "auto"  # auto | cpu | cuda | cuda:N
-compile = False  # torch.compile the model (CUDA only)
+compile = "auto"  # torch.compile mode: auto (measured best on CUDA, off on the CPU) | off | default | reduce-overhead
+precision = "auto"  # autocast: auto (bf16 where native: CUDA, AMX CPUs) | bf16 | fp32
 world_size = 1  # processes (GPUs) for this run; > 1: the same run through torchrun (DDP), global batch unchanged
 sync_bn = False  # world_size > 1 only: True syncs BatchNorm over the global batch; per GPU (the reference) otherwise
 run_dir = None  # None: runs/<profile>/<run name>
@@ -59,7 +60,8 @@ from mixnb.report import plot_learning_curve, run_gallery
 from mixnb.train import fit, launch
 
 cfg = RunConfig.from_dict(dict(method=method, backbone=backbone, profile=profile, seed=seed, epochs=epochs,
-                               method_args=method_args, data=data, device=device, compile=compile, sync_bn=sync_bn))
+                               method_args=method_args, data=data, device=device, compile=compile,
+                               precision=precision, sync_bn=sync_bn))
 print("differs from the defaults:", cfg.changes())
 run_dir = Path(run_dir) if run_dir else default_run_dir(cfg.profile, cfg.run_name())
 print("run folder:", run_dir)

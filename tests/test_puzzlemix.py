@@ -4,8 +4,11 @@ the training step and the persistent worker pool."""
 from __future__ import annotations
 
 import copy
+import ctypes
+import importlib.util
 import itertools
 import os
+import sys
 
 import gco
 import numpy as np
@@ -181,6 +184,135 @@ def test_three_label_swap_on_2x2_grids_against_exhaustive_search():
     labels = ops.solve_cuts(terms)
     assert (terms.cost_v == 0).all()
     assert all(_energy(labels[i], terms, i) == _brute_force_min(terms, i) for i in range(50))
+
+
+def _pygco_labels(terms):
+    """(N, B, B) labels from gco-wrapper's public ``cut_grid_graph``, one call per grid."""
+    n, b = terms.unary.shape[:2]
+    return np.stack([
+        gco.cut_grid_graph(terms.unary[i], terms.pairwise, terms.cost_v[i], terms.cost_h[i], algorithm="swap")
+        for i in range(n)
+    ]).reshape(n, b, b)
+
+
+def _random_terms(rng, n, b, unary_max, weight_max, pairwise):
+    """Random integer problems (3 labels); a quarter of the grids with all-zero edge weights and
+    a quarter with an all-zero unary, so ties and degenerate cases are common."""
+    unary = rng.integers(0, unary_max + 1, (n, b, b, 3), dtype=np.int32)
+    cost_v = rng.integers(0, weight_max + 1, (n, b - 1, b), dtype=np.int32)
+    cost_h = rng.integers(0, weight_max + 1, (n, b, b - 1), dtype=np.int32)
+    cost_v[::4] = cost_h[::4] = 0
+    unary[1::4] = 0
+    return ops.CutTerms(unary, np.asarray(pairwise, dtype=np.int32), cost_v, cost_h)
+
+
+@pytest.mark.parametrize("block_num", [2, 4, 8])
+def test_swap_cuts_are_pygco_bit_for_bit_on_random_integer_problems(block_num):
+    """Tiny costs (ties everywhere), mid-range and large ones (up to 2e6, GCO's own limit is 1e7),
+    with PuzzleMix's (l - l')^2 and with Potts label costs."""
+    rng = np.random.default_rng(block_num)
+    coupled = 0
+    for unary_max, weight_max in [(3, 2), (1000, 400), (2_000_000, 300_000)]:
+        for pairwise in ([[0, 1, 4], [1, 0, 1], [4, 1, 0]], [[0, 1, 1], [1, 0, 1], [1, 1, 0]]):
+            terms = _random_terms(rng, 60, block_num, unary_max, weight_max, pairwise)
+            labels = ops.solve_cuts(terms)
+            assert labels.dtype == np.int32 and labels.shape == (60, block_num, block_num)
+            np.testing.assert_array_equal(labels, _pygco_labels(terms))
+            coupled += int((labels != terms.unary.argmin(-1)).any((1, 2)).sum())
+    assert coupled > 50  # the edges change many answers: not a per-block argmin in disguise
+
+
+@pytest.mark.parametrize("block_num", [2, 4, 8])
+def test_swap_cuts_are_pygco_bit_for_bit_on_puzzlemix_energies(block_num):
+    for seed, lam in enumerate((0.1, 0.5, 0.8)):
+        x, sal = _random_batch(48, seed=20 + seed)
+        perm = torch.randperm(48, generator=_gen(seed))
+        terms = _terms(x, sal, perm, lam, block_num=block_num, gamma=2.0)
+        np.testing.assert_array_equal(ops.solve_cuts(terms), _pygco_labels(terms))
+    # other integer dtypes and strided views are cast and copied as pygco does
+    wide = ops.CutTerms(terms.unary[::2].astype(np.int64), terms.pairwise.astype(np.int64),
+                        terms.cost_v[::2].astype(np.int64), terms.cost_h[::2])
+    np.testing.assert_array_equal(ops.solve_cuts(wide), _pygco_labels(terms)[::2])
+    with pytest.raises(TypeError, match="integer costs"):
+        ops.swap_cuts(ops.CutTerms(terms.unary.astype(np.float64), terms.pairwise, terms.cost_v, terms.cost_h))
+
+
+class _CallLog:
+    """Stands in for gco's ctypes library: forwards each call and logs its name, C ints (not the
+    graph handle, whose value is a global count) and input arrays' contents."""
+
+    def __init__(self, lib):
+        self.lib, self.calls, self.sizes = lib, [], (0, 0)
+
+    def __getattr__(self, name):
+        def call(*args):
+            if name == "gcoCreateGeneralGraph":
+                self.sizes = int(args[0]), int(args[1])
+            sites, labels = self.sizes
+            lengths = {"gcoSetDataCost": [sites * labels], "gcoSetSmoothCost": [labels * labels]}.get(name, [])
+            if name == "gcoSetAllNeighbors":
+                lengths = [int(args[-1])] * 3
+            ints = [int(a) for i, a in enumerate(args)
+                    if ops._C_SIGNATURES[name][i] is ctypes.c_int and (i > 0 or name == "gcoCreateGeneralGraph")]
+            arrays = [  # pygco passes numpy arrays, swap_cuts addresses
+                a.ravel().tolist() if isinstance(a, np.ndarray) else list((ctypes.c_int * size).from_address(a))
+                for a, size in zip(args[1:], lengths)
+            ]
+            self.calls.append((name, *ints, *arrays))
+            return getattr(self.lib, name)(*args)
+        return call
+
+
+def test_swap_cuts_make_pygcos_c_calls(monkeypatch):
+    """The same C functions in the same order with the same arguments as
+    ``gco.cut_grid_graph(..., algorithm="swap")``, 7 per grid and nothing else."""
+    from gco.cgco import _cgco
+
+    x, sal = _random_batch(3, seed=0)
+    terms = _terms(x, sal, torch.tensor([1, 2, 0]), 0.4, block_num=4)
+    ours, theirs = _CallLog(ops._gco_library()), _CallLog(_cgco)
+    monkeypatch.setattr(ops, "_gco_library", lambda: ours)
+    monkeypatch.setattr(gco.pygco, "_cgco", theirs)
+    np.testing.assert_array_equal(ops.solve_cuts(terms), _pygco_labels(terms))
+    v_from, h_from, v_to, h_to = gco.pygco.get_images_edges_vh(4, 4)
+    expect = [[
+        ("gcoCreateGeneralGraph", 16, 3), ("gcoSetDataCost", terms.unary[i].ravel().tolist()),
+        ("gcoSetAllNeighbors", 24, [*v_from, *h_from], [*v_to, *h_to], [*terms.cost_v[i].flat, *terms.cost_h[i].flat]),
+        ("gcoSetSmoothCost", [0, 1, 4, 1, 0, 1, 4, 1, 0]), ("gcoSwap", -1), ("gcoGetLabels",), ("gcoDestroyGraph",),
+    ] for i in range(3)]
+    assert theirs.calls == sum(expect, []) and ours.calls == theirs.calls
+
+
+def test_gco_private_api_is_as_checked():
+    """``ops._gco_library`` relies on gco-wrapper internals (checked against 3.0.9): the loaded
+    library ``gco.cgco._cgco`` and pygco's prototypes, which must match ``ops._C_SIGNATURES``
+    (int stays int, each pointer an int* or, for the energy, a long long*)."""
+    from gco.cgco import _cgco
+
+    where = f"gco-wrapper {gco.__version__} changed the internals _puzzlemix_ops._gco_library relies on"
+    assert isinstance(_cgco, ctypes.CDLL) and os.path.isfile(_cgco._name), where
+    lib = ops._gco_library()
+    for name, ours in ops._C_SIGNATURES.items():
+        assert getattr(lib, name).argtypes == ours  # ours are separate function objects: pygco's stay as they were
+        theirs = getattr(_cgco, name).argtypes
+        assert len(theirs) == len(ours), f"{where}: {name}{theirs}"
+        for i, (mine, their) in enumerate(zip(ours, theirs)):
+            if mine is ctypes.c_void_p:
+                dtype = np.longlong if name == "gcoSwap" else np.intc
+                assert getattr(their, "_dtype_", None) == dtype, f"{where}: {name} arg {i} is {their}"
+            else:
+                assert their is mine, f"{where}: {name} arg {i} is {their}"
+
+
+def test_without_gco_the_module_imports_and_puzzlemix_explains(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gco", None)  # `import gco` raises ImportError
+    spec = importlib.util.spec_from_file_location("_puzzlemix_ops_without_gco", ops.__file__)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    assert module.gco is None and module._swap_cut is None
+    with pytest.raises(RuntimeError, match="pip install gco-wrapper"):
+        module.require_gco()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,6 +574,9 @@ def test_worker_pool_is_persistent_and_matches_serial():
         for _ in range(3):
             assert torch.equal(puzzle_mask(x, sal, draw, PuzzleMixArgs(workers=2)), serial)
         assert ops.worker_pool(2) is pool and set(pool._processes) == pids and os.getpid() not in pids
+        for block_num in (2, 4):  # the pool's per-grid pygco calls and the serial swap_cuts agree
+            terms = _terms(x, sal, draw.perm, 0.4, block_num=block_num)
+            np.testing.assert_array_equal(ops.solve_cuts(terms, workers=2), ops.solve_cuts(terms))
         assert ops.worker_pool(1) is not pool  # another size replaces the pool
     finally:
         ops.shutdown_pool()

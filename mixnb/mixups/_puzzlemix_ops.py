@@ -1,5 +1,6 @@
-"""PuzzleMix solver pieces: the graph-cut energy, its per-sample CPU solve on a persistent
-process pool, and the greedy block transport. The method itself is in ``puzzlemix.py``.
+"""PuzzleMix solver pieces: the graph-cut energy, its per-sample CPU solve (gco's C library
+called directly, or on a persistent process pool), and the greedy block transport. The method
+itself is in ``puzzlemix.py``.
 
 Energy (protocol.md §2.10; the terms as OpenMixup's ``augments/puzzlemix.py`` builds them).
 Each of the B x B blocks takes a label l in {0, ..., L-1}; label l shows x with weight
@@ -17,6 +18,7 @@ float costs are scaled by 1000 * B^2 and truncated to integers as in the referen
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
 import math
 import multiprocessing
@@ -142,11 +144,91 @@ def grid_energy(labels: np.ndarray, unary: np.ndarray, pairwise: np.ndarray, cos
 
 
 # ---------------------------------------------------------------------------------------------
-# The per-sample CPU solve, serial or on a persistent process pool
+# The per-sample CPU solve: serial through gco's C library, or on a persistent process pool
 
-# gco.cut_grid_graph itself is the task and the worker set-up below is stdlib source run by
+# gco.cut_grid_graph itself is the pool's task and the worker set-up below is stdlib source run by
 # ``exec``: workers never import mixnb (whose import costs seconds and ~1 GB), only gco + numpy.
 _swap_cut = functools.partial(gco.cut_grid_graph, algorithm="swap") if gco is not None else None
+
+# The C functions gco.cut_grid_graph calls, in its order, as declared in gco's cgco.h; every
+# pointer is passed as a raw address (pygco's numpy prototypes check each argument, which is
+# most of a small cut's cost).
+_C_SIGNATURES: dict[str, tuple[type, ...]] = {
+    "gcoCreateGeneralGraph": (ctypes.c_int, ctypes.c_int, ctypes.c_void_p),  # (sites, labels, int *handle)
+    "gcoSetDataCost": (ctypes.c_int, ctypes.c_void_p),  # (handle, int unary[sites][labels])
+    # (handle, int s1[E], int s2[E], int w[E], E)
+    "gcoSetAllNeighbors": (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int),
+    "gcoSetSmoothCost": (ctypes.c_int, ctypes.c_void_p),  # (handle, int cost[labels][labels])
+    "gcoSwap": (ctypes.c_int, ctypes.c_int, ctypes.c_void_p),  # (handle, iterations, long long *energy)
+    "gcoGetLabels": (ctypes.c_int, ctypes.c_void_p),  # (handle, int labels[sites])
+    "gcoDestroyGraph": (ctypes.c_int,),  # (handle)
+}
+
+
+@functools.cache
+def _gco_library() -> ctypes.CDLL:
+    """gco-wrapper's compiled library, with the ``_C_SIGNATURES`` prototypes (its own keep pygco's).
+
+    Private API, checked against gco-wrapper 3.0.9: ``gco.cgco._cgco`` is the library pygco
+    loaded; ``test_gco_private_api_is_as_checked`` fails if it or the C signatures change.
+    """
+    from gco.cgco import _cgco
+
+    lib = ctypes.CDLL(_cgco._name)  # the same loaded library (and graph registry), new function objects
+    for name, argtypes in _C_SIGNATURES.items():
+        getattr(lib, name).argtypes = argtypes
+    return lib
+
+
+@functools.cache
+def grid_edges(b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(E,) intc first and second site of each edge of a B x B grid, E = 2B(B-1): the vertical
+    edges then the horizontal ones, row-major, as ``gco.cut_grid_graph`` lists them (read-only)."""
+    sites = np.arange(b * b, dtype=np.intc).reshape(b, b)
+    first = np.concatenate([sites[:-1].ravel(), sites[:, :-1].ravel()])
+    second = np.concatenate([sites[1:].ravel(), sites[:, 1:].ravel()])
+    first.flags.writeable = second.flags.writeable = False
+    return first, second
+
+
+def _row_addresses(a: np.ndarray) -> list[int]:
+    """The address of each row a[i] of a C-contiguous array."""
+    return (a.ctypes.data + a.strides[0] * np.arange(len(a))).tolist()
+
+
+def swap_cuts(terms: CutTerms) -> np.ndarray:
+    """Labels (N, B*B) intc of ``gco.cut_grid_graph(unary, pairwise, cost_v, cost_h, algorithm="swap")``
+    for every grid, bit for bit: the same C calls with the same arguments, without pygco's Python
+    overhead per call. The terms must be integers, as ``cut_terms`` builds them."""
+    if not all(np.issubdtype(a.dtype, np.integer) for a in (terms.unary, terms.pairwise, terms.cost_v, terms.cost_h)):
+        raise TypeError("swap_cuts takes integer costs (pygco would rescale float ones)")
+    n, b, _, n_labels = terms.unary.shape
+    first, second = grid_edges(b)
+    # pygco casts with .astype(np.intc); GCO keeps pointers to the unary and pairwise arrays, alive until destroy
+    unary = np.ascontiguousarray(terms.unary.reshape(n, b * b * n_labels), dtype=np.intc)  # (N, B*B*L)
+    weights = np.concatenate([terms.cost_v.reshape(n, -1), terms.cost_h.reshape(n, -1)], 1).astype(np.intc)  # (N, E)
+    pairwise = np.ascontiguousarray(terms.pairwise, dtype=np.intc)  # (L, L)
+    labels = np.empty((n, b * b), dtype=np.intc)
+    handle, energy = ctypes.c_int(), ctypes.c_longlong()
+    handle_at, energy_at = ctypes.addressof(handle), ctypes.addressof(energy)
+    first_at, second_at, pairwise_at = first.ctypes.data, second.ctypes.data, pairwise.ctypes.data
+    sites, n_edges = b * b, first.size
+    c = _gco_library()
+    create, set_data, set_edges, set_smooth = (
+        c.gcoCreateGeneralGraph, c.gcoSetDataCost, c.gcoSetAllNeighbors, c.gcoSetSmoothCost
+    )
+    swap, get_labels, destroy = c.gcoSwap, c.gcoGetLabels, c.gcoDestroyGraph
+    rows = zip(_row_addresses(unary), _row_addresses(weights), _row_addresses(labels))
+    for unary_at, weights_at, labels_at in rows:  # the only per-sample loop in PuzzleMix: C calls only
+        create(sites, n_labels, handle_at)
+        graph = handle.value
+        set_data(graph, unary_at)
+        set_edges(graph, first_at, second_at, weights_at, n_edges)
+        set_smooth(graph, pairwise_at)
+        swap(graph, -1, energy_at)  # n_iter -1: until convergence, pygco's default
+        get_labels(graph, labels_at)
+        destroy(graph)
+    return labels
 
 
 def require_gco() -> None:
@@ -154,6 +236,8 @@ def require_gco() -> None:
     if gco is None:
         raise RuntimeError("PuzzleMix needs the graph-cut package gco-wrapper (`import gco`): "
                            "pip install gco-wrapper (it is in pyproject.toml; `make install` installs it)")
+
+
 _WORKER_INIT = """
 import multiprocessing, multiprocessing.connection, os, signal, threading
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # Jupyter's interrupt signals the whole process group
@@ -198,15 +282,15 @@ atexit.register(shutdown_pool)
 
 
 def solve_cuts(terms: CutTerms, *, workers: int = 0) -> np.ndarray:
-    """α-β-swap labels (N, B, B) int32 from gco, one grid per sample: in this process when
-    ``workers`` is 0, else on the persistent pool (the only per-sample loop in PuzzleMix)."""
+    """α-β-swap labels (N, B, B) int32 from gco, one grid per sample: ``swap_cuts`` in this
+    process when ``workers`` is 0, else ``gco.cut_grid_graph`` on the persistent pool."""
     n, b = terms.unary.shape[:2]
-    args = (terms.unary, [terms.pairwise] * n, terms.cost_v, terms.cost_h)
     if workers == 0:
-        labels = list(map(_swap_cut, *args))
+        labels = swap_cuts(terms)
     else:
-        labels = list(worker_pool(workers).map(_swap_cut, *args, chunksize=math.ceil(n / workers)))
-    return np.stack(labels).reshape(n, b, b).astype(np.int32)
+        args = (terms.unary, [terms.pairwise] * n, terms.cost_v, terms.cost_h)
+        labels = np.stack(list(worker_pool(workers).map(_swap_cut, *args, chunksize=math.ceil(n / workers))))
+    return labels.reshape(n, b, b).astype(np.int32, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mixnb.config import PROFILES, RunConfig, default_cache_dir
 from mixnb.data import DeviceLoader, TinyImageNetTensors, load_tiny_imagenet, make_sample_dataset
 from mixnb.io import atomic_torch_save, atomic_write_text, environment, git_state, read_json, write_json
-from mixnb.mixups import MixMethod, StepContext, get_method
+from mixnb.mixups import MixMethod, StepContext, get_method, get_spec
 from mixnb.models import build_model
 
 MEDIAN_WINDOW = 10  # protocol.md §1.7: median top-1 of the last 10 epochs
@@ -210,14 +210,16 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------- fit
-AUTO_COMPILE_CUDA = "default"  # what compile="auto" means on CUDA (BENCHMARKS.md: measured with make bench)
+AUTO_COMPILE_CUDA = "reduce-overhead"  # compile="auto" on CUDA: CUDA graphs, 2.1x eager for R-18 on an H100 (BENCHMARKS.md)
 RECOMPILE_LIMIT = 32  # graphs per compiled model: train/eval modes, eval batch sizes, ManifoldMix's stages
 
 
 def resolve_compile(cfg: RunConfig, device: torch.device) -> str | None:
-    """The torch.compile mode a run uses, or None for eager. "auto": AUTO_COMPILE_CUDA on CUDA; eager on
-    the CPU, where a compile costs a minute and the sample profile's runs take a few."""
-    mode = AUTO_COMPILE_CUDA if cfg.compile == "auto" and device.type == "cuda" else cfg.compile
+    """The torch.compile mode a run uses, or None for eager. "auto": AUTO_COMPILE_CUDA on CUDA for methods
+    whose registry entry says it pays (``auto_compile``); eager on the CPU, where a compile costs a minute
+    and the sample profile's runs take a few."""
+    on = device.type == "cuda" and get_spec(cfg.method).auto_compile
+    mode = (AUTO_COMPILE_CUDA if on else "off") if cfg.compile == "auto" else cfg.compile
     return None if mode in ("off", "auto") else mode
 
 

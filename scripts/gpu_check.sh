@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# One short GPU slot (<= 8 minutes): environment, sync check, `python -m mixnb.bench` on both
-# backbones and every method that imports, then the compiled Vanilla/MixUp path.
+# One short GPU slot (<= 9 minutes): environment, the CUDA compile tests, Vanilla under each
+# torch.compile mode (off, default, reduce-overhead) on both backbones, then every method with the
+# Trainer's compile mode and the peers, R-18 first, until the deadline.
 # Runs from the source tree (PYTHONPATH=.) with the machine's own Python: no venv, no network.
 # Carry .cache/gpu-wheels (cp312 gco-wrapper + opencv-contrib wheels, see below) for PuzzleMix and SaliencyMix.
-# Results go to $OUT (default ./bench-results), at most 7 files:
-#   gpu_check.log, sync/sync.{json,md}, eager/bench.{json,md}, compile/bench.{json,md}
-# Usage: bash scripts/gpu_check.sh   (OUT=/some/dir for the results; DEADLINE=300 for a shorter slot:
-#   the eager bench keeps its time and the compiled part is dropped first)
+# Results go to $OUT (default ./bench-results): gpu_check.log, vanilla-<mode>/bench.{json,md},
+#   methods/bench.{json,md} (and sync/sync.{json,md} with SYNC=1).
+# Usage: bash scripts/gpu_check.sh   (DEADLINE=300 for a shorter slot; MODES="off default" for the
+#   Vanilla part's modes; MODE=off|default|reduce-overhead and METHODS=a,b for the method part)
 # A CPU dry run of the plumbing: BENCH_EXTRA="--device cpu --width 8 --batch-size 20 --seconds 0.01
-#   --windows 1 --warmup 1 --eval-images 40 --methods vanilla,cutmix" bash scripts/gpu_check.sh
+#   --windows 1 --warmup 1 --eval-images 40 --compile off" METHODS=vanilla,cutmix bash scripts/gpu_check.sh
 # Not `set -e`: one failing part must not lose the others; each part has its own `timeout`.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./bench-results}"
-DEADLINE="${DEADLINE:-470}"  # seconds for the whole script
+DEADLINE="${DEADLINE:-480}"  # seconds for the whole script
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 PY="${PY:-$(command -v python3 || command -v python)}"
@@ -81,32 +82,36 @@ if ! "$PY" -c "import mixnb.mixups" 2>/dev/null; then
 fi
 
 if "$PY" -c "import pytest" 2>/dev/null; then
-    part "pytest (bench + data tests, CPU)" 45 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_bench.py tests/test_data.py
+    part "pytest: CUDA-graph steps against eager on CUDA" 150 \
+        "$PY" -m pytest -q -x -p no:cacheprovider tests/test_compile.py -k cuda
 else
-    say "pytest: not installed here, skipped (the sync check below needs no pytest)"
+    say "pytest: not installed here, skipped"
 fi
 
-part "sync check: each method's step under torch.cuda.set_sync_debug_mode('error')" 90 \
-    "$PY" -m mixnb.bench --sync-check --backbones resnet18 --warmup 2 --out "$OUT/sync" ${EXTRA[@]+"${EXTRA[@]}"}
-
-# The eager bench matters most: it gets everything but ~120 s, which go to the compiled part
-# when the slot is long enough (DEADLINE >= ~400), else nothing.
-L=$(left); if [ "$L" -gt 330 ]; then T=$((L - 120)); else T=$((L - 10)); fi; [ "$T" -gt 320 ] && T=320
-part "bench, eager: both backbones, every method, peers" "$T" \
-    "$PY" -m mixnb.bench --methods "$("$PY" -c 'from mixnb.mixups import REGISTRY; print(",".join(REGISTRY))'),puzzlemix:workers=8" \
-    --backbones resnet18,resnext50 --seconds 1.0 --windows 3 --warmup 3 --budget $((T - 35)) --out "$OUT/eager" ${EXTRA[@]+"${EXTRA[@]}"}
-
-T=$(( $(left) - 10 )); B=$((T - 100)); [ "$B" -lt 1 ] && B=1  # no RX-50 compile without ~100 s for it
-if [ "$T" -ge 60 ]; then
-    part "bench, torch.compile: Vanilla and MixUp (compile time is in the warm-up)" "$T" \
-        "$PY" -m mixnb.bench --methods vanilla,mixup --backbones resnet18,resnext50 --compile on --no-peers \
-        --seconds 1.0 --windows 3 --warmup 3 --budget "$B" --out "$OUT/compile" ${EXTRA[@]+"${EXTRA[@]}"}
-else
-    say "bench, torch.compile: skipped, ${T}s left (a compile needs ~60 s)"
+if [ "${SYNC:-0}" = 1 ]; then
+    part "sync check: each method's step under torch.cuda.set_sync_debug_mode('error')" 90 \
+        "$PY" -m mixnb.bench --sync-check --backbones resnet18 --warmup 2 --out "$OUT/sync" ${EXTRA[@]+"${EXTRA[@]}"}
 fi
+
+# 1. Vanilla under each compile mode, R-18 then RX-50, in one process per mode (compile time is in
+#    the warm-up; inductor's on-disk cache makes the later modes' compiles shorter).
+for mode in ${MODES:-off default reduce-overhead}; do
+    T=$(( $(left) * 2 / 5 )); [ "$T" -gt 200 ] && T=200
+    part "bench Vanilla, compile $mode" "$T" \
+        "$PY" -m mixnb.bench --methods vanilla --backbones resnet18,resnext50 --compile "$mode" --no-peers \
+        --seconds 1.0 --windows 3 --warmup 3 --budget $((T - 60)) --out "$OUT/vanilla-$mode" ${EXTRA[@]+"${EXTRA[@]}"}
+done
+
+# 2. Every method (and the peers) with the Trainer's default compile mode, R-18 first; rows not
+#    started when the budget runs out are listed as skipped.
+T=$(( $(left) - 15 ))
+part "bench, every method, compile ${MODE:-auto}, peers" "$T" \
+    "$PY" -m mixnb.bench --methods "${METHODS:-$("$PY" -c 'from mixnb.mixups import REGISTRY; print(",".join(REGISTRY))')}" \
+    --backbones resnet18,resnext50 --compile "${MODE:-auto}" --seconds 1.0 --windows 3 --warmup 3 \
+    --budget $((T - 40)) --out "$OUT/methods" ${EXTRA[@]+"${EXTRA[@]}"}
 
 say "results (also in $OUT)"
-for f in "$OUT/sync/sync.md" "$OUT/compile/bench.md" "$OUT/eager/bench.md"; do
+for f in "$OUT"/sync/sync.md "$OUT"/vanilla-*/bench.md "$OUT"/methods/bench.md; do
     if [ -f "$f" ]; then echo; echo "### $f"; cat "$f"; else echo "(no $f)"; fi
 done
 say "finished in ${SECONDS}s"

@@ -1,12 +1,17 @@
 """Shared helpers, the method interface, the registry, and Vanilla / MixUp / CutMix."""
 
+import itertools
+
 import pytest
 import scipy.stats
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
+import mixnb.mixups.cutmix as cutmix_module
 from mixnb.mixups import REGISTRY, get_method, mixed_cross_entropy, sample_beta, soft_target
-from mixnb.mixups._helpers import box_from_lam, box_mask, lam_from_box, random_partner
-from mixnb.mixups.cutmix import CutMixDraw, cutmix, sample_cutmix
+from mixnb.mixups._helpers import box_around, box_from_lam, box_mask, lam_from_box, random_partner
+from mixnb.mixups.cutmix import CutMixDraw, cutmix, paste_slices, paste_where, sample_cutmix
 from mixnb.mixups.mixup import MixUpDraw, mixup, sample_mixup
 
 
@@ -55,6 +60,30 @@ def test_box_helpers_exact_area():
     assert lam_from_box(box, 64, 64).item() == pytest.approx(1 - 26 * 32 / 4096)
 
 
+def test_box_from_lam_matches_the_protocol_formula_for_any_size():
+    lams = torch.cat([torch.rand(20000, generator=gen(8)), torch.tensor([0.0, 1.0, 2**-24, 1 - 2**-24])])
+    ratio = torch.sqrt(1 - lams)
+    for h, w in [(64, 64), (55, 55), (64, 48), (7, 9), (1, 1)]:
+        half = torch.stack([(h * ratio).floor().long() // 2, (w * ratio).floor().long() // 2], dim=1)  # (L, 2)
+        for lam, hf in list(zip(lams, half))[::50] + list(zip(lams, half))[-4:]:
+            for center in ([0, 0], [h - 1, w - 1], [h // 2, w // 3]):
+                (cy, cx), (hy, hx) = center, hf.tolist()
+                expect = [max(cy - hy, 0), min(cy + hy, h), max(cx - hx, 0), min(cx + hx, w)]
+                assert box_from_lam(lam, torch.tensor(center), h, w).tolist() == expect, (h, w, lam.item(), center)
+
+
+def test_box_mask_and_lam_for_any_box():
+    rows, cols = torch.arange(8)[:, None], torch.arange(10)[None, :]
+    for box in itertools.product([-3, 0, 2, 5, 8, 11], repeat=4):  # inverted and out-of-range boxes too
+        y0, y1, x0, x1 = box
+        expect = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+        assert torch.equal(box_mask(torch.tensor(box), 8, 10), expect), box
+    for half in ([0, 0], [3, 1], [9, 20]):  # box_around as ResizeMix calls it, with a (2,) half
+        box = box_around(torch.tensor([6, 2]), torch.tensor(half), 8, 10)
+        assert box.tolist() == [max(6 - half[0], 0), min(6 + half[0], 8), max(2 - half[1], 0), min(2 + half[1], 10)]
+        assert lam_from_box(box, 8, 10) == 1 - box_mask(box, 8, 10).float().mean()
+
+
 def test_mixed_cross_entropy_equals_soft_target_and_two_term_form():
     logits = torch.randn(6, 5, generator=gen())
     y_a, y_b = torch.tensor([0, 1, 2, 3, 4, 0]), torch.tensor([1, 1, 0, 2, 3, 4])
@@ -71,10 +100,14 @@ def test_mixed_cross_entropy_equals_soft_target_and_two_term_form():
 def test_mixup_core_exact_and_lam_one_identity():
     x = torch.randn(4, 3, 8, 8, generator=gen())
     perm = torch.tensor([1, 0, 3, 2])
-    out, lam = mixup(x, MixUpDraw(torch.tensor(0.75), perm))
-    assert torch.allclose(out, 0.75 * x + 0.25 * x[perm]) and lam.item() == 0.75
+    lam = torch.rand((), generator=gen(1))
+    out, out_lam = mixup(x, MixUpDraw(lam, perm))
+    torch.testing.assert_close(out, lam * x + (1 - lam) * x[perm], rtol=0, atol=1e-6)  # lerp: rounding only
+    assert out_lam is lam
     out, _ = mixup(x, MixUpDraw(torch.tensor(1.0), perm))
     assert torch.equal(out, x)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    assert mixup(x_cl, MixUpDraw(lam, perm))[0].is_contiguous(memory_format=torch.channels_last)
 
 
 def test_cutmix_core_hand_made_box():
@@ -98,6 +131,86 @@ def test_cutmix_lam_is_exact_unpasted_share(seed):
     assert torch.allclose(unchanged[paired], lam.expand(3)[paired]) and keep.mean() == lam
 
 
+def test_cutmix_host_slice_paste_equals_device_mask_paste_bit_for_bit(monkeypatch):
+    """The CPU path copies only the box (its corners are free to read on the host); the CUDA path
+    pastes with a mask and torch.where. Forced on the CPU, both give the same bits."""
+    cases = [(n, h, w, seed) for n, (h, w) in itertools.product([1, 2, 5], [(64, 64), (13, 9)]) for seed in range(10)]
+    for n, h, w, seed in cases:
+        x = torch.randn(n, 3, h, w, generator=gen(seed))
+        x[0, 0, 0, :2] = torch.tensor([-0.0, float("nan")])  # copies keep every bit
+        for x_in in (x, x.contiguous(memory_format=torch.channels_last)):
+            draw = sample_cutmix(n, h, w, gen=gen(seed), alpha=0.5)
+            host = cutmix(x_in, draw)
+            with monkeypatch.context() as m:
+                m.setattr(cutmix_module, "paste_slices", paste_where)
+                device = cutmix(x_in, draw)
+            assert host[0].view(torch.int32).equal(device[0].view(torch.int32))
+            assert torch.equal(host[1], device[1]) and torch.equal(host[2], device[2])
+            assert host[0].stride() == device[0].stride() == x_in.stride()  # memory format kept
+    box, x, perm = torch.tensor([1, 3, 0, 2]), torch.arange(32.0).reshape(2, 1, 4, 4), torch.tensor([1, 0])
+    for u, v in zip(paste_slices(x, perm, box), paste_where(x, perm, box)):
+        assert torch.equal(u, v)
+    x.requires_grad_()
+    grad_slices, grad_where = (torch.autograd.grad((paste(x, perm, box)[0] * x.detach()).sum(), x)[0]
+                               for paste in (paste_slices, paste_where))
+    assert torch.equal(grad_slices, grad_where)
+
+
+class HostReads(TorchDispatchMode):
+    """Records aten ops that need tensor data on the host (``.item()``, ``bool()``, ``int()``) or
+    make a tensor from host data (``torch.tensor``): on CUDA a sync or a pageable host-to-device copy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default):
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_mixup_and_cutmix_device_paths_never_read_tensors_on_the_host(alpha, monkeypatch):
+    with HostReads() as probe:
+        torch.tensor(1.0).item()
+    assert probe.seen == ["aten.lift_fresh.default", "aten._local_scalar_dense.default"]  # the probe works
+    x, y = torch.randn(5, 3, 16, 16, generator=gen()), torch.arange(5)
+    monkeypatch.setattr(cutmix_module, "paste_slices", paste_where)  # the CUDA path, on the CPU
+    with HostReads() as probe:
+        for name in ("mixup", "cutmix"):
+            get_method(name, alpha=alpha).mix(x, y, gen=gen(3))
+    assert probe.seen == []
+    monkeypatch.undo()
+    # Fake CUDA tensors (no GPU needed) take the real dispatch; a host read of their data raises.
+    with FakeTensorMode():
+        x = torch.empty(5, 3, 16, 16, device="cuda")
+        draw = CutMixDraw(torch.empty((), device="cuda"), torch.zeros(5, dtype=torch.int64, device="cuda"),
+                          torch.zeros(2, dtype=torch.int64, device="cuda"))
+        out, lam, keep = cutmix(x, draw)
+        assert out.device.type == "cuda" and lam.shape == () and keep.shape == (1, 1, 16, 16)
+        mixup(x, MixUpDraw(draw.lam, draw.perm))
+        with pytest.raises(Exception, match="local_scalar_dense|data-dependent|DataDependent"):
+            paste_slices(x, draw.perm, torch.zeros(4, dtype=torch.int64, device="cuda"))
+
+
+def test_cutmix_device_path_is_a_few_kernels(monkeypatch):
+    """A proxy for GPU launches: the core's non-view aten ops on the CUDA path (was 37)."""
+    calls = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            calls.extend([] if func.is_view else [func])
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(3, 3, 64, 64, generator=gen())
+    draw = sample_cutmix(3, 64, 64, gen=gen(), alpha=1.0)
+    monkeypatch.setattr(cutmix_module, "paste_slices", paste_where)
+    with Count():
+        cutmix(x, draw)
+    assert len(calls) <= 22, calls
+
+
 @pytest.mark.parametrize("name", ["vanilla", "mixup", "cutmix"])
 @pytest.mark.parametrize("n", [1, 5])
 def test_methods_reproducible_targets_sum_to_one(name, n):
@@ -114,6 +227,17 @@ def test_samplers_draw_on_generator_device_and_are_seeded():
     assert torch.equal(d1.perm, d2.perm) and torch.equal(d1.lam, d2.lam)
     c = sample_cutmix(9, 64, 64, gen=gen(5), alpha=1.0)
     assert 0 <= c.center.min() and c.center.max() < 64 and c.lam.device.type == "cpu"
+
+
+def test_sample_cutmix_draw_order():
+    """lam, then perm, then the centre row and column: seeded runs keep their values."""
+    for seed, (h, w) in itertools.product(range(20), [(64, 64), (30, 7)]):
+        ref = gen(seed)
+        lam = torch.rand((), generator=ref)
+        perm = random_partner(6, gen=ref, tries=10)
+        center = torch.stack([torch.randint(h, (), generator=ref), torch.randint(w, (), generator=ref)])
+        draw = sample_cutmix(6, h, w, gen=gen(seed), alpha=1.0)
+        assert torch.equal(draw.lam, lam) and torch.equal(draw.perm, perm) and torch.equal(draw.center, center)
 
 
 def test_registry_errors_are_clear():

@@ -45,39 +45,45 @@ def random_partner(n: int, *, gen: torch.Generator, tries: int = 1) -> Tensor:
     perms = torch.rand((tries, n), generator=gen, device=gen.device).argsort(dim=1)  # (T, N)
     if tries == 1:
         return perms[0]
-    fixed = (perms == torch.arange(n, device=perms.device)).any(dim=1)  # (T,)
-    ok = torch.cat([~fixed[:-1], torch.ones_like(fixed[:1])])  # fall back to the last draw
-    return perms.index_select(0, ok.to(torch.int8).argmax().view(1)).squeeze(0)  # no host sync
+    fixed = (perms == torch.arange(n, device=perms.device)).sum(dim=1)  # (T,) fixed points per draw
+    fixed[-1].fill_(0)  # fall back to the last draw (fill_, not `= 0`: that copies a host scalar)
+    return perms.index_select(0, fixed.argmin().view(1)).squeeze(0)  # first 0 (argmin: first minimum); no host sync
+
+
+def gather_rows(x: Tensor, perm: Tensor) -> Tensor:
+    """x[perm] along dim 0, in x's memory format."""
+    # index_select copies whole images (0.24 vs 0.67 ms for x[perm]: 100x3x64x64, 2-core CPU) but returns NCHW
+    return x.index_select(0, perm) if x.is_contiguous() else x[perm]
 
 
 def box_from_lam(lam: Tensor, center: Tensor, h: int, w: int) -> Tensor:
     """CutMix box (y0, y1, x0, x1) int64 with side int(size * sqrt(1 - lam)) around ``center``,
     corners at center -/+ side // 2, clipped to the image (protocol.md §2.4)."""
     ratio = torch.sqrt(1 - lam)
-    half = torch.stack([(h * ratio).floor().long() // 2, (w * ratio).floor().long() // 2])  # (2,)
+    # floor(floor(s * r) / 2) == floor(s * r / 2); halving is exact in float, .long() floors r >= 0: 2 kernels, not 6
+    half = (ratio * (h / 2)).long() if h == w else torch.stack([ratio * (h / 2), ratio * (w / 2)]).long()  # () or (2,)
     return box_around(center, half, h, w)
 
 
 def box_around(center: Tensor, half: Tensor, h: int, w: int) -> Tensor:
-    """Box (y0, y1, x0, x1) spanning center -/+ half, clipped to [0, h] x [0, w]."""
-    lo = (center - half).clamp_min(0)
-    hi = center + half  # clamp per axis with Python bounds: a host tensor here would sync on CUDA
-    return torch.stack([lo[0], hi[0].clamp_max(h), lo[1], hi[1].clamp_max(w)])
+    """Box (y0, y1, x0, x1) spanning center -/+ half, clipped to [0, h] x [0, w] (center inside, half >= 0)."""
+    box = torch.stack([center - half, center + half], dim=1)  # (2, 2): (y0, y1), (x0, x1)
+    # Python bounds, not a host tensor (a sync on CUDA); clamp(0, size) only moves y0 up and y1 down, as the clip
+    box = box.clamp(0, h) if h == w else torch.stack([box[0].clamp(0, h), box[1].clamp(0, w)])
+    return box.flatten()
 
 
 def lam_from_box(box: Tensor, h: int, w: int) -> Tensor:
     """1 - box area / image area, float32 (the weight of the un-pasted image)."""
-    area = (box[1] - box[0]) * (box[3] - box[2])
-    return 1 - area.float() / (h * w)
+    area = (box[1::2] - box[0::2]).prod()  # () int64: height * width
+    return 1 - area / (h * w)  # true division of int64 computes in float32, as area.float() / (h * w)
 
 
 def box_mask(box: Tensor, h: int, w: int) -> Tensor:
     """(H, W) bool mask, True inside the box."""
-    rows = torch.arange(h, device=box.device)
-    cols = torch.arange(w, device=box.device)
-    in_rows = (rows >= box[0]) & (rows < box[1])
-    in_cols = (cols >= box[2]) & (cols < box[3])
-    return in_rows[:, None] & in_cols[None, :]
+    past = torch.arange(max(h, w), device=box.device) >= box[:, None]  # (4, L): index >= y0, y1, x0, x1
+    inside = past[0::2] > past[1::2]  # (2, L): lo <= index < hi, rows then cols; one compare for all four edges
+    return inside[0, :h, None] & inside[1, None, :w]
 
 
 def mix_with_mask(x: Tensor, perm: Tensor, mask: Tensor) -> Tensor:

@@ -36,7 +36,7 @@ class FeatureMix:
     def apply(self, h: Tensor) -> Tensor:
         """Mix in float32 (under bf16 autocast lam would otherwise be rounded to 8 bits)."""
         hf = h.float()
-        return (self.lam * hf + (1 - self.lam) * hf[self.perm]).to(h.dtype)
+        return torch.lerp(hf[self.perm], hf, self.lam).to(h.dtype)  # = lam * h + (1 - lam) * h[perm]
 
 
 class BasicBlock(nn.Module):

@@ -214,11 +214,11 @@ AUTO_COMPILE_CUDA = "reduce-overhead"  # compile="auto" on CUDA: CUDA graphs, 2.
 RECOMPILE_LIMIT = 32  # graphs per compiled model: train/eval modes, eval batch sizes, ManifoldMix's stages
 
 
-def resolve_compile(cfg: RunConfig, device: torch.device) -> str | None:
-    """The torch.compile mode a run uses, or None for eager. "auto": AUTO_COMPILE_CUDA on CUDA for methods
+def resolve_compile(cfg: RunConfig, device: torch.device, world: int = 1) -> str | None:
+    """The torch.compile mode a run uses, or None for eager. "auto": AUTO_COMPILE_CUDA on one GPU for methods
     whose registry entry says it pays (``auto_compile``); eager on the CPU, where a compile costs a minute
-    and the sample profile's runs take a few."""
-    on = device.type == "cuda" and get_spec(cfg.method).auto_compile
+    and the sample profile's runs take a few, and under DDP (``world`` > 1), where CUDA graphs are unmeasured."""
+    on = device.type == "cuda" and world == 1 and get_spec(cfg.method).auto_compile
     mode = (AUTO_COMPILE_CUDA if on else "off") if cfg.compile == "auto" else cfg.compile
     return None if mode in ("off", "auto") else mode
 
@@ -265,7 +265,7 @@ def build_parts(
         g["base_lr"] = g["lr"]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                 fused=on_cuda or None)
-    mode = resolve_compile(cfg, device)
+    mode = resolve_compile(cfg, device, world)
     if mode is not None:
         compiler_config = torch._dynamo.config
         compiler_config.recompile_limit = max(compiler_config.recompile_limit, RECOMPILE_LIMIT)

@@ -58,6 +58,7 @@ def test_compile_and_precision_resolve_per_device():
     assert resolve_compile(RunConfig(), cuda) is not None  # auto: compiled on CUDA ...
     assert resolve_compile(RunConfig(method="automix"), cuda) is None  # ... where the registry says it pays
     assert resolve_compile(RunConfig(method="automix", compile="default"), cuda) == "default"
+    assert resolve_compile(RunConfig(), cuda, world=2) is None  # DDP: eager unless asked
     assert resolve_precision(RunConfig(precision="fp32"), cuda) == torch.float32
     assert resolve_precision(RunConfig(precision="bf16"), cpu) == torch.bfloat16
     with pytest.raises(ValueError, match="compile must be one of"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -9,14 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixnb.mixups import REGISTRY, StepContext, get_method, soft_target
-from mixnb.mixups._helpers import box_around
-from mixnb.mixups.fmix import FMix, FMixDraw, fmix, fmix_field, fmix_mask, sample_fmix
+from mixnb.mixups._helpers import box_around, box_mask, lam_from_box, random_partner, sample_beta
+from mixnb.mixups.fmix import SPECTRA, FMix, FMixDraw, fmix, fmix_field, fmix_mask, sample_fmix, spectrum_weight
 from mixnb.mixups.manifoldmix import ManifoldMix, ManifoldMixDraw, manifoldmix, sample_manifoldmix
 from mixnb.mixups.mixup import MixUpDraw, mixup, sample_mixup
-from mixnb.mixups.resizemix import ResizeMix, ResizeMixDraw, _nearest_src, resizemix, sample_resizemix
+from mixnb.mixups.resizemix import ResizeMix, ResizeMixDraw, _nearest_src, paste_index, resizemix, sample_resizemix
 from mixnb.models import build_model
+
+from test_core_methods import HostReads  # tests/ is on sys.path (pytest's rootdir)
 
 H = W = 64
 K = 4  # classes of the tiny test model
@@ -54,6 +58,11 @@ def ctx(seed: int = 0) -> StepContext:
 
 
 REV5 = torch.tensor([4, 3, 2, 1, 0])  # a partner with one fixed point (2)
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The float bits as integers: equal only if every value, -0.0 and NaN included, is the same."""
+    return t.contiguous().view(torch.int32 if t.element_size() == 4 else torch.int64)
 
 
 # ---------------------------------------------------------------------------- ManifoldMix
@@ -292,6 +301,63 @@ def test_fmix_seeded_reproduces_and_odd_batches():
     assert torch.equal(get_method("fmix").mix(x1, y1, gen=gen(0)).x, x1)  # a batch of one pairs with itself
 
 
+def field_reference(noise: torch.Tensor, h: int, w: int, decay_power: float, spectrum: str) -> torch.Tensor:
+    """fmix_field as it was before its constants were cached: the spectrum assembled on every call."""
+    fy, fx = torch.fft.fftfreq(h)[:, None], torch.fft.rfftfreq(w)[None, :]
+    scale = torch.sqrt(fy**2 + fx**2).clamp_min(1 / max(h, w)) ** -decay_power
+    if spectrum == "paper":
+        spec = torch.complex(scale * noise[0], scale * noise[1])
+    else:
+        k = min(h, w // 2 + 1)
+        spec = torch.zeros(h, w // 2 + 1, dtype=torch.complex64)
+        spec[:k, :2] = torch.complex(scale[0, :k, None] * noise[0, :k, :2], scale[1, :k, None] * noise[1, :k, :2])
+    rows = torch.fft.ifft(spec, dim=0)
+    imag = rows.imag.clone()
+    imag[:, 0] = 0
+    if w % 2 == 0:
+        imag[:, w // 2] = 0
+    return torch.fft.irfft(torch.complex(rows.real, imag), n=w, dim=1)
+
+
+@pytest.mark.parametrize("spectrum", SPECTRA)
+def test_fmix_field_is_bit_identical_to_the_uncached_formula(spectrum):
+    for (h, w), decay_power in itertools.product([(64, 64), (30, 7), (7, 30), (2, 2), (63, 65)], [3.0, 1.0]):
+        noise = torch.randn(2, h, w // 2 + 1, generator=gen(h + w))
+        ours = fmix_field(noise, h, w, decay_power=decay_power, spectrum=spectrum)
+        assert torch.equal(bits(ours), bits(field_reference(noise, h, w, decay_power, spectrum))), (h, w)
+    weight, zero = spectrum_weight(H, W, 3.0, spectrum, torch.device("cpu"))
+    assert weight.shape == (2, H, W // 2 + 1) and zero.item() == 0
+    support = 2 * 33 * 2 if spectrum == "openmixup" else weight.numel()  # openmixup: rows 0..32, columns 0, 1
+    assert (weight[:, :33, :2] > 0).all() and (weight > 0).sum() == support
+
+
+@pytest.mark.parametrize("spectrum", SPECTRA)
+def test_sample_fmix_draw_order(spectrum):
+    """lam, noise, the ceil coin, then the partner: seeded runs keep their values."""
+    for seed, alpha in itertools.product(range(6), [1.0, 0.2]):
+        ref = gen(seed)
+        lam = sample_beta(alpha, alpha, gen=ref)
+        noise = torch.randn((2, H, W // 2 + 1), generator=ref)
+        ceil = torch.rand((), generator=ref) > 0.5
+        perm = random_partner(5, gen=ref, tries=10)
+        draw = sample_fmix(5, H, W, gen=gen(seed), alpha=alpha, decay_power=3.0, spectrum=spectrum)
+        assert torch.equal(draw.lam, lam) and torch.equal(draw.ceil, ceil) and torch.equal(draw.perm, perm)
+        assert torch.equal(bits(draw.field), bits(fmix_field(noise, H, W, decay_power=3.0, spectrum=spectrum)))
+
+
+def test_fmix_select_equals_the_blend():
+    """The binary mask picks pixels with torch.where: the blend's exact values, memory format kept."""
+    x, _ = batch(6)
+    for seed, spectrum in itertools.product(range(4), SPECTRA):
+        draw = sample_fmix(6, H, W, gen=gen(seed), alpha=1.0, decay_power=3.0, spectrum=spectrum)
+        mask = fmix_mask(draw.field, draw.lam, draw.ceil)[None, None]
+        for x_in in (x, x.contiguous(memory_format=torch.channels_last)):
+            x_mixed, lam, out_mask = fmix(x_in, draw)
+            blend = mask * x_in + (1 - mask) * x_in[draw.perm]
+            assert torch.equal(bits(x_mixed), bits(blend)) and x_mixed.stride() == blend.stride() == x_in.stride()
+            assert torch.equal(out_mask, mask) and torch.equal(lam, mask.mean())
+
+
 @pytest.mark.parametrize("spectrum", ["openmixup", "paper"])
 def test_fmix_training_step_backward(spectrum):
     x, y = batch()
@@ -405,6 +471,57 @@ def test_resizemix_seeded_reproduces_and_odd_batches():
         assert a.x.shape == x.shape and a.mask.shape == (1, 1, H, W)
 
 
+def resizemix_reference(x: torch.Tensor, draw: ResizeMixDraw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """resizemix as it was before the index table: each box's resize indices computed per call."""
+    h, w = x.shape[-2:]
+    half = torch.stack([(h * draw.tau).floor().long() // 2, (w * draw.tau).floor().long() // 2])
+    box = box_around(draw.center, half, h, w)
+    src_r = _nearest_src(h, box[0], box[1] - box[0])
+    src_c = _nearest_src(w, box[2], box[3] - box[2])
+    keep = ~box_mask(box, h, w)
+    small = x[draw.perm][:, :, src_r[:, None], src_c[None, :]]
+    return torch.where(keep, x, small), lam_from_box(box, h, w), keep.to(x.dtype)[None, None]
+
+
+@pytest.mark.parametrize("h, w", [(64, 64), (30, 7), (7, 30), (5, 5)])
+def test_resizemix_is_bit_identical_to_the_per_box_indices(h, w):
+    """Every box side (tau = k / size) at the corners, edges and inside, with a fixed point in perm."""
+    x = torch.randn(3, 2, h, w, generator=gen(h * w))
+    perm = torch.tensor([2, 1, 0])
+    centers = {(0, 0), (h - 1, w - 1), (0, w - 1), (h - 1, 0), (h // 2, w // 3), (1, w - 2)}
+    for k, center in itertools.product(range(max(h, w) + 1), centers):
+        draw = ResizeMixDraw(torch.tensor(k / max(h, w)), perm, torch.tensor(center))
+        for x_in in (x, x.contiguous(memory_format=torch.channels_last)):
+            for ours, ref in zip(resizemix(x_in, draw), resizemix_reference(x_in, draw)):
+                assert torch.equal(bits(ours), bits(ref)) and ours.stride() == ref.stride(), (k, center)
+
+
+def test_paste_index_matches_nearest_src_for_every_box():
+    table = paste_index(H, W, torch.device("cpu"))
+    assert table.shape == (2, H + 1, H + 1, H)
+    for y0, y1 in itertools.combinations_with_replacement(range(0, H + 1, 3), 2):
+        src = _nearest_src(H, torch.tensor(y0), torch.tensor(y1 - y0))
+        expect = torch.where((torch.arange(H) >= y0) & (torch.arange(H) < y1), src, -1)
+        assert torch.equal(table[0, y0, y1], expect) and torch.equal(table[1, y0, y1], expect), (y0, y1)
+
+
+@pytest.mark.parametrize("alpha, use_alpha", [(1.0, True), (0.2, True), (1.0, False)])
+def test_sample_resizemix_draw_order(alpha, use_alpha):
+    """The uniform tau, the Beta tau, the partner, then the centre row and column."""
+    lo, hi = 0.1, 0.8
+    for seed in range(20):
+        ref = gen(seed)
+        uniform = lo + (hi - lo) * torch.rand((), generator=ref)
+        tau = uniform
+        if use_alpha:
+            tau = sample_beta(alpha, alpha, gen=ref)
+            tau = torch.where((tau < lo) | (tau > hi), uniform, tau)
+        perm = random_partner(5, gen=ref)
+        center = torch.stack([torch.randint(H, (), generator=ref), torch.randint(W, (), generator=ref)])
+        draw = sample_resizemix(5, H, W, gen=gen(seed), alpha=alpha, scope=(lo, hi), use_alpha=use_alpha)
+        assert torch.equal(draw.tau, tau) and torch.equal(draw.perm, perm) and torch.equal(draw.center, center)
+
+
 def test_resizemix_training_step_backward():
     x, y = batch()
     model = tiny_model().train()
@@ -431,6 +548,66 @@ def test_resizemix_bad_settings(kwargs, match):
 
 def test_resizemix_alpha_ignored_without_use_alpha():
     assert ResizeMix(alpha=0.0, use_alpha=False).use_alpha is False
+
+
+# ---------------------------------------------------------------------------- FMix and ResizeMix on the device
+
+DEVICE_CASES = [("fmix", {}), ("fmix", {"spectrum": "paper"}), ("fmix", {"max_soft": 0.1}), ("resizemix", {}),
+                ("resizemix", {"use_alpha": False}), ("resizemix", {"alpha": 0.2})]
+
+
+@pytest.mark.parametrize("name, kwargs", DEVICE_CASES)
+def test_fmix_resizemix_never_read_tensors_on_the_host(name, kwargs):
+    """No .item(), bool(), int() or host-made tensor in mix(), the first call (which builds the
+    cached constants) included: on CUDA each would be a sync or a pageable copy."""
+    spectrum_weight.cache_clear()
+    paste_index.cache_clear()
+    x, y = batch()
+    method = get_method(name, **kwargs)
+    with HostReads() as probe:
+        for seed in range(3):
+            method.mix(x, y, gen=gen(seed))
+    assert probe.seen == []
+
+
+class Ops(TorchDispatchMode):
+    """Every aten op dispatched, views included; a non-view op is about one GPU kernel launch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, most_ops, most_kernels",
+    [("fmix", {}, 40, 31), ("fmix", {"spectrum": "paper"}, 40, 31), ("resizemix", {}, 44, 31)],
+)  # before the cached constants: fmix 77 / 52, paper 65 / 50, resizemix 87 / 66
+def test_fmix_resizemix_mix_is_a_few_kernels(name, kwargs, most_ops, most_kernels):
+    """mix() runs eagerly next to a CUDA-graphed model, where each launch costs a few us."""
+    x, y = batch(6)
+    method = get_method(name, **kwargs)
+    method.mix(x, y, gen=gen())  # builds the constants once
+    with Ops() as seen:
+        method.mix(x, y, gen=gen(1))
+    kernels = [f for f in seen.ops if not f.is_view]
+    assert len(seen.ops) <= most_ops and len(kernels) <= most_kernels, [str(f) for f in seen.ops]
+
+
+@pytest.mark.parametrize("name", ["fmix", "resizemix"])
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_fmix_resizemix_channels_last_and_batch_sizes(name, n):
+    x, y = batch(n)
+    method = get_method(name)
+    ref = method.mix(x, y, gen=gen(4))
+    out = method.mix(x.contiguous(memory_format=torch.channels_last), y, gen=gen(4))
+    assert out.x.is_contiguous(memory_format=torch.channels_last) and ref.x.is_contiguous()
+    assert torch.equal(out.x, ref.x) and torch.equal(out.lam, ref.lam) and torch.equal(out.mask, ref.mask)
+    assert torch.equal(out.y_b, ref.y_b) and out.lam.item() == out.mask.mean().item()
+    assert torch.allclose(soft_target(out.y_a, out.y_b, out.lam, K).sum(1), torch.ones(n))
 
 
 # ---------------------------------------------------------------------------- registry

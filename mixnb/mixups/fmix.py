@@ -25,13 +25,14 @@ Deviations, each deliberate:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import random_partner, sample_beta
+from mixnb.mixups._helpers import gather_rows, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 
 NO_REPEAT_TRIES = 10  # protocol.md §2.2
@@ -46,28 +47,38 @@ class FMixDraw:
     ceil: Tensor  # () bool, round lam * HW up (else down)
 
 
+@functools.lru_cache(maxsize=8)
+def spectrum_weight(h: int, w: int, decay_power: float, spectrum: str, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(weight, zero): the weight (2, H, W // 2 + 1) float32 of the noise's real and imaginary
+    parts, 1 / max(f, 1 / max(H, W)) ** decay_power, 0 off "openmixup"'s corner; a () float32 0.
+    Constants: built once per device, not every step (read-only)."""
+    if spectrum not in SPECTRA:
+        raise ValueError(f"FMix spectrum must be one of {SPECTRA}, got {spectrum!r}")
+    fy = torch.fft.fftfreq(h, device=device)[:, None]  # (H, 1) cycles / px
+    fx = torch.fft.rfftfreq(w, device=device)[None, :]  # (1, W//2+1); |f| as fftfreq's first bins
+    scale = torch.sqrt(fy**2 + fx**2).clamp_min(1 / max(h, w)) ** -decay_power  # (H, W//2+1)
+    weight = torch.zeros((2, h, w // 2 + 1), device=device)
+    if spectrum == "paper":
+        weight[:] = scale
+    else:  # "openmixup": grid rows 0 / 1 become real / imaginary parts of a (W//2+1, 2) corner
+        k = min(h, w // 2 + 1)
+        weight[:, :k, :2] = scale[:2, :k, None]
+    return weight, torch.zeros((), device=device)
+
+
 def fmix_field(noise: Tensor, h: int, w: int, *, decay_power: float, spectrum: str = "openmixup") -> Tensor:
     """Low-frequency image (H, W) float32 from standard-normal ``noise`` (2, H, W // 2 + 1)
     (real, imaginary parts), scaled by 1 / max(f, 1 / max(H, W)) ** decay_power."""
-    if spectrum not in SPECTRA:
-        raise ValueError(f"FMix spectrum must be one of {SPECTRA}, got {spectrum!r}")
-    fy = torch.fft.fftfreq(h, device=noise.device)[:, None]  # (H, 1) cycles / px
-    fx = torch.fft.rfftfreq(w, device=noise.device)[None, :]  # (1, W//2+1); |f| as fftfreq's first bins
-    scale = torch.sqrt(fy**2 + fx**2).clamp_min(1 / max(h, w)) ** -decay_power  # (H, W//2+1)
-    if spectrum == "paper":
-        spec = torch.complex(scale * noise[0], scale * noise[1])  # (H, W//2+1) complex64
-    else:  # "openmixup": grid rows 0 / 1 become real / imaginary parts of a (W//2+1, 2) corner
-        k = min(h, w // 2 + 1)
-        corner = torch.complex(scale[0, :k, None] * noise[0, :k, :2], scale[1, :k, None] * noise[1, :k, :2])
-        spec = torch.zeros((h, w // 2 + 1), dtype=corner.dtype, device=noise.device)
-        spec[:k, :2] = corner
+    weight, zero = spectrum_weight(h, w, decay_power, spectrum, noise.device)
+    # 0 + weight * noise, not the bare product: +0.0 (not -0.0) off the corner, as in a zero-filled spectrum
+    part = torch.addcmul(zero, weight, noise)  # (2, H, W//2+1) float32
+    spec = torch.complex(*part.unbind())  # (H, W//2+1) complex64
     # irfftn in two explicit steps: numpy/pocketfft ignore the imaginary part of the DC and
     # Nyquist columns of a non-Hermitian input, cuFFT leaves that undefined; zero it ourselves.
     rows = torch.fft.ifft(spec, dim=0)  # (H, W//2+1) complex64
-    col = torch.arange(w // 2 + 1, device=noise.device)
-    edge = (col == 0) | ((col == w // 2) & (w % 2 == 0))  # (W//2+1,) bool: DC and, for even W, Nyquist
-    rows = torch.complex(rows.real, torch.where(edge, 0.0, rows.imag))
-    return torch.fft.irfft(rows, n=w, dim=1).float()  # (H, W) float32
+    edges = slice(None, None, w // 2) if w % 2 == 0 else slice(0, 1)  # DC and, for even W, Nyquist
+    torch.view_as_real(rows)[:, edges, 1].fill_(0)  # in place: 1 kernel, not a mask, a where and a complex
+    return torch.fft.irfft(rows, n=w, dim=1)  # (H, W) float32
 
 
 def sample_fmix(
@@ -81,17 +92,23 @@ def sample_fmix(
     return FMixDraw(lam, perm, field, ceil)
 
 
-def fmix_mask(field: Tensor, lam: Tensor, ceil: Tensor, max_soft: float = 0.0) -> Tensor:
-    """(H, W) float32 mask with the ``num`` highest pixels of ``field`` at 1, num = ceil or floor
-    of lam * HW; with max_soft > 0 a linear 1 -> 0 ramp over the 2 * soft pixels around rank num."""
+def fmix_rank(field: Tensor, lam: Tensor, ceil: Tensor) -> tuple[Tensor, Tensor]:
+    """(rank, num): rank (HW,) int64 of each pixel of ``field``, 0 for the highest (ties in
+    row-major order), and num () float32, ceil or floor of lam * HW; the mask's ones are rank < num."""
     hw = field.numel()
     order = field.flatten().argsort(descending=True, stable=True)  # (HW,) on device: no host sync
     rank = torch.empty_like(order).scatter_(0, order, torch.arange(hw, device=field.device))  # (HW,)
     target = lam.float() * hw  # exact: HW is a power of two at 64 px
-    num = torch.where(ceil, target.ceil(), target.floor())  # () float32
+    return rank, torch.where(ceil, target.ceil(), target.floor())
+
+
+def fmix_mask(field: Tensor, lam: Tensor, ceil: Tensor, max_soft: float = 0.0) -> Tensor:
+    """(H, W) float32 mask with the ``num`` highest pixels of ``field`` at 1, num = ceil or floor
+    of lam * HW; with max_soft > 0 a linear 1 -> 0 ramp over the 2 * soft pixels around rank num."""
+    rank, num = fmix_rank(field, lam, ceil)
     if max_soft == 0:
         return (rank < num).float().view_as(field)
-    soft = (torch.minimum(lam, 1 - lam).clamp_max(max_soft) * hw).floor()  # () ramp half-width in px
+    soft = (torch.minimum(lam, 1 - lam).clamp_max(max_soft) * field.numel()).floor()  # () ramp half-width in px
     ramp = 1 - (rank - (num - soft)) / (2 * soft - 1).clamp_min(1)  # 1 at rank num - soft, 0 at num + soft - 1
     return torch.where(rank < num - soft, 1.0, torch.where(rank >= num + soft, 0.0, ramp)).view_as(field)
 
@@ -99,8 +116,16 @@ def fmix_mask(field: Tensor, lam: Tensor, ceil: Tensor, max_soft: float = 0.0) -
 def fmix(x: Tensor, draw: FMixDraw, *, max_soft: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
     """mask * x + (1 - mask) * x[perm]; returns (x_mixed, lam, mask) with lam the exact mean of
     the mask (the share of x) and mask (1, 1, H, W) float32."""
-    mask = fmix_mask(draw.field, draw.lam, draw.ceil, max_soft)[None, None]  # (1, 1, H, W) float32
-    return mask * x + (1 - mask) * x[draw.perm], mask.mean(), mask
+    h, w = draw.field.shape
+    x_b = gather_rows(x, draw.perm)  # (N, C, H, W)
+    if max_soft > 0:
+        mask = fmix_mask(draw.field, draw.lam, draw.ceil, max_soft).view(1, 1, h, w)
+        return mask * x + (1 - mask) * x_b, mask.mean(), mask
+    rank, num = fmix_rank(draw.field, draw.lam, draw.ceil)
+    keep = (rank < num).view(1, 1, h, w)  # (1, 1, H, W) bool
+    mask = keep.float()
+    # a binary mask selects: 1 kernel, not the blend's 4; the same pixels for finite x, in x's dtype
+    return torch.where(keep, x, x_b), mask.mean(), mask
 
 
 class FMix(MixMethod):

@@ -12,19 +12,21 @@ area / HW. The partner is a plain random permutation (fixed points allowed, as t
 unseeded permutation).
 
 The nearest resize is an index gather computed on the device (src = floor(dst * (64 / side)) in
-float32, as ``F.interpolate(mode="nearest")`` computes it), so the box size never reaches the
-host: no sync per step, static shapes. Unlike the reference, the input is not modified in place.
+float32, as ``F.interpolate(mode="nearest")`` computes it; looked up in a table of every box's
+indices), so the box size never reaches the host: no sync per step, static shapes. Unlike the
+reference, the input is not modified in place.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import box_around, box_mask, lam_from_box, random_partner, sample_beta
+from mixnb.mixups._helpers import box_around, gather_rows, lam_from_box, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 
 
@@ -42,7 +44,7 @@ def sample_resizemix(
     uniform = lo + (hi - lo) * torch.rand((), generator=gen, device=gen.device)  # () float32 in [lo, hi)
     if use_alpha:  # Beta draw, replaced by the uniform one when outside [lo, hi] (torch.where: no sync)
         tau = sample_beta(alpha, alpha, gen=gen)
-        tau = torch.where((tau < lo) | (tau > hi), uniform, tau)
+        tau = torch.where(tau.clamp(lo, hi) == tau, tau, uniform)  # clamp moves only a tau outside [lo, hi]
     else:
         tau = uniform
     perm = random_partner(n, gen=gen)
@@ -54,24 +56,43 @@ def sample_resizemix(
 
 
 def _nearest_src(size: int, start: Tensor, side: Tensor) -> Tensor:
-    """Source index (size,) int64 of each destination pixel for a nearest resize of ``size`` px
-    into ``side`` px starting at ``start``; values outside the box are clamped, never read."""
+    """Source index (..., size) int64 of each destination pixel for a nearest resize of ``size`` px
+    into ``side`` px starting at ``start`` (both broadcast); values outside the box are clamped."""
     dst = (torch.arange(size, device=start.device) - start).clamp_min(0).float()  # (size,)
     scale = size / side.clamp_min(1).float()  # float32, as F.interpolate's input / output
     return (dst * scale).floor().long().clamp_max(size - 1)
+
+
+@functools.lru_cache(maxsize=8)
+def paste_index(h: int, w: int, device: torch.device) -> Tensor:
+    """(2, L + 1, L + 1, L) int64, L = max(H, W): [0, y0, y1] is the source row of each row for
+    the whole image resized (nearest) into rows [y0, y1), -1 outside them; [1, x0, x1] the same
+    for columns. Every box's ``_nearest_src``, built once per device (read-only; 4.3 MB at 64 px)."""
+    size = max(h, w)
+    start = torch.arange(size + 1, device=device)[:, None, None]  # (L+1, 1, 1)
+    end = torch.arange(size + 1, device=device)[None, :, None]  # (1, L+1, 1)
+    index = torch.full((2, size + 1, size + 1, size), -1, device=device)
+    for axis, length in enumerate((h, w)):
+        src = _nearest_src(length, start, end - start)  # (L+1, L+1, length)
+        dst = torch.arange(length, device=device)  # (length,)
+        index[axis, :, :, :length] = torch.where((start <= dst) & (dst < end), src, -1)
+    return index
 
 
 def resizemix(x: Tensor, draw: ResizeMixDraw) -> tuple[Tensor, Tensor, Tensor]:
     """Paste x[perm], nearest-resized to the box, into every image; returns (x_mixed, lam, mask)
     with lam the exact share of x and mask (1, 1, H, W) the float weight of x."""
     h, w = x.shape[-2:]
-    half = torch.stack([(h * draw.tau).floor().long() // 2, (w * draw.tau).floor().long() // 2])  # (2,) int64
+    # int(size * tau) // 2 == int(size / 2 * tau): halving is exact in float, .long() floors tau >= 0
+    half = (draw.tau * (h / 2)).long() if h == w else torch.stack([draw.tau * (h / 2), draw.tau * (w / 2)]).long()
     box = box_around(draw.center, half, h, w)  # (4,) int64: y0, y1, x0, x1
-    src_r = _nearest_src(h, box[0], box[1] - box[0])  # (H,)
-    src_c = _nearest_src(w, box[2], box[3] - box[2])  # (W,)
-    small = x[draw.perm][:, :, src_r[:, None], src_c[None, :]]  # (N, C, H, W): x[perm] resized, placed at box
-    keep = ~box_mask(box, h, w)  # (H, W) bool
-    return torch.where(keep, x, small), lam_from_box(box, h, w), keep.to(x.dtype)[None, None]
+    # looked up, not computed (~25 kernels): the source of every row and column, -1 outside the box
+    src = paste_index(h, w, x.device)[torch.arange(2, device=x.device), box[0::2], box[1::2]]  # (2, L) int64
+    outside = src < 0  # (2, L) bool: rows, columns
+    keep = outside[0, :h, None] | outside[1, :w]  # (H, W) bool
+    # x[perm] resized, placed at the box; -1 (outside) reads the last row or column, a pixel not kept
+    pasted = gather_rows(x, draw.perm)[:, :, src[0, :h, None], src[1, :w]]  # (N, C, H, W)
+    return torch.where(keep, x, pasted), lam_from_box(box, h, w), keep.to(x.dtype).view(1, 1, h, w)
 
 
 class ResizeMix(MixMethod):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One short GPU slot (<= 9 minutes): environment, the CUDA compile tests, Vanilla under each
-# torch.compile mode (off, default, reduce-overhead) on both backbones, then every method with the
+# One short GPU slot (<= 9 minutes): environment, the CUDA-graph tests, Vanilla eager and with CUDA
+# graphs (MODES="off reduce-overhead"; "default" measured slower) on both backbones, then every method with the
 # Trainer's compile mode and the peers, R-18 first, until the deadline.
 # Runs from the source tree (PYTHONPATH=.) with the machine's own Python: no venv, no network.
 # Carry .cache/gpu-wheels (cp312 gco-wrapper + opencv-contrib wheels, see below) for PuzzleMix and SaliencyMix.
@@ -38,8 +38,10 @@ part() {
 }
 
 # Optional packages the machine lacks (gco-wrapper for PuzzleMix, opencv-contrib's cv2.saliency for
-# SaliencyMix), as wheels carried in .cache/gpu-wheels (git-ignored: pass carry=[".cache/gpu-wheels"]):
-# unzipped into a folder put first on the path (no pip, no network, no change to the machine's Python).
+# SaliencyMix, pytest for the CUDA tests), as wheels carried in .cache/gpu-wheels (git-ignored: pass
+# carry=[".cache/gpu-wheels"]): unzipped into a folder put first on the path (no pip, no network, no
+# change to the machine's Python). Made with: python3.12 -m pip wheel gco-wrapper --no-deps, and
+# pip download --no-deps -d .cache/gpu-wheels opencv-contrib-python-headless==4.10.0.84 pytest pluggy iniconfig
 WHEELS=(.cache/gpu-wheels/*.whl)
 if [ -e "${WHEELS[0]}" ] && "$PY" -c "import sys; sys.exit(sys.version_info[:2] != (3, 12))" \
         && ! "$PY" -c "import gco, cv2; cv2.saliency" 2>/dev/null; then  # the gco wheel is cp312
@@ -95,7 +97,7 @@ fi
 
 # 1. Vanilla under each compile mode, R-18 then RX-50, in one process per mode (compile time is in
 #    the warm-up; inductor's on-disk cache makes the later modes' compiles shorter).
-for mode in ${MODES:-off default reduce-overhead}; do
+for mode in ${MODES:-off reduce-overhead}; do
     T=$(( $(left) * 2 / 5 )); [ "$T" -gt 200 ] && T=200
     part "bench Vanilla, compile $mode" "$T" \
         "$PY" -m mixnb.bench --methods vanilla --backbones resnet18,resnext50 --compile "$mode" --no-peers \

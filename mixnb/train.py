@@ -6,8 +6,10 @@ median top-1 of the last 10 epochs. Methods plug in only through ``MixMethod``
 (``setup``, ``param_groups``, ``training_step``, ``on_step_end``, ``eval_logits``).
 
 On CUDA: data already on the device, bf16 autocast with fp32 weights, channels_last, fused
-SGD, and no host-device sync inside the step: running sums stay on the device and are read
-every ``log_every`` iterations and at the end of the epoch.
+SGD, the model compiled with CUDA graphs (``RunConfig.compile``, ``resolve_compile``), and no
+host-device sync inside the step: running sums stay on the device and are read every
+``log_every`` iterations and at the end of the epoch. On CPUs with native bf16 (AMX) autocast is
+bf16 too (``RunConfig.precision``, ``resolve_precision``).
 
 Several GPUs (``torchrun --nproc-per-node K -m mixnb train ...``, or ``launch``): one run with
 DistributedDataParallel, NCCL on CUDA and gloo on the CPU. The global batch stays
@@ -220,7 +222,7 @@ def resolve_compile(cfg: RunConfig, device: torch.device, world: int = 1) -> str
     and the sample profile's runs take a few, and under DDP (``world`` > 1), where CUDA graphs are unmeasured."""
     on = device.type == "cuda" and world == 1 and get_spec(cfg.method).auto_compile
     mode = (AUTO_COMPILE_CUDA if on else "off") if cfg.compile == "auto" else cfg.compile
-    return None if mode in ("off", "auto") else mode
+    return None if mode == "off" else mode
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -2,32 +2,86 @@
 
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+def temp_path(path: Path, *, folder: bool = False) -> Path:
+    """A fresh temp file (or folder) beside ``path``, named ``.<name>.<host>-<pid>.<random>.tmp`` so that
+    ``remove_stale_temps`` can tell a killed writer's leftover from a live writer's, on shared storage too."""
+    prefix = f".{path.name}.{HOST}-{os.getpid()}."
+    if folder:
+        return Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete the temp files or folders of ``path`` left by writers of this host that are no longer running;
+    returns them. Temps of other hosts (a cluster's shared folder) are left alone: their writer may be alive.
+    A pid reused by an unrelated process keeps its temp until that process ends (harmless: it is only disk)."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        host, _, pid = tmp.name[len(path.name) + 2:].split(".", 1)[0].rpartition("-")
+        if host == HOST and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+HOST = re.sub(r"[^A-Za-z0-9]", "_", platform.node()) or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` into a temp file beside ``path``, fsync, mode 0644, then rename over ``path``: a reader
+    sees the old file or the new one, never half of one. The one atomic writer of mixnb."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temp_path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with open(tmp, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; run folders are shared
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, f"no space left (disk full or over quota) while writing {path}; free some space "
+                                     f"(or point MIXNB_RUNS / MIXNB_CACHE elsewhere) and run again") from err
         raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -43,17 +97,36 @@ def read_json(path: Path) -> Any:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save through a temp file + rename (a killed run never leaves a broken checkpoint)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """torch.save through ``atomic_write`` (a killed run never leaves a broken checkpoint)."""
+    atomic_write(path, lambda f: _torch_save(obj, f))
+
+
+class _KeepWriteError:
+    """A file wrapper that keeps the OSError of a failed write, which torch.save turns into a bare RuntimeError."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _torch_save(obj: Any, f: BinaryIO) -> None:
+    """torch.save into ``f``; a failed write raises its own OSError (ENOSPC), so ``atomic_write`` names the path."""
+    out = _KeepWriteError(f)
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        torch.save(obj, out)
+    except RuntimeError:
+        if out.error is None:
+            raise
+        raise out.error from None
 
 
 def git_state(repo: Path | None = None) -> dict[str, Any]:

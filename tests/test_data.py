@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import errno
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +19,9 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 import mixnb
+
+import mixnb.io
+from mixnb.io import HOST
 from mixnb.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -177,6 +182,139 @@ def test_missing_val_image_message_counts(tiny: Path, tmp_path: Path) -> None:
         load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache")
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temps_are_removed_on_the_next_start(tiny: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    name = tinyimagenet._cache_path(tiny.resolve(), cache).name
+    dead, live = f"{HOST}-{_dead_pid()}", f"{HOST}-{os.getpid()}"
+    elsewhere = f".{name}.other_host-{_dead_pid()}.n0de2.tmp"  # another node's writer may be alive
+    (cache / elsewhere).write_bytes(b"another node's temp")
+    (cache / f".{name}.{dead}.k1ll3d.tmp").write_bytes(b"half a cache")
+    (cache / f".{name}.{live}.wr1t1ng.tmp").write_bytes(b"a live writer's temp")
+    for pid, tag in [(dead, "k1ll3d"), (live, "wr1t1ng")]:
+        (tiny.parent / f".{tiny.name}.{pid}.{tag}.tmp").mkdir()
+        (tiny.parent / f".{tiny.name}.{pid}.{tag}.tmp" / "wnids.txt").write_text("n90000000\n")
+    load_tiny_imagenet(tiny, cache_dir=cache)
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) == sorted(
+        [f".{name}.{live}.wr1t1ng.tmp", elsewhere])
+    make_tiny(tiny)  # complete already: only the stale folder goes
+    temps = sorted(p.name for p in tiny.parent.iterdir() if p.name.startswith("."))
+    assert temps == [f".{tiny.name}.{live}.wr1t1ng.tmp"]
+
+
+def test_sample_temp_folder_is_named_for_remove_stale_temps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def record(out: Path, params: dict, gen: torch.Generator) -> None:
+        seen.append(out.name)
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(mixnb.data.sample, "_write_folder", record)
+    with pytest.raises(RuntimeError, match="killed"):
+        make_tiny(tmp_path / "tiny")
+    assert len(seen) == 1 and seen[0].startswith(f".tiny.{HOST}-{os.getpid()}.") and seen[0].endswith(".tmp")
+
+
+LABEL_FILES = ["wnids.txt", "words.txt", "val/val_annotations.txt"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "cp1252"])
+@pytest.mark.parametrize("name", LABEL_FILES)
+def test_label_file_that_is_not_utf8_names_the_file(tiny: Path, tmp_path: Path, name: str, encoding: str) -> None:
+    path = tiny / name
+    path.write_bytes((path.read_text() + "caf\u00e9\n").encode(encoding))  # Notepad's "Unicode" / "ANSI"
+    kind = "is UTF-16 text" if encoding.startswith("utf-16") else "is not UTF-8 text"
+    with pytest.raises(DatasetError, match="save it as UTF-8") as err:
+        load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache")
+    assert str(err.value).startswith(f"{path} {kind}")
+
+
+def test_label_files_with_a_utf8_bom_are_read(tiny: Path, tmp_path: Path) -> None:
+    plain = load_tiny_imagenet(tiny, cache_dir=tmp_path / "plain")
+    for name in LABEL_FILES:
+        (tiny / name).write_bytes((tiny / name).read_text().encode("utf-8-sig"))
+    bom = load_tiny_imagenet(tiny, cache_dir=tmp_path / "bom")
+    assert bom.wnids == plain.wnids and bom.words == plain.words
+    assert torch.equal(bom.y_val, plain.y_val) and torch.equal(bom.x_val, plain.x_val)
+
+
+def _link_root(tiny: Path, loop: bool) -> tuple[Path, Path]:
+    link = tiny.parent / "data"
+    link.symlink_to(link if loop else tiny.parent / "nowhere")
+    return link, link
+
+
+def _link_class(tiny: Path, loop: bool) -> tuple[Path, Path]:
+    folder = _first_train_image(tiny).parents[1]
+    shutil.rmtree(folder)
+    folder.symlink_to(folder if loop else tiny / "gone")
+    return tiny, folder
+
+
+def _link_image(tiny: Path, loop: bool) -> tuple[Path, Path]:
+    path = tiny / "val" / "images" / "val_1.JPEG"
+    path.unlink()
+    path.symlink_to(path if loop else tiny / "val" / "moved" / "val_1.JPEG")
+    return tiny, path
+
+
+@pytest.mark.parametrize("loop", [False, True], ids=["dangling", "loop"])
+@pytest.mark.parametrize("make_link", [_link_root, _link_class, _link_image], ids=lambda f: f.__name__[1:])
+def test_broken_symlink_is_named(tiny: Path, tmp_path: Path, make_link: Callable, loop: bool) -> None:
+    root, link = make_link(tiny, loop)
+    with pytest.raises(DatasetError, match="loops" if loop else "points nowhere") as err:
+        load_tiny_imagenet(root, cache_dir=tmp_path / "cache")
+    assert str(err.value).startswith(f"{link} is a symbolic link")
+
+
+def _rewrite_annotations(root: Path, edit: Callable[[list[str]], list[str]]) -> Path:
+    ann = root / "val" / "val_annotations.txt"
+    ann.write_text("\n".join(edit(ann.read_text().splitlines())) + "\n")
+    return ann
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda ls: [ls[0].replace("\t", " "), *ls[1:]], r"line 1 is .*must be tab-separated <image>\\t<wnid>\\t<x0>"),
+        (lambda ls: [ls[0].split("\t")[0], *ls[1:]], r"line 1 is .*must be tab-separated"),
+        (lambda ls: [*ls[:2], ls[2].replace("\t", "\t\t"), *ls[3:]], r"line 3 is .*tab-separated"),
+        (lambda ls: [*ls[:2], "\t".join(ls[2].split("\t")[:2] + ["5", "0", "64", "9"]), *ls[3:]],
+         r"line 3 has the box \(5, 0, 64, 9\)"),
+        (lambda ls: [*ls, ls[1]], r"lists val_1\.JPEG twice, on lines 2 and 7"),
+    ],
+    ids=["spaces", "one_column", "empty_field", "box_outside", "duplicate"],
+)
+def test_malformed_annotation_line_is_named(tiny: Path, tmp_path: Path, edit: Callable, message: str) -> None:
+    ann = _rewrite_annotations(tiny, edit)
+    with pytest.raises(DatasetError, match=message) as err:
+        load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache")
+    assert str(err.value).startswith(str(ann))
+
+
+def test_unreadable_image_says_chmod(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _first_train_image(tiny)
+    path.chmod(0)
+    if os.access(path, os.R_OK):  # root reads anyway: make open() fail as it does for everyone else
+        real_open = tinyimagenet.Image.open
+
+        def denied(fp: Path, *args: object, **kwargs: object) -> Image.Image:
+            if Path(fp) == path:
+                raise PermissionError(errno.EACCES, "Permission denied", str(fp))
+            return real_open(fp, *args, **kwargs)
+
+        monkeypatch.setattr(tinyimagenet.Image, "open", denied)
+    with pytest.raises(DatasetError) as err:
+        load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache")
+    assert str(err.value) == f"{path} is not readable (permission denied); fix its permissions (chmod a+r {path})."
+
+
 # ---------------------------------------------------------------------------------------------
 # Reader: content and cache
 
@@ -193,6 +331,45 @@ def test_grayscale_and_cmyk_become_rgb(tiny: Path, tmp_path: Path) -> None:
     assert torch.equal(g[..., 0], g[..., 1]) and torch.equal(g[..., 0], g[..., 2])
     assert torch.equal(g[..., 0], torch.from_numpy(np.array(Image.open(gray))))
     assert torch.equal(data.x_train[1], torch.from_numpy(np.array(Image.open(cmyk).convert("RGB"))))
+
+
+@pytest.mark.parametrize("fmt, dtype", [("PNG", np.uint16), ("TIFF", np.int32)], ids=["png_I;16", "tiff_I"])
+def test_16bit_grey_keeps_the_high_byte(tiny: Path, tmp_path: Path, fmt: str, dtype: type) -> None:
+    path = _first_train_image(tiny)  # a PNG or TIFF under a .JPEG name: PIL goes by the content
+    a = (np.arange(64 * 64).reshape(64, 64) * 16).astype(dtype)  # 0 .. 65520
+    a[0, :4] = [255, 256, 0x8080, 65535]
+    Image.fromarray(a).save(path, format=fmt)
+    assert Image.open(path).mode in ("I;16", "I")
+    x = load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache").x_train[0]  # (64, 64, 3) uint8
+    expected = torch.from_numpy((a.astype(np.int64) >> 8).astype(np.uint8))
+    assert x[0, :4, 0].tolist() == [0, 1, 128, 255]
+    assert all(torch.equal(x[..., c], expected) for c in range(3))
+
+
+def test_palette_and_grey_alpha_become_rgb(tiny: Path, tmp_path: Path) -> None:
+    wnid = (tiny / "wnids.txt").read_text().split()[0]
+    pal, la = (tiny / "train" / wnid / "images" / f"{wnid}_{i}.JPEG" for i in range(2))
+    rgb = np.array(Image.open(pal))
+    Image.fromarray(rgb).quantize(16).save(pal, format="PNG")
+    Image.fromarray(rgb).convert("LA").save(la, format="PNG")
+    x = load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache").x_train
+    p = Image.open(pal)
+    assert p.mode == "P" and Image.open(la).mode == "LA"
+    palette = np.array(p.getpalette()).reshape(-1, 3)  # (colours, 3)
+    assert torch.equal(x[0], torch.from_numpy(palette[np.array(p)].astype(np.uint8)))
+    grey = torch.from_numpy(np.array(Image.open(la))[..., 0])  # the L channel; alpha is dropped
+    assert all(torch.equal(x[1][..., c], grey) for c in range(3))
+
+
+def test_val_boxes_are_kept_and_cached(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ann = [line.split("\t") for line in (tiny / "val" / "val_annotations.txt").read_text().splitlines()]
+    data = load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache")
+    assert data.val_boxes.dtype == torch.int16 and data.val_boxes.shape == (6, 4)
+    assert data.val_boxes.tolist() == [[int(v) for v in a[2:]] for a in ann]
+    assert data.root == str(tiny.resolve()) and len(data.manifest_key) == 40
+    monkeypatch.setattr(tinyimagenet, "_decode_all", None)  # from the cache now
+    again = load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache")
+    assert torch.equal(again.val_boxes, data.val_boxes) and again.manifest_key == data.manifest_key
 
 
 def test_labels_follow_wnids_order(tiny: Path, tmp_path: Path) -> None:
@@ -232,6 +409,61 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny: Path, monkeypatch
     monkeypatch.setattr(tinyimagenet, "_decode_all", no_decode)
     with pytest.raises(AssertionError, match="decoded"):
         load_tiny_imagenet(tiny)
+
+
+def _overwrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:
+    st = path.stat()
+    assert len(data) == st.st_size
+    with open(path, "r+b") as f:  # in place: same inode
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns, path.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def test_cache_is_rebuilt_when_a_file_is_replaced_with_size_and_mtime_kept(tiny: Path, tmp_path: Path) -> None:
+    first = load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache")
+    images = sorted((tiny / "train").glob("*/images/*.JPEG"), key=lambda p: p.stat().st_size)
+    small, big = images[0], images[-1]
+    _overwrite_keeping_size_and_mtime(big, small.read_bytes().ljust(big.stat().st_size, b"\0"))  # JPEG ends at EOI
+    ann = tiny / "val" / "val_annotations.txt"
+    lines = ann.read_text().splitlines()
+    first_other = next(i for i, line in enumerate(lines) if line.split("\t")[1] != lines[0].split("\t")[1])
+    a, b = lines[0].split("\t"), lines[first_other].split("\t")
+    a[1], b[1] = b[1], a[1]  # swap two labels: same bytes count
+    lines[0], lines[first_other] = "\t".join(a), "\t".join(b)
+    _overwrite_keeping_size_and_mtime(ann, ("\n".join(lines) + "\n").encode())
+
+    again = load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache")
+    assert again.manifest_key != first.manifest_key
+    i = sorted(str(p.relative_to(tiny)) for p in images).index(str(big.relative_to(tiny)))
+    assert torch.equal(again.x_train[i], torch.from_numpy(np.array(Image.open(small))))
+    assert not torch.equal(again.x_train[i], first.x_train[i])
+    assert again.y_val[0] == first.y_val[first_other] and again.y_val[first_other] == first.y_val[0]
+
+
+def test_full_disk_fails_naming_the_cache_file(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class FullDisk:
+        def __init__(self, f: object) -> None:
+            self.f = f
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.f, name)
+
+        def __enter__(self) -> "FullDisk":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+    monkeypatch.setattr(mixnb.io, "open", lambda *a, **k: FullDisk(open(*a, **k)), raising=False)
+    cache = tmp_path / "cache"
+    path = tinyimagenet._cache_path(tiny.resolve(), cache)
+    with pytest.raises(OSError, match=f"no space left \\(disk full or over quota\\) while writing {path}") as err:
+        load_tiny_imagenet(tiny, cache_dir=cache)
+    assert err.value.errno == errno.ENOSPC and list(cache.iterdir()) == []  # no temp left
 
 
 def test_corrupt_cache_is_rebuilt(tiny: Path, tmp_path: Path) -> None:

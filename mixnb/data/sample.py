@@ -7,7 +7,9 @@ box- or saliency-based mixing has something to find. Colours and shapes are each
 several classes, so neither mean colour nor outline alone gives the label.
 
 The images are drawn batch-wise with coordinate grids and masks from one seeded
-`torch.Generator`; the same seed gives byte-identical files (same library versions).
+`torch.Generator`; the same seed gives byte-identical files (same library versions). The boxes in
+`val_annotations.txt` and `<wnid>_boxes.txt` are the true ones: the bounding box of each object's
+mask, in inclusive pixels (distractors are not boxed).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from mixnb.data.tinyimagenet import IMAGE_SIZE, DatasetError
+from mixnb.io import remove_stale_temps, temp_path
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond")
 COLOURS = {  # name -> RGB in 0..1; the first ones are the most distinct hues
@@ -261,17 +263,18 @@ def make_sample_dataset(
     params = dict(
         format=FORMAT, seed=seed, num_classes=num_classes, train_per_class=train_per_class, val_per_class=val_per_class
     )
+    remove_stale_temps(root)  # folders of writers that were killed
     if _is_complete(root, params):
         return root
     if root.exists() and not (root / MARKER).is_file():
         raise DatasetError(f"{root} exists but is not a generated sample dataset; remove it or choose another folder.")
 
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
+    tmp = temp_path(root, folder=True)
     try:
         _write_folder(tmp, params, torch.Generator().manual_seed(seed))
         if root.exists():  # an older sample with other parameters: swap it out
-            old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.old-"))
+            old = temp_path(root, folder=True)
             os.replace(root, old / root.name)
             shutil.rmtree(old)
         os.rename(tmp, root)

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixnb.mixups import REGISTRY, StepContext, get_method, soft_target
-from mixnb.mixups._helpers import box_around, box_mask, lam_from_box, random_partner, sample_beta
+from mixnb.mixups._helpers import NO_REPEAT_TRIES, box_around, box_mask, lam_from_box, random_partner, sample_beta
 from mixnb.mixups.fmix import SPECTRA, FMix, FMixDraw, fmix, fmix_field, fmix_mask, sample_fmix, spectrum_weight
 from mixnb.mixups.manifoldmix import ManifoldMix, ManifoldMixDraw, manifoldmix, sample_manifoldmix
 from mixnb.mixups.mixup import MixUpDraw, mixup, sample_mixup
@@ -339,7 +339,7 @@ def test_sample_fmix_draw_order(spectrum):
         lam = sample_beta(alpha, alpha, gen=ref)
         noise = torch.randn((2, H, W // 2 + 1), generator=ref)
         ceil = torch.rand((), generator=ref) > 0.5
-        perm = random_partner(5, gen=ref, tries=10)
+        perm = random_partner(5, gen=ref, tries=NO_REPEAT_TRIES)
         draw = sample_fmix(5, H, W, gen=gen(seed), alpha=alpha, decay_power=3.0, spectrum=spectrum)
         assert torch.equal(draw.lam, lam) and torch.equal(draw.ceil, ceil) and torch.equal(draw.perm, perm)
         assert torch.equal(bits(draw.field), bits(fmix_field(noise, H, W, decay_power=3.0, spectrum=spectrum)))

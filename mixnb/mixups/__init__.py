@@ -1,7 +1,8 @@
 """Mixup methods and their registry: the one place that holds each method's protocol defaults.
 
 Defaults come from protocol.md §2.1 (alpha per method) and §2.x (method settings). ``min_lr``
-is the backbone's cosine floor (protocol.md §1.5).
+is the backbone's cosine floor (protocol.md §1.5). ``published`` is OpenMixup's Tiny-ImageNet
+top-1 beside which the report sets ours (protocol.md §4, methods-more.md §8).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from mixnb.mixups.automix import AutoMix
 from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput
 from mixnb.mixups.cutmix import CutMix
 from mixnb.mixups.fmix import FMix
+from mixnb.mixups.gridmix import GridMix
 from mixnb.mixups.manifoldmix import ManifoldMix
 from mixnb.mixups.mixup import MixUp
 from mixnb.mixups.puzzlemix import PuzzleMix
 from mixnb.mixups.resizemix import ResizeMix
 from mixnb.mixups.saliencymix import SaliencyMix
 from mixnb.mixups.samix import SAMix
+from mixnb.mixups.smoothmix import SmoothMix
 from mixnb.mixups.vanilla import Vanilla
 
 
@@ -31,32 +34,58 @@ class MethodSpec:
     min_lr: float = 0.0  # backbone cosine floor
     label: str = ""  # the name in the benchmark table
     auto_compile: bool = True  # RunConfig.compile="auto" compiles on CUDA; False where make bench found it slower
+    sweep: bool = True  # in the default sweep (METHODS unset); False: only with METHODS=all or by name
+    published: dict[str, float] = field(default_factory=dict)  # Tiny-ImageNet top-1 (%) by backbone (protocol.md §4)
+    published_alpha: float | None = None  # the alpha printed beside it (None: Vanilla, no alpha)
+    reproduced: bool = True  # False = 📖: the original paper's number, not run in OpenMixup
+    note: str = ""  # a footnote to the published number
+
+
+def _tiny(resnet18: float, resnext50: float) -> dict[str, float]:
+    return {"resnet18": resnet18, "resnext50": resnext50}
 
 
 # AutoMix/SAMix settings (protocol.md §3.1-3.4): EMA momentum 0.999 -> 0.999999 after 10% of the
 # iterations, lam margin 0.08, mask loss 0.1 with margin 0.1, MixBlock lr 0.1 -> 1e-3.
 _AUTOMIX = {"alpha": 2.0, "momentum": 0.999, "end_momentum": 0.999999, "momentum_warmup": 0.1, "lam_margin": 0.08,
             "mask_loss": 0.1, "mask_margin": 0.1, "mixblock_lr": 0.1, "mixblock_min_lr": 1e-3}
+_HEADS = "OpenMixup read out the best of 4 heads (EMA included) by median (protocol.md §1.7)"
 
+# OpenMixup's Tiny-ImageNet table order; published = its page (docs/en/model_zoos/Mixup_sup.md, protocol.md §4)
 REGISTRY: dict[str, MethodSpec] = {
-    "vanilla": MethodSpec(Vanilla, {}, label="Vanilla"),
-    "mixup": MethodSpec(MixUp, {"alpha": 1.0}, label="MixUp"),
-    "cutmix": MethodSpec(CutMix, {"alpha": 1.0}, label="CutMix"),
+    "vanilla": MethodSpec(Vanilla, {}, label="Vanilla", published=_tiny(61.68, 65.04)),
+    "mixup": MethodSpec(MixUp, {"alpha": 1.0}, label="MixUp", published=_tiny(63.86, 66.36), published_alpha=1.0),
+    "cutmix": MethodSpec(CutMix, {"alpha": 1.0}, label="CutMix", published=_tiny(65.53, 66.47), published_alpha=1.0),
     "manifoldmix": MethodSpec(ManifoldMix, {"alpha": 0.2, "layers": ("input", "layer1", "layer2")},
-                              label="ManifoldMix"),
-    "saliencymix": MethodSpec(SaliencyMix, {"alpha": 1.0}, label="SaliencyMix"),
-    "attentivemix": MethodSpec(AttentiveMix, {"alpha": 2.0, "teacher_weights": None}, label="AttentiveMix+"),
+                              label="ManifoldMix", published=_tiny(64.15, 67.30), published_alpha=0.2),
+    "smoothmix": MethodSpec(SmoothMix, {"alpha": 0.2, "label_weights": "openmixup"}, label="SmoothMix",
+                            published=_tiny(66.65, 69.65), published_alpha=0.2,
+                            note="alpha has no effect in the code; its label weights are the paper's swapped"),
+    "saliencymix": MethodSpec(SaliencyMix, {"alpha": 1.0}, label="SaliencyMix", published=_tiny(64.60, 66.55),
+                              published_alpha=1.0),
+    "attentivemix": MethodSpec(AttentiveMix, {"alpha": 2.0, "teacher_weights": None}, label="AttentiveMix+",
+                               published=_tiny(64.85, 67.42), published_alpha=2.0,
+                               note="OpenMixup's page gives 64.85 / 67.42; the survey's table gives 64.01 / 66.84"),
     "fmix": MethodSpec(FMix, {"alpha": 1.0, "decay_power": 3.0, "size": (64, 64), "max_soft": 0.0,
-                              "spectrum": "openmixup"}, label="FMix*"),
+                              "spectrum": "openmixup"}, label="FMix*", published=_tiny(63.47, 65.08),
+                       published_alpha=1.0),
     "puzzlemix": MethodSpec(PuzzleMix, {"alpha": 1.0, "block_nums": (2, 4, 8), "beta": 1.2, "gamma": 0.5, "eta": 0.2,
                                         "neigh_size": 4, "n_labels": 3, "t_eps": 0.8, "transport": True, "t_size": -1,
-                                        "workers": 0}, label="PuzzleMix"),
+                                        "workers": 0}, label="PuzzleMix", published=_tiny(65.81, 67.83),
+                            published_alpha=1.0),
     "resizemix": MethodSpec(ResizeMix, {"alpha": 1.0, "scope": (0.1, 0.8), "use_alpha": True,
-                                        "interpolation": "nearest"}, label="ResizeMix*"),
+                                        "interpolation": "nearest"}, label="ResizeMix*", published=_tiny(63.74, 65.87),
+                            published_alpha=1.0),
+    "gridmix": MethodSpec(GridMix, {"alpha": 0.2, "n_holes": (2, 6), "hole_aspect_ratio": (1.0, 1.0),
+                                    "cut_area_ratio": (0.5, 1.0), "cut_aspect_ratio": (0.5, 2.0)}, label="GridMix",
+                          published=_tiny(65.14, 66.53), published_alpha=0.2,
+                          note="GridMixup's holes in a crop, not the paper's local-context loss"),
     # auto_compile False: only ``model(x)`` is compiled, their encoder-k and forward_stages passes stay eager, and
     # with CUDA graphs the R-18 step measured 34.8 ms (AutoMix) against 29.0 ms eager (H100, BENCHMARKS.md)
-    "automix": MethodSpec(AutoMix, dict(_AUTOMIX), min_lr=0.05, label="AutoMix", auto_compile=False),
-    "samix": MethodSpec(SAMix, {**_AUTOMIX, "lam_mul_k": "auto"}, min_lr=0.05, label="SAMix*", auto_compile=False),
+    "automix": MethodSpec(AutoMix, dict(_AUTOMIX), min_lr=0.05, label="AutoMix", auto_compile=False,
+                          published=_tiny(67.33, 70.72), published_alpha=2.0, note=_HEADS),
+    "samix": MethodSpec(SAMix, {**_AUTOMIX, "lam_mul_k": "auto"}, min_lr=0.05, label="SAMix*", auto_compile=False,
+                        published=_tiny(68.89, 72.18), published_alpha=2.0, note=_HEADS),
 }
 
 

@@ -5,8 +5,8 @@ Localizable Features", ICCV 2019, https://arxiv.org/abs/1905.04899.
 Code: https://github.com/clovaai/CutMix-PyTorch.
 Protocol: protocol.md §2.4 (alpha 1): side int(64 * sqrt(1 - lam)), uniform integer centre,
 corners centre -/+ side // 2 clipped to the image, one box for the batch, lam corrected to
-the true area; the partner is a permutation redrawn up to 10 times to avoid self-pairs
-(§2.2, ``_no_repeat_shuffle_idx``).
+the true area; the partner is a permutation redrawn up to 10 times (11 draws) to avoid
+self-pairs (§2.2, ``_no_repeat_shuffle_idx``; ``NO_REPEAT_TRIES``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import box_from_lam, box_mask, gather_rows, lam_from_box, random_partner, sample_beta
+from mixnb.mixups._helpers import (
+    NO_REPEAT_TRIES, box_from_lam, box_mask, gather_rows, lam_from_box, random_partner, sample_beta,
+)
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
-
-NO_REPEAT_TRIES = 10  # protocol.md §2.2
 
 
 @dataclass(frozen=True)

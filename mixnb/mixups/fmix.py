@@ -32,10 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import gather_rows, random_partner, sample_beta
+from mixnb.mixups._helpers import NO_REPEAT_TRIES, gather_rows, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 
-NO_REPEAT_TRIES = 10  # protocol.md §2.2
 SPECTRA = ("openmixup", "paper")
 
 

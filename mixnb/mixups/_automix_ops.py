@@ -7,9 +7,11 @@ Facts from OpenMixup's ``heads/pmix_block.py`` (HEAD), ``core/hooks/momentum_hoo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import statistics
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -109,6 +111,23 @@ def backbone_weight(m: Tensor, lam: Tensor, *, lam_margin: float) -> Tensor:
     lam <= margin or 1 - lam <= margin (``lam_margin``, protocol.md §3.3.4). No host sync."""
     plain = (lam <= lam_margin) | (1 - lam <= lam_margin)  # () bool, on the device
     return torch.where(plain, lam, 1 - m)  # (N, 1, H, W) float32
+
+
+@contextlib.contextmanager
+def training_forward(*modules: nn.Module) -> Iterator[None]:
+    """Run ``modules`` as a training step does (train mode: BN on batch statistics) and then put
+    back their modes and buffers, so a preview leaves the BN running stats where they were."""
+    saved = [(m, m.training, [b.clone() for b in m.buffers()]) for m in modules]
+    try:
+        for m in modules:
+            m.train()
+        yield
+    finally:
+        for m, mode, buffers in saved:
+            m.train(mode)
+            with torch.no_grad():
+                for b, old in zip(m.buffers(), buffers):
+                    b.copy_(old)
 
 
 def pool(h: Tensor) -> Tensor:

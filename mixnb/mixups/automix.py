@@ -52,6 +52,7 @@ from mixnb.mixups._automix_ops import (
     mask_loss,
     pool,
     reference_readout,
+    training_forward,
 )
 from mixnb.mixups._helpers import mix_with_mask, mixed_cross_entropy, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
@@ -183,9 +184,15 @@ class AutoMix(MixMethod):
 
     @torch.no_grad()
     def preview(self, model: nn.Module, x: Tensor, y: Tensor, *, gen: torch.Generator) -> MixedBatch:
-        """The backbone-branch batch with the current MixBlock and encoder k; ``mask`` = weight of x."""
+        """The backbone-branch batch as a training step makes it; ``mask`` = the weight of x.
+
+        Encoder k and the MixBlock run in train mode whatever the caller's mode, as in
+        ``training_step`` (eval-mode BN on running stats gave other, flatter masks: SAMix's value
+        neck BN at its init stats shrank the spread ~100x), and their BN stats are left unchanged.
+        """
         draw = sample_automix(x.shape[0], gen=gen, alpha=self.alpha)
-        m = self.mix_block(self.features_k(x), draw.lam[1], draw.perm_bb, (x.shape[-2], x.shape[-1]))
+        with training_forward(self.encoder_k, self.mix_block):
+            m = self.mix_block(self.features_k(x), draw.lam[1], draw.perm_bb, (x.shape[-2], x.shape[-1]))
         x_mixed, lam, w = automix(x, m, draw, lam_margin=self.lam_margin)
         return MixedBatch(x_mixed, y, y[draw.perm_bb], lam, w)
 

@@ -72,7 +72,8 @@ class ManifoldMix(MixMethod):
         return StepOutput(loss, {"loss": loss.detach()})
 
     def preview(self, model: nn.Module, x: Tensor, y: Tensor, *, gen: torch.Generator) -> MixedBatch:
-        """The input-level mix (layer "input") with this method's lam distribution."""
-        lam = sample_beta(self.alpha, self.alpha, gen=gen)
-        perm = random_partner(x.shape[0], gen=gen)
-        return MixedBatch(FeatureMix("input", lam, perm).apply(x), y, y[perm], lam)
+        """The input-level mix (layer "input", the one mix that is an image) with this method's
+        lam distribution, drawn by ``sample_manifoldmix``."""
+        one_layer = torch.Generator()  # its only draw, randint(1), is always 0: the seed does not matter
+        draw = sample_manifoldmix(x.shape[0], gen=gen, cpu_gen=one_layer, alpha=self.alpha, layers=("input",))
+        return MixedBatch(FeatureMix(draw.stage, draw.lam, draw.perm).apply(x), y, y[draw.perm], draw.lam)

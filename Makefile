@@ -10,6 +10,11 @@ METHODS ?=
 BACKBONES ?=
 SEEDS ?=
 EPOCHS ?=
+ALPHAS ?=
+SET ?=
+ARGS ?=
+GRID ?=
+DRY_RUN ?=
 GPUS ?=
 GPUS_PER_RUN ?= 1
 EXECUTOR ?= local-slots
@@ -26,6 +31,11 @@ SWEEP_ARGS = --profile $(PROFILE) \
 	$(if $(BACKBONES),--backbones $(BACKBONES)) \
 	$(if $(SEEDS),--seeds $(SEEDS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) \
+	$(if $(ALPHAS),--alphas $(ALPHAS)) \
+	$(if $(SET),--set $(SET)) \
+	$(if $(ARGS),--arg $(ARGS)) \
+	$(if $(GRID),--grid $(GRID)) \
+	$(if $(filter-out 0,$(DRY_RUN)),--dry-run) \
 	$(if $(GPUS),--gpus $(GPUS)) \
 	--gpus-per-run $(GPUS_PER_RUN) --executor $(EXECUTOR) --wait $(WAIT) \
 	$(if $(PARTITION),--partition $(PARTITION)) \
@@ -45,7 +55,9 @@ $(STAMP): pyproject.toml
 
 # A failed run does not stop the others; the report renders what finished, then make fails.
 sweep: $(STAMP)
-ifeq ($(WAIT),0)
+ifneq ($(filter-out 0,$(DRY_RUN)),)
+	$(PY) -m mixnb sweep $(SWEEP_ARGS)
+else ifeq ($(WAIT),0)
 	$(PY) -m mixnb sweep $(SWEEP_ARGS)
 	@echo "WAIT=0: the jobs run on; 'make report PROFILE=$(PROFILE)' renders the runs that have finished"
 else
@@ -64,4 +76,4 @@ bench: $(STAMP)
 	$(PY) -m mixnb.bench $(BENCH_ARGS)
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)

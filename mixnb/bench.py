@@ -37,13 +37,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mixnb.config import COMPILE_MODES, PRECISIONS, PROFILES, RunConfig
+from mixnb.config import COMPILE_MODES, PRECISIONS, PROFILES, RunConfig, resolve_device, resolve_precision
 from mixnb.data import DeviceLoader, IMAGENET_MEAN, IMAGENET_STD, TinyImageNetTensors
 from mixnb.io import atomic_write_text, environment, git_state, write_json
 from mixnb.mixups import REGISTRY, MixMethod, StepContext, get_method
 from mixnb.models import build_model
-from mixnb.train import (Generators, build_parts, evaluate, load_data, new_cuda_graph_step, peak_memory_mb,
-                         resolve_compile, resolve_device, resolve_precision, train_one_epoch)
+from mixnb.train import (Generators, build_parts, evaluate, load_data, peak_memory_mb,
+                         resolve_compile, train_one_epoch, train_step)
 
 EPOCH_IMAGES, EVAL_IMAGES, NUM_CLASSES = 100_000, 10_000, 200  # Tiny-ImageNet train, val, classes
 EXPECTED_SYNC = {  # methods whose step must meet the host, and why
@@ -135,16 +135,8 @@ class Rig:
     val: DeviceLoader
 
     def step(self, x: Tensor, y: Tensor) -> None:
-        """The body of ``train_one_epoch``'s loop for ``--sync-check`` (one process: no gradient
-        averaging, no log sums); keep the two identical."""
-        new_cuda_graph_step(x)
-        with self.autocast:
-            out = self.method.training_step(self.model, x, y, self.ctx)
-        self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        self.optimizer.step()
-        self.method.on_step_end(self.model, self.ctx)
-        self.ctx.step += 1
+        """The Trainer's own iteration (``train_step``), for ``--sync-check``."""
+        train_step(self.model, self.method, x, y, self.optimizer, self.ctx, autocast=self.autocast)
 
     def epoch(self, n: int) -> None:
         train_one_epoch(self.model, self.method, Steps(self.train, n), self.optimizer, self.ctx,  # type: ignore[arg-type]

@@ -1,9 +1,14 @@
-"""RunConfig and profiles: the one source of truth for a run's settings.
+"""RunConfig and profiles: the one source of truth for a run's settings and its identity.
 
-Notebook parameter cells, the CLI and the sweep all build a ``RunConfig``. Method defaults
-live only in the registry (``mixnb.mixups.REGISTRY``); ``method_args`` overrides them.
-Protocol numbers (lr 0.2, momentum 0.9, wd 1e-4, batch 100, 400 epochs) come from
-protocol.md §1.5.
+Notebook parameter cells (``from_parameters``), the CLI (fields become options) and the sweep all
+build a ``RunConfig``. Method defaults live only in the registry (``mixnb.mixups.REGISTRY``);
+``method_args`` overrides them and is typed against them. Protocol numbers (lr 0.2, momentum 0.9,
+wd 1e-4, batch 100, 400 epochs) come from protocol.md §1.5.
+
+A run is identified by what changes its result (``RunConfig.identity``): method and its resolved
+arguments, backbone, seed, resolved epochs and width, optimiser settings, precision, device type
+and the dataset. Compile mode, GPU index, ``log_every``, ``eval_batch_size`` and progress change
+nothing beyond float reassociation and never block a resume.
 """
 
 from __future__ import annotations
@@ -11,10 +16,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+import torch
 
 from mixnb.models import BACKBONES
 
@@ -25,39 +35,49 @@ PROFILES: dict[str, dict[str, Any]] = {
     "sample": {"epochs": 4, "width": 8, "sample": {"num_classes": 10, "train_per_class": 100, "val_per_class": 30}},
     "test": {"epochs": 2, "width": 8, "sample": {"num_classes": 4, "train_per_class": 16, "val_per_class": 8}},
 }
-
-# Fields that name a run rather than change its maths (kept out of the override hash).
-_IDENTITY = ("method", "backbone", "profile", "seed", "data", "device", "compile")
+PROTOCOL = {"epochs": 400, "width": 64}  # protocol.md §1.5: what a run off the protocol is compared with
 
 # torch.compile settings: "auto" resolves per device (mixnb.train.resolve_compile); the others are
 # torch.compile modes, or "off". Compiling changes no maths beyond float reassociation (performance.md §8.5).
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # Autocast precision: bf16 keeps fp32 master weights, optimizer state and BN statistics (performance.md §8.1);
-# "auto" resolves per device (mixnb.train.resolve_precision).
+# "auto" resolves per device (resolve_precision).
 PRECISIONS = ("auto", "bf16", "fp32")
+MAX_SEED = 2**32  # CPU torch.Generator seeds keep 32 bits: seeds 0 and 2**32 would be one run
+MAX_PARAMS = 2e9  # a model above this is a typo (width=1000000), not an experiment
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A field with its help text (CLI ``--help``) and choices; a type as ``default`` is its factory."""
+    if isinstance(default, type):
+        return field(default_factory=default, metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    method: str = "vanilla"  # a name in mixnb.mixups.REGISTRY
-    backbone: str = "resnet18"  # resnet18 | resnext50
-    profile: str = "sample"  # tiny-imagenet | sample | test
-    seed: int = 0  # seeds the data-order, augmentation, mixing and init generators
-    epochs: int | None = None  # None: the profile's (400 for tiny-imagenet)
-    width: int | None = None  # base width of the backbone; None: the profile's (64 = the paper's)
-    batch_size: int = 100  # protocol.md §1.5
-    lr: float = 0.2
-    momentum: float = 0.9
-    weight_decay: float = 1e-4  # on every parameter, BN and bias included
-    min_lr: float | None = None  # cosine floor; None: the method's (0, or 0.05 for AutoMix/SAMix)
-    method_args: dict[str, Any] = field(default_factory=dict)  # overrides of the registry defaults
-    data: str | None = None  # tiny-imagenet-200 folder; None: $MIXNB_DATA, or the generated sample set
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: str = "auto"  # COMPILE_MODES: auto = the measured best on CUDA, off on the CPU
-    precision: str = "auto"  # PRECISIONS: auto = bf16 where the device computes it natively (CUDA, AMX CPUs)
-    sync_bn: bool = False  # multi-GPU runs: BatchNorm over the global batch (SyncBN); False = per GPU (reference)
-    eval_batch_size: int = 1000
-    log_every: int = 50  # iterations between host reads of the running loss
+    method: str = _f("vanilla", "a name in mixnb.mixups.REGISTRY", choices="methods")
+    backbone: str = _f("resnet18", "CIFAR-variant backbone", choices=tuple(BACKBONES))
+    profile: str = _f("sample", "tiny-imagenet (the full protocol) | sample (generated data, CPU minutes) | test",
+                      choices=tuple(PROFILES))
+    seed: int = _f(0, "seeds the data-order, augmentation, mixing and init generators (0 <= seed < 2**32)")
+    epochs: int | None = _f(None, "None: the profile's (400 for tiny-imagenet)")
+    width: int | None = _f(None, "base width of the backbone; None: the profile's (64 = the paper's)")
+    batch_size: int = _f(100, "global batch (protocol.md §1.5)")
+    lr: float = _f(0.2, "SGD learning rate (protocol.md §1.5)")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(1e-4, "on every parameter, BN and bias included")
+    min_lr: float | None = _f(None, "cosine floor; None: the method's (0, or 0.05 for AutoMix/SAMix)")
+    method_args: dict[str, Any] = _f(dict, "overrides of the method's registry defaults, e.g. {\"alpha\": 0.5}")
+    data: str | None = _f(None, "tiny-imagenet-200 folder; None: $MIXNB_DATA, or the generated sample set")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    compile: str = _f("auto", "torch.compile mode; auto = the measured best on CUDA, off on the CPU",
+                      choices=COMPILE_MODES)
+    precision: str = _f("auto", "autocast; auto = bf16 where the device computes it natively (CUDA, AMX CPUs)",
+                        choices=PRECISIONS)
+    sync_bn: bool = _f(False, "multi-GPU runs: BatchNorm over the global batch; False = per GPU (the reference)")
+    eval_batch_size: int = _f(1000, "evaluation batch (no effect on the result)")
+    log_every: int = _f(50, "iterations between host reads of the running loss")
 
     def __post_init__(self) -> None:
         from mixnb.mixups import get_method
@@ -66,6 +86,8 @@ class RunConfig:
             raise ValueError(f"unknown profile {self.profile!r}; valid: {', '.join(PROFILES)}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; valid: {', '.join(BACKBONES)}")
+        if not 0 <= self.seed < MAX_SEED:
+            raise ValueError(f"seed must be in [0, 2**32), got {self.seed}")
         for name in ("batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -75,28 +97,51 @@ class RunConfig:
         for name, valid in (("compile", COMPILE_MODES), ("precision", PRECISIONS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
+        for name in ("lr", "momentum", "weight_decay", "min_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        get_method(self.method, **self.method_args)  # unknown method, unknown setting or bad value fails here
+        if self.min_lr is not None and self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}: the cosine would rise; use min_lr <= lr")
+        params = 11.3e6 * (self.model_width / 64) ** 2 * (2.1 if self.backbone == "resnext50" else 1)
+        if params > MAX_PARAMS:
+            raise ValueError(f"width {self.model_width} gives a {self.backbone} of ~{params / 1e9:.0f}G parameters "
+                             f"(~{params * 16 / 2**30:.0f} GiB with SGD state); the paper's width is 64")
+        object.__setattr__(self, "method_args", typed_method_args(self.method, self.method_args))
+        get_method(self.method, **self.method_args)  # a bad value fails here, with the method's own message
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
-        """Build from plain values (a notebook's parameters); unknown keys and wrong types fail."""
+        """Build from plain values (a notebook's parameters, a params.json); unknown keys and wrong types fail."""
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(fields))
         if unknown:
             raise ValueError(f"unknown RunConfig key(s) {unknown}; valid keys: {', '.join(fields)}")
+        values = dict(values)
+        if isinstance(values.get("method_args"), str):
+            values["method_args"] = parse_method_args(values["method_args"])
         for key, value in values.items():
             _check_type(key, value, fields[key].type)
         return cls(**values)
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> "RunConfig":
+        """A params.json (its ``config``) or a plain JSON object of RunConfig fields."""
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: cannot read a config from it ({err}); pass a params.json") from err
+        return cls.from_dict(values.get("config", values) if isinstance(values, dict) else values)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # plain JSON values (tuples -> lists)
 
     def changes(self) -> dict[str, Any]:
         """The values that differ from the defaults."""
-        default = RunConfig()
-        return {k: v for k, v in self.to_dict().items() if getattr(default, k) != v}
+        default = RunConfig().to_dict()
+        return {k: v for k, v in self.to_dict().items() if default[k] != v}
 
     # --- resolved values -------------------------------------------------------------
     @property
@@ -113,13 +158,55 @@ class RunConfig:
 
         return self.min_lr if self.min_lr is not None else get_spec(self.method).min_lr
 
+    def full_method_args(self) -> dict[str, Any]:
+        """The method's settings as the run uses them: registry defaults with ``method_args`` applied."""
+        from mixnb.mixups import get_spec
+
+        return json.loads(json.dumps({**get_spec(self.method).defaults, **self.method_args}))
+
+    def maths(self) -> dict[str, Any]:
+        """Every setting that changes the result and is known without the device or the data, resolved."""
+        return {"method": self.method, "method_args": self.full_method_args(), "backbone": self.backbone,
+                "seed": self.seed, "epochs": self.num_epochs, "width": self.model_width,
+                "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "min_lr": self.floor_lr, "sync_bn": self.sync_bn}
+
+    def identity(self, device: torch.device, dataset: dict[str, Any]) -> dict[str, Any]:
+        """What makes two runs the same run: ``maths()`` plus precision, device type and the dataset
+        (``{"root": ..., "manifest_key": ...}``). Stored in params.json, checkpoints and summary.json."""
+        precision = "bf16" if resolve_precision(self, device) == torch.bfloat16 else "fp32"
+        return {**self.maths(), "precision": precision, "device_type": device.type, "dataset": dataset}
+
+    def overrides(self) -> dict[str, Any]:
+        """The maths settings that differ from the profile's and the method's defaults (the run name's tokens)."""
+        base = RunConfig(method=self.method, backbone=self.backbone, profile=self.profile, seed=self.seed).maths()
+        mine = self.maths()
+        out = {f"method_args.{k}": v for k, v in mine["method_args"].items() if base["method_args"].get(k) != v}
+        out.update({k: v for k, v in mine.items() if k != "method_args" and base[k] != v})
+        if self.precision != "auto":
+            out["precision"] = self.precision
+        if self.data is not None:
+            out["data"] = str(Path(self.data).expanduser().resolve())
+        return out
+
     def run_name(self) -> str:
-        """``<method>-<backbone>-s<seed>``, plus a hash of the maths-changing overrides."""
-        name = f"{self.method}-{self.backbone}-s{self.seed}"
-        overrides = {k: v for k, v in self.changes().items() if k not in _IDENTITY}
-        if overrides:
+        """Readable and unique: ``cutmix-resnet18-s0``, ``cutmix-resnet18-s0-a0.2``,
+        ``mixup-resnet18-s1-ep100-lr0.1``; a short hash of every override replaces the tokens that
+        would be ambiguous (non-numeric or signed values) or make the name too long."""
+        base = f"{self.method}-{self.backbone}-s{self.seed}"
+        overrides = self.overrides()
+        overrides.pop("seed", None)
+        tokens, hashed = [], False
+        for key, value in overrides.items():
+            token = _token(key, value)
+            if token is None:
+                hashed = True
+            else:
+                tokens.append(token)
+        name = "-".join([base, *tokens])
+        if hashed or len(name) > 80:
             digest = hashlib.sha1(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
-            name += f"-{digest}"
+            name = "-".join([base, *(tokens if len(name) <= 80 else []), f"h{digest}"])
         return name
 
     def data_root(self) -> str | None:
@@ -136,6 +223,131 @@ class RunConfig:
         return root
 
 
+_TOKENS = {"method_args.alpha": "a", "epochs": "ep", "width": "w", "batch_size": "bs", "lr": "lr", "momentum": "mom",
+           "weight_decay": "wd", "min_lr": "minlr", "sync_bn": "syncbn", "precision": ""}
+
+
+def _token(key: str, value: Any) -> str | None:
+    """``ep100``, ``lr0.1``, ``a0.2``, ``fp32``; None where a readable token could be ambiguous."""
+    if key == "sync_bn":
+        return "syncbn" if value else None
+    if isinstance(value, bool) or key == "data":
+        return None
+    prefix = _TOKENS.get(key, key.removeprefix("method_args.").replace("_", ""))
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return prefix + text if re.fullmatch(r"[A-Za-z0-9.]+", text) and not text.startswith(".") else None
+
+
+# ----------------------------------------------------------------------------- method_args
+def parse_method_args(text: str) -> dict[str, Any]:
+    """``'{"alpha": 0.2}'`` (JSON) or ``alpha=0.2,spectrum=paper`` (values JSON where they parse)."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"method_args {text!r} is not valid JSON ({err.msg}); e.g. '{{\"alpha\": 0.2}}'") from err
+        if not isinstance(value, dict):
+            raise ValueError(f"method_args must be a JSON object, got {text!r}")
+        return value
+    return parse_pairs(split_top(text, ",") if text else [])
+
+
+def parse_pairs(items: list[str]) -> dict[str, Any]:
+    """``key=value`` items (later keys win); values parsed as JSON when they are JSON, else strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {item!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"none": None, "true": True, "false": False}.get(text.lower(), text)
+
+
+def split_top(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside brackets: ``a=1,b=[2,4]`` -> ``["a=1", "b=[2,4]"]``."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch in "[({") - (ch in "])}")
+        if ch == sep and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [p for p in [*parts, cur] if p.strip()]
+
+
+def typed_method_args(method: str, args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` typed like the method's registry defaults (numbers from strings, lists as tuples); a value
+    that cannot be typed fails naming the setting and what it expected. Unknown names pass through to
+    ``get_method``, which lists the valid ones."""
+    from mixnb.mixups import get_spec
+
+    defaults = get_spec(method).defaults
+    return {k: _typed(f"{method}: {k}", v, defaults[k]) if k in defaults else v for k, v in dict(args).items()}
+
+
+def _typed(name: str, value: Any, default: Any) -> Any:
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} expects true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value) if isinstance(default, float) else int(value)
+            except ValueError:
+                number = None
+        kind = "a number" if isinstance(default, float) else "an integer"
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or \
+                (isinstance(default, int) and not float(number).is_integer()):
+            raise ValueError(f"{name} expects {kind} (default {default}), got {value!r}")
+        if not math.isfinite(number):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        return float(number) if isinstance(default, float) else int(number)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} expects a list like {list(default)}, got {value!r}")
+        inner = default[0] if default else None
+        return tuple(_typed(name, v, inner) for v in value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ValueError(f"{name} expects a string (default {default!r}), got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- notebook parameters
+# The train notebook's parameters beyond RunConfig's fields (tests check the parameters cell against both).
+NOTEBOOK_ONLY: dict[str, Any] = {"world_size": 1, "run_dir": None, "progress": "epoch"}
+_KERNEL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+
+
+def from_parameters(namespace: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
+    """(RunConfig, notebook-only options) from a notebook's globals after its parameters cell.
+
+    Papermill only warns about a parameter the notebook does not declare; here it fails with the valid
+    names, so ``-p epoch 1`` cannot silently start a 400-epoch run."""
+    names = {k: v for k, v in namespace.items()
+             if not k.startswith("_") and k not in _KERNEL_NAMES and not callable(v) and not isinstance(v, ModuleType)}
+    fields = [f.name for f in dataclasses.fields(RunConfig)]
+    unknown = sorted(set(names) - set(fields) - set(NOTEBOOK_ONLY))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; valid: {', '.join([*fields, *NOTEBOOK_ONLY])}")
+    cfg = RunConfig.from_dict({k: names[k] for k in fields if k in names})
+    return cfg, {k: names.get(k, v) for k, v in NOTEBOOK_ONLY.items()}
+
+
 def _check_type(key: str, value: Any, annotation: str) -> None:
     """Reject values whose type does not match the field annotation (ints pass as floats)."""
     allowed = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),)}
@@ -145,6 +357,34 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
         raise TypeError(f"RunConfig.{key} must be {annotation}, got {value!r}")
     if not isinstance(value, types):
         raise TypeError(f"RunConfig.{key} must be {annotation}, got {type(value).__name__} {value!r}")
+
+
+# ----------------------------------------------------------------------------- device and precision
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available here; use device='cpu' or 'auto'")
+    return device
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device runs bf16 matmuls/convs natively: CUDA (Ampere on), or a CPU with AMX or AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: assume not
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(cfg: RunConfig, device: torch.device) -> torch.dtype:
+    """The autocast dtype of a run (torch.float32 = no autocast)."""
+    if cfg.precision == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
 
 
 def default_cache_dir() -> Path:

@@ -7,89 +7,247 @@ backbones, cells the median top-1 of the last 10 epochs, beside the published nu
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
-from torch import Tensor
 
-from mixnb.config import RunConfig
-from mixnb.mixups import REGISTRY, MixedBatch, get_method, get_spec
+from mixnb.config import PROFILES, PROTOCOL, RunConfig
+from mixnb.mixups import REGISTRY, get_spec
 from mixnb.paths import KERNEL, NOTEBOOKS, reports_root, runs_root
+from mixnb.runs import METRICS, PARAMS, failure, is_finished, metric_rows, read_summary
 
-# OpenMixup's published Tiny-ImageNet top-1 (%), R-18 / RX-50 (protocol.md §4).
-PUBLISHED: dict[str, dict[str, float]] = {
-    "vanilla": {"resnet18": 61.68, "resnext50": 65.04},
-    "mixup": {"resnet18": 63.86, "resnext50": 66.36},
-    "cutmix": {"resnet18": 65.53, "resnext50": 66.47},
-    "manifoldmix": {"resnet18": 64.15, "resnext50": 67.30},
-    "saliencymix": {"resnet18": 64.60, "resnext50": 66.55},
-    "attentivemix": {"resnet18": 64.85, "resnext50": 67.42},
-    "fmix": {"resnet18": 63.47, "resnext50": 65.08},
-    "puzzlemix": {"resnet18": 65.81, "resnext50": 67.83},
-    "resizemix": {"resnet18": 63.74, "resnext50": 65.87},
-    "automix": {"resnet18": 67.33, "resnext50": 70.72},
-    "samix": {"resnet18": 68.89, "resnext50": 72.18},
-}
 BACKBONE_LABELS = {"resnet18": "R-18", "resnext50": "RX-50"}
 
 
 # ----------------------------------------------------------------------------- loading
-def load_runs(profile: str, root: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summaries, metrics) of every finished run of ``profile``: one row per run / per epoch."""
+@dataclass
+class Runs:
+    """What a profile's runs folder holds, for the report: one row per finished run (``summaries``), per
+    epoch (``metrics``), per diverged run (``diverged``), and the folders left out with the reason."""
+
+    summaries: pd.DataFrame
+    metrics: pd.DataFrame
+    diverged: pd.DataFrame
+    skipped: list[tuple[str, str]]
+
+
+def load_runs(profile: str, root: Path | None = None) -> Runs:
+    """Every run folder of ``profile``; a folder that cannot be read is listed in ``skipped``, never fatal."""
     root = (root or runs_root()) / profile
-    summaries, metrics = [], []
-    for summary_path in sorted(root.glob("*/summary.json")):
-        s = json.loads(summary_path.read_text())
-        flat = {k: v for k, v in s.items() if not isinstance(v, dict)}
-        flat["run_dir"] = str(summary_path.parent)
-        flat["device_name"] = s.get("environment", {}).get("device_name")
-        flat["commit"] = s.get("git", {}).get("commit")
-        summaries.append(flat)
-        m = pd.read_csv(summary_path.parent / "metrics.csv")
-        metrics.append(m.assign(run=s["run"], method=s["method"], backbone=s["backbone"], seed=s["seed"]))
-    summary_df = pd.DataFrame(summaries)
-    metric_df = pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame()
-    return summary_df, metric_df
+    summaries, metrics, diverged, skipped = [], [], [], []
+    for run_dir in sorted(p for p in root.glob("*") if p.is_dir() and not p.name.startswith(".")):
+        try:
+            if is_finished(run_dir):
+                row = _summary_row(run_dir)
+                summaries.append(row)
+                m = pd.read_csv(run_dir / METRICS)
+                metrics.append(m.assign(run=row["run"], method=row["method"], backbone=row["backbone"],
+                                        seed=row["seed"], settings=row["settings"]))
+            elif (failed := failure(run_dir)) is not None:
+                cfg = RunConfig.from_file(run_dir / PARAMS)
+                diverged.append({"run": run_dir.name, "method": cfg.method, "backbone": cfg.backbone,
+                                 "seed": cfg.seed, "settings": settings_label(cfg), "reason": failed["reason"],
+                                 "run_dir": str(run_dir)})
+            elif (run_dir / PARAMS).exists():
+                skipped.append((run_dir.name, f"not finished ({metric_rows(run_dir)} epochs so far)"))
+        except Exception as err:  # a foreign or broken folder: name it, render the rest
+            skipped.append((run_dir.name, f"unreadable ({type(err).__name__}: {err})"))
+    return Runs(pd.DataFrame(summaries), pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(),
+                pd.DataFrame(diverged), skipped)
+
+
+def _summary_row(run_dir: Path) -> dict[str, Any]:
+    """One run's summary.json flattened, with its resolved settings and the key that pools its seeds."""
+    s = read_summary(run_dir) or {}
+    cfg = RunConfig.from_dict(s["config"])
+    identity = s["identity"]
+    flat = {k: v for k, v in s.items() if not isinstance(v, dict)}
+    flat.update(run_dir=str(run_dir), device_name=s.get("environment", {}).get("device_name"),
+                torch=s.get("environment", {}).get("torch"), commit=s.get("git", {}).get("commit"),
+                alpha=cfg.full_method_args().get("alpha"), settings=settings_label(cfg),
+                config_key=json.dumps({k: v for k, v in identity.items() if k != "seed"}, sort_keys=True),
+                data_root=identity["dataset"]["root"], precision=identity["precision"],
+                device_type=identity["device_type"],
+                **{k: identity[k] for k in ("epochs", "width", "batch_size", "lr", "momentum", "weight_decay", "min_lr")})
+    flat["group_key"] = json.dumps({k: v for k, v in json.loads(flat["config_key"]).items() if k != "method_args"}
+                                   | {"method_args": {k: v for k, v in identity["method_args"].items() if k != "alpha"}},
+                                   sort_keys=True)
+    return flat
+
+
+def settings_label(cfg: RunConfig) -> str:
+    """The run's settings that differ from its profile's and method's defaults (alpha excluded: the table shows
+    it), e.g. "epochs 100, lr 0.1"; "" for a default run."""
+    return ", ".join(f"{key.removeprefix('method_args.')} {_num(value)}" for key, value in cfg.overrides().items()
+                     if key not in ("seed", "method_args.alpha"))
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def method_label(name: str) -> str:
     return get_spec(name).label or name if name in REGISTRY else name
 
 
-# ----------------------------------------------------------------------------- table
-def benchmark_table(summaries: pd.DataFrame, value: str = "median_top1") -> pd.DataFrame:
-    """Rows = methods (registry order), columns = (backbone, ours | OpenMixup | delta).
+def row_label(method: str, settings: str) -> str:
+    return f"{method_label(method)} ({settings})" if settings else method_label(method)
 
-    "ours" is the mean over seeds (with ± std when there are several seeds).
-    """
-    if summaries.empty:
+
+# ----------------------------------------------------------------------------- table
+def pooled(summaries: pd.DataFrame, value: str = "median_top1") -> pd.DataFrame:
+    """One row per configuration (every maths setting but the seed): mean, std and count over its seeds."""
+    keys = ["method", "backbone", "settings", "alpha", "group_key", "config_key"]
+    df = summaries.assign(alpha=summaries["alpha"].fillna(-1))  # groupby drops NaN keys; Vanilla has no alpha
+    out = df.groupby(keys, sort=False)[value].agg(["mean", "std", "count"]).reset_index()
+    out["alpha"] = out["alpha"].where(out["alpha"] >= 0)
+    return out
+
+
+def best_alpha(summaries: pd.DataFrame, value: str = "median_top1") -> pd.DataFrame:
+    """Per method, backbone and other settings, the configuration whose mean ``value`` over seeds is best.
+
+    Tiny-ImageNet has no labelled test split, so, as in the reference, alpha is chosen on the validation
+    set, by the same read-out the table shows."""
+    rows = pooled(summaries, value)
+    published = rows["method"].map(lambda m: get_spec(m).defaults.get("alpha") if m in REGISTRY else None)
+    rows = rows.assign(_tie=(rows["alpha"] != published)).sort_values("_tie", kind="stable")  # ties: published alpha
+    best = rows.loc[rows.groupby(["method", "backbone", "group_key"], sort=False)["mean"].idxmax()]
+    return best.assign(candidates=rows.groupby(["method", "backbone", "group_key"], sort=False)["alpha"]
+                       .transform("count").loc[best.index])
+
+
+def benchmark_table(summaries: pd.DataFrame, value: str = "median_top1", *, diverged: pd.DataFrame | None = None,
+                    reference: bool = True) -> pd.DataFrame:
+    """Rows = methods in protocol (registry) order, one per non-default setting; columns per backbone:
+    top-1 (mean ± std over seeds) at the best alpha, that alpha, the number of seeds, and with ``reference``
+    OpenMixup's published number and the difference. A configuration with only diverged runs reads "diverged"."""
+    if summaries.empty and (diverged is None or diverged.empty):
         return pd.DataFrame()
-    order = [m for m in REGISTRY if m in set(summaries["method"])]
-    cols = {}
-    for backbone in [b for b in BACKBONE_LABELS if b in set(summaries["backbone"])]:
-        sub = summaries[summaries["backbone"] == backbone].groupby("method")[value]
-        mean, std, n = sub.mean(), sub.std(), sub.count()
+    best = best_alpha(summaries, value) if not summaries.empty else pd.DataFrame(
+        columns=["method", "backbone", "settings", "alpha", "mean", "std", "count", "candidates"])
+    rows = {(r.method, r.settings) for r in best.itertuples()}
+    if diverged is not None and not diverged.empty:
+        rows |= {(r.method, r.settings) for r in diverged.itertuples()}
+    order = sorted(rows, key=lambda ms: (list(REGISTRY).index(ms[0]) if ms[0] in REGISTRY else len(REGISTRY), ms[1]))
+    backbones = [b for b in BACKBONE_LABELS if b in set(best["backbone"]) | set(_col(diverged, "backbone"))]
+    cols: dict[tuple[str, str], list[str]] = {}
+    for backbone in backbones:
         label = BACKBONE_LABELS[backbone]
-        ours = [_fmt(mean.get(m), std.get(m), n.get(m, 0)) for m in order]
-        ref = [PUBLISHED.get(m, {}).get(backbone) for m in order]
-        cols[(label, "ours")] = ours
-        cols[(label, "OpenMixup")] = [f"{r:.2f}" if r is not None else "–" for r in ref]
-        cols[(label, "Δ")] = [f"{mean[m] - r:+.2f}" if r is not None and m in mean else "–"
-                              for m, r in zip(order, ref)]
-    labels = [method_label(m) for m in order]
+        cells = {(r.method, r.settings): r for r in best[best["backbone"] == backbone].itertuples()}
+        failed = {(r.method, r.settings) for r in _rows(diverged) if r.backbone == backbone}
+        cols[(label, "top-1")] = [_fmt(cells[k].mean, cells[k].std, cells[k].count) if k in cells
+                                  else "diverged" if k in failed else "–" for k in order]
+        cols[(label, "α")] = [_alpha(cells[k].alpha, cells[k].candidates) if k in cells else "–" for k in order]
+        cols[(label, "seeds")] = [str(cells[k].count) if k in cells else "–" for k in order]
+        if reference:
+            ref = [get_spec(m).published.get(backbone) if m in REGISTRY else None for m, _ in order]
+            cols[(label, "OpenMixup")] = [f"{r:.2f}" if r is not None else "–" for r in ref]
+            cols[(label, "Δ")] = [f"{cells[k].mean - r:+.2f}" if r is not None and k in cells else "–"
+                                  for k, r in zip(order, ref)]
+    labels = [row_label(m, st) for m, st in order]
     if "teacher" in summaries:  # AttentiveMix+: say which teacher made the row (ImageNet file or own run)
         teachers = summaries.dropna(subset=["teacher"]).groupby("method")["teacher"].first()
-        labels = [f"{lab} (teacher: {teachers[m]})" if m in teachers else lab for m, lab in zip(order, labels)]
+        labels = [f"{lab} (teacher: {teachers[m]})" if m in teachers else lab for (m, _), lab in zip(order, labels)]
     table = pd.DataFrame(cols, index=labels)
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     table.index.name = "method"
     return table
+
+
+def tidy_table(summaries: pd.DataFrame) -> pd.DataFrame:
+    """The main table as data: one row per (method, settings, backbone) at its best alpha, in protocol order."""
+    if summaries.empty:
+        return pd.DataFrame()
+    best = best_alpha(summaries)
+    best = best.assign(_o=best["method"].map({m: i for i, m in enumerate(REGISTRY)}))
+    best = best.sort_values(["_o", "settings", "backbone"], key=lambda c: c.map(list(BACKBONE_LABELS).index)
+                            if c.name == "backbone" else c, kind="stable")
+    return pd.DataFrame({
+        "method": best["method"].map(method_label), "settings": best["settings"], "backbone": best["backbone"],
+        "alpha": best["alpha"], "top1_mean": best["mean"].round(2), "top1_std": best["std"].round(2),
+        "seeds": best["count"],
+        "openmixup": [get_spec(m).published.get(b) if m in REGISTRY else None
+                      for m, b in zip(best["method"], best["backbone"])],
+    }).reset_index(drop=True)
+
+
+def write_exports(summaries: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """benchmark.csv (tidy), benchmark.md and benchmark.tex (the table's layout: a row per method, ours beside
+    OpenMixup's per backbone, the best of each of our columns in bold) next to the report."""
+    from mixnb.io import atomic_write_text
+
+    tidy = tidy_table(summaries)
+    paths = [out_dir / f"benchmark.{ext}" for ext in ("csv", "md", "tex")]
+    atomic_write_text(paths[0], tidy.to_csv(index=False))
+    backbones = [b for b in BACKBONE_LABELS if b in set(tidy.get("backbone", []))]
+    header = ["Method", "α"] + [f"{BACKBONE_LABELS[b]} {w}" for b in backbones for w in ("ours", "OpenMixup")]
+    rows = []
+    best = {b: tidy[tidy["backbone"] == b]["top1_mean"].max() for b in backbones}
+    for (method, settings), group in tidy.groupby(["method", "settings"], sort=False):
+        cells = {r.backbone: r for r in group.itertuples()}
+        alphas = "/".join(_alpha(cells[b].alpha) if b in cells else "–" for b in backbones)
+        row = [(f"{method} ({settings})" if settings else method), alphas]
+        for b in backbones:
+            r = cells.get(b)
+            ours = "–" if r is None else (f"{r.top1_mean:.2f} ± {r.top1_std:.2f}" if r.seeds > 1 else f"{r.top1_mean:.2f}")
+            row += [(ours, r is not None and r.top1_mean == best[b]),
+                    (f"{r.openmixup:.2f}" if r is not None and pd.notna(r.openmixup) else "–", False)]
+        rows.append([(c, False) if isinstance(c, str) else c for c in row])
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(f"**{c}**" if bold else c for c, bold in row) + " |" for row in rows]
+    atomic_write_text(paths[1], "\n".join(md) + "\n")
+    tex = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
+           " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
+    tex += [" & ".join(rf"\textbf{{{_tex(c)}}}" if bold else _tex(c) for c, bold in row) + r" \\" for row in rows]
+    atomic_write_text(paths[2], "\n".join([*tex, r"\bottomrule", r"\end{tabular}"]) + "\n")
+    return paths
+
+
+def _tex(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("±", r"$\pm$"), ("α", r"$\alpha$"), ("–", "--")):
+        text = text.replace(a, b)
+    return text
+
+
+def appendix_table(summaries: pd.DataFrame, diverged: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every configuration that ran: its alpha and settings, top-1 over its seeds, and the diverged ones."""
+    rows = []
+    if not summaries.empty:
+        for r in pooled(summaries).itertuples():
+            rows.append({"method": method_label(r.method), "backbone": BACKBONE_LABELS.get(r.backbone, r.backbone),
+                         "α": _alpha(r.alpha), "settings": r.settings or "–",
+                         "median top-1": _fmt(r.mean, r.std, r.count), "seeds": r.count,
+                         "_order": list(REGISTRY).index(r.method) if r.method in REGISTRY else 99})
+    for r in _rows(diverged):
+        rows.append({"method": method_label(r.method), "backbone": BACKBONE_LABELS.get(r.backbone, r.backbone),
+                     "α": "", "settings": r.settings or "–", "median top-1": r.reason,
+                     "seeds": f"seed {r.seed}", "_order": list(REGISTRY).index(r.method) if r.method in REGISTRY else 99})
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows).sort_values(["backbone", "_order", "settings", "α"], kind="stable")
+    return df.drop(columns="_order").set_index(["backbone", "method", "α", "settings"])
+
+
+def _alpha(alpha: float | None, candidates: int = 1) -> str:
+    if alpha is None or pd.isna(alpha):
+        return "–"
+    return f"{alpha:g}" + (f" (best of {candidates})" if candidates > 1 else "")
+
+
+def _col(df: pd.DataFrame | None, name: str) -> list[Any]:
+    return [] if df is None or df.empty else list(df[name])
+
+
+def _rows(df: pd.DataFrame | None) -> list[Any]:
+    return [] if df is None or df.empty else list(df.itertuples())
 
 
 def readout_table(summaries: pd.DataFrame) -> pd.DataFrame:
@@ -98,10 +256,12 @@ def readout_table(summaries: pd.DataFrame) -> pd.DataFrame:
     if "reference_top1" not in summaries:
         return pd.DataFrame()
     rows = summaries.dropna(subset=["reference_top1"])
-    out = rows[["method", "backbone", "seed", "median_top1", "reference_top1"]].copy()
+    out = rows[["method", "backbone", "alpha", "settings", "seed", "median_top1", "reference_top1"]].copy()
     out["method"] = out["method"].map(method_label)
-    return out.set_index(["method", "backbone", "seed"]).rename(columns={"median_top1": "online q median (in the table)",
-                               "reference_top1": "reference best-of-heads median"}).round(2)
+    out["alpha"] = out["alpha"].map(_alpha)
+    return out.rename(columns={"alpha": "α", "median_top1": "online q median (in the table)",
+                               "reference_top1": "reference best-of-heads median"}
+                      ).set_index(["method", "backbone", "α", "settings", "seed"]).round(2)
 
 
 def _fmt(mean: float | None, std: float | None, n: int) -> str:
@@ -111,12 +271,21 @@ def _fmt(mean: float | None, std: float | None, n: int) -> str:
 
 
 def cost_table(summaries: pd.DataFrame) -> pd.DataFrame:
-    """Seconds per epoch and peak memory per method and backbone, with the ratio to Vanilla."""
-    df = summaries.groupby(["method", "backbone"])[["seconds_per_epoch", "peak_mem_mb"]].median().reset_index()
-    base = df[df["method"] == "vanilla"].set_index("backbone")["seconds_per_epoch"]
-    df["× vanilla"] = df.apply(lambda r: r["seconds_per_epoch"] / base.get(r["backbone"], float("nan")), axis=1)
+    """Training cost per configuration in protocol order: seconds per epoch (the median over epochs, the first
+    one left out as warm-up), its ratio to Vanilla's with the same settings, and peak memory."""
+    df = pooled(summaries, "seconds_per_epoch").rename(columns={"mean": "seconds"})
+    df["peak MiB"] = pooled(summaries, "peak_mem_mb")["mean"].to_numpy()
+    base = {(r.backbone, r.settings): r.seconds for r in df[df["method"] == "vanilla"].itertuples()}
+    df["× Vanilla"] = [r.seconds / base[(r.backbone, r.settings)] if (r.backbone, r.settings) in base
+                       else float("nan") for r in df.itertuples()]
+    df["s/epoch"] = df["seconds"]
+    df["_order"] = [list(REGISTRY).index(m) if m in REGISTRY else 99 for m in df["method"]]
+    df = df.sort_values(["backbone", "_order", "alpha"], kind="stable")
     df["method"] = df["method"].map(method_label)
-    return df.set_index(["method", "backbone"]).round(2)
+    df["α"] = df["alpha"].map(_alpha)
+    df["backbone"] = df["backbone"].map(lambda b: BACKBONE_LABELS.get(b, b))
+    df = df.set_index(["backbone", "method", "α", "settings"])[["s/epoch", "× Vanilla", "peak MiB"]].round(2)
+    return df.astype(object).where(df.notna(), "–")  # no Vanilla run with these settings: no ratio
 
 
 # ----------------------------------------------------------------------------- plots
@@ -144,115 +313,15 @@ def plot_learning_curve(metrics: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def denormalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """(N, 3, H, W) normalised -> (N, H, W, 3) float in [0, 1] for plotting."""
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x.float() * s + m).clamp(0, 1).permute(0, 2, 3, 1).cpu()
-
-
-def plot_mixed_grid(batch: MixedBatch, x: Tensor, *, mean: tuple[float, ...], std: tuple[float, ...],
-                    title: str, classes: list[str] | None = None) -> plt.Figure:
-    """Columns = samples; rows = image, mask (white = this image), mixed image; lam in titles."""
-    n = x.shape[0]
-    rows = [("image", denormalize(x, mean, std))]
-    if batch.mask is not None:
-        mask = batch.mask.float().expand(n, 1, *x.shape[-2:])[:, 0].cpu()
-        rows.append(("mask of image", mask))
-    rows.append(("mixed", denormalize(batch.x, mean, std)))
-    lam = batch.lam.float().expand(n).cpu() if batch.lam.dim() == 0 else batch.lam.float().cpu()
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.7 * len(rows)), squeeze=False)
-    for r, (name, imgs) in enumerate(rows):
-        for i in range(n):
-            ax = axes[r][i]
-            ax.imshow(imgs[i], cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ya, yb = int(batch.y_a[i]), int(batch.y_b[i])
-                names = f"{classes[ya][:10]}/{classes[yb][:10]}" if classes else f"{ya}/{yb}"
-                ax.set_title(f"λ={lam[i]:.2f}\n{names}", fontsize=7)
-            if i == 0:
-                ax.set_ylabel(name, fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def run_gallery(run_dir: str | Path, *, n: int = 8, seed: int = 0) -> plt.Figure:
-    """A fixed-seed mixed batch of val images for a finished (or checkpointed) run."""
-    from mixnb.data import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader
-    from mixnb.models import build_model
-    from mixnb.train import load_data
-
-    run_dir = Path(run_dir)
-    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    cfg = RunConfig.from_dict({**ckpt["config"], "device": "cpu"})
-    data = load_data(cfg)
-    model = build_model(cfg.backbone, num_classes=len(data.wnids), width=cfg.model_width)
-    model.load_state_dict(ckpt["model"])
-    method = get_method(cfg.method, **cfg.method_args)
-    method.setup(model, cfg=cfg, run_dir=run_dir)
-    method.load_state_dict(ckpt["method"])
-    # one image from each of the first n classes, always the same ones
-    idx = torch.stack([(data.y_val == c).nonzero()[0, 0] for c in range(min(n, len(data.wnids)))])
-    loader = DeviceLoader(data.x_val[idx], data.y_val[idx], batch_size=len(idx), device="cpu", train=False)
-    x, y = next(iter(loader))
-    model.eval()
-    method.eval()
-    batch = method.preview(model, x, y, gen=torch.Generator().manual_seed(seed))
-    words = [data.words.get(w, w) for w in data.wnids]
-    return plot_mixed_grid(batch, x, mean=IMAGENET_MEAN, std=IMAGENET_STD, classes=words,
-                           title=f"{method_label(cfg.method)} ({cfg.backbone}, seed {seed})")
-
-
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
-          "colorwheel")  # colour photos that ship with scikit-image (no download)
-
-
-def photo_batch(n: int = 6, size: int = 64) -> tuple[Tensor, Tensor, list[str]]:
-    """Real photos from ``skimage.data``, centre-cropped square, resized to ``size`` and normalised."""
-    import skimage.data
-
-    from mixnb.data import IMAGENET_MEAN, IMAGENET_STD, normalize
-
-    names = list(PHOTOS[:n])
-    imgs = []
-    for name in names:
-        img = torch.from_numpy(getattr(skimage.data, name)()[..., :3]).permute(2, 0, 1).float()  # (3, H, W)
-        side = min(img.shape[-2:])
-        top, left = (img.shape[-2] - side) // 2, (img.shape[-1] - side) // 2
-        img = img[:, top:top + side, left:left + side]
-        imgs.append(torch.nn.functional.interpolate(img[None], size=(size, size), mode="bilinear", antialias=True,
-                                                    align_corners=False)[0])
-    x = normalize(torch.stack(imgs).clamp(0, 255), IMAGENET_MEAN, IMAGENET_STD)  # (N, 3, size, size)
-    return x, torch.arange(len(names)), names
-
-
-def method_gallery(name: str, x: Tensor, y: Tensor, *, classes: list[str], seed: int = 0,
-                   run_dir: Path | None = None) -> plt.Figure:
-    """A fixed-seed mixed batch of ``x`` for method ``name``; model-based methods get an untrained
-    narrow model (their masks then show the mechanism, not a trained model's choices)."""
-    from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
-    from mixnb.models import build_model
-
-    torch.manual_seed(seed)
-    model = build_model("resnet18", num_classes=len(classes), width=8).eval()
-    method = get_method(name)
-    method.setup(model, cfg=RunConfig(method=name, profile="test", device="cpu"), run_dir=run_dir)
-    method.eval()
-    batch = method.preview(model, x, y, gen=torch.Generator().manual_seed(seed))
-    return plot_mixed_grid(batch, x, mean=IMAGENET_MEAN, std=IMAGENET_STD, classes=classes,
-                           title=f"{method_label(name)} (seed {seed})")
-
-
 # ----------------------------------------------------------------------------- rendering
 def render_report(profile: str) -> Path:
     """Execute analysis.ipynb for ``profile`` and convert it to one self-contained HTML file.
 
-    Writes reports/<profile>/analysis.ipynb and benchmark.html, and copies the HTML to
-    reports/benchmark.html (the latest report).
+    Writes reports/<profile>/analysis.ipynb and benchmark.html (the stable path of a profile's report),
+    and reports/index.html, which lists every profile's report with its run count and date.
     """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
     out_dir = reports_root() / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / "analysis.ipynb"
@@ -260,13 +329,40 @@ def render_report(profile: str) -> Path:
                     "-k", KERNEL, "-y", json.dumps({"profile": profile, "runs_root": str(runs_root())}),
                     "--no-progress-bar"], check=True)
     html = out_dir / "benchmark.html"
-    _to_html(executed, html)
-    shutil.copyfile(html, reports_root() / "benchmark.html")
+    _to_html(executed, html, title=f"mixnb benchmark: {profile} ({time.strftime('%Y-%m-%d %H:%M')})")
+    write_exports(load_runs(profile).summaries, out_dir)
+    write_index()
     return html
 
 
-def _to_html(notebook: Path, html: Path) -> None:
-    """nbconvert without code cells, images embedded: a single self-contained file."""
+def write_index() -> Path:
+    """reports/index.html: every profile's report, with its number of finished runs and when it was rendered."""
+    from html import escape
+
+    from mixnb.io import atomic_write_text
+
+    rows = []
+    for name in PROFILES:
+        html = reports_root() / name / "benchmark.html"
+        if html.exists():
+            done = sum(is_finished(d) for d in (runs_root() / name).glob("*") if d.is_dir())
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(html.stat().st_mtime))
+            rows.append(f'<tr><td><a href="{escape(name)}/benchmark.html">{escape(name)}</a></td>'
+                        f"<td>{done}</td><td>{when}</td></tr>")
+    page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>mixnb reports</title></head><body>"
+            "<h1>mixnb reports</h1><table><tr><th>profile</th><th>finished runs</th><th>rendered</th></tr>"
+            + "".join(rows) + "</table></body></html>\n")
+    index = reports_root() / "index.html"
+    atomic_write_text(index, page)
+    return index
+
+
+def _to_html(notebook: Path, html: Path, *, title: str) -> None:
+    """nbconvert without code cells, images embedded: a single self-contained file. Its template's scripts
+    (require.js, MathJax and mermaid from a CDN) are dropped: the report uses none of them, and a page that
+    stands alone must not reach out when opened offline."""
+    import re
+
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -274,24 +370,101 @@ def _to_html(notebook: Path, html: Path) -> None:
 
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
                             embed_images=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
-    atomic_write_text(html, body)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4),
+                                          resources={"metadata": {"name": title}})
+    atomic_write_text(html, re.sub(r"<script\b[^>]*>.*?</script>\s*", "", body, flags=re.DOTALL))
 
 
-def header(summaries: pd.DataFrame, profile: str) -> dict[str, Any]:
-    """What the report header states: protocol, dataset, epochs, hardware, versions, commit."""
-    from mixnb.config import PROFILES
+def table_notes_html(methods: list[str]) -> str:
+    """The legend of the table's marks and the notes on the published numbers of ``methods``."""
+    from html import escape
 
-    first = json.loads((Path(summaries["run_dir"].iloc[0]) / "summary.json").read_text()) if len(summaries) else {}
-    env = first.get("environment", {})
-    return {
-        "profile": profile,
-        "sample": PROFILES.get(profile, {}).get("sample") is not None,
-        "epochs": sorted(set(summaries["epochs"])) if len(summaries) else [],
-        "devices": sorted(set(summaries["device_name"].dropna())) if len(summaries) else [],
-        "torch": env.get("torch"),
-        "python": env.get("python"),
-        "commits": sorted(set(summaries["commit"].dropna())) if len(summaries) else [],
-        "runs": len(summaries),
-        "data": (first.get("config") or {}).get("data"),
-    }
+    items = ["<code>*</code> after a name: an arXiv pre-print whose number OpenMixup's authors reproduced; "
+             "📖: the original paper's number, not run in OpenMixup (protocol.md §4)."]
+    for m in [m for m in REGISTRY if m in set(methods)]:
+        spec = get_spec(m)
+        if spec.note or not spec.reproduced:
+            mark = "" if spec.reproduced else "📖 "
+            items.append(f"{mark}{escape(method_label(m))}: published at α {_alpha(spec.published_alpha)}; "
+                         f"{escape(spec.note)}")
+    return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
+def section_html(text: str, *, tag: str = "p") -> str:
+    """``text`` as one escaped HTML element (``code`` spans between backticks kept)."""
+    from html import escape
+
+    parts = escape(text).split("`")
+    return f"<{tag}>" + "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts)) + f"</{tag}>"
+
+
+def run_gallery_files(summaries: pd.DataFrame) -> list[tuple[str, Path]]:
+    """(title, mix_samples.png) of every finished run that has one, in protocol order."""
+    if summaries.empty:
+        return []
+    order = {m: i for i, m in enumerate(REGISTRY)}
+    rows = summaries.assign(_o=summaries["method"].map(order)).sort_values(["backbone", "_o", "alpha", "seed"])
+    return [(f"{row_label(r.method, r.settings)}, α {_alpha(r.alpha)} — {r.backbone}, seed {r.seed}",
+             Path(r.run_dir) / "mix_samples.png") for r in rows.itertuples() if (Path(r.run_dir) / "mix_samples.png").exists()]
+
+
+def header_html(runs: Runs, profile: str) -> str:
+    """The report's header as HTML, every value escaped: the protocol, the hyperparameters and dataset the runs
+    really used, what is off the protocol, hardware, versions and commits, and what was left out."""
+    from html import escape
+
+    s = runs.summaries
+    sample = PROFILES.get(profile, {}).get("sample") is not None
+    out = [f"<h1>Mixup benchmark on Tiny-ImageNet — profile <code>{escape(profile)}</code></h1>"]
+    if sample:
+        out.append("<blockquote><b>These numbers come from the generated sample profile</b> (a small synthetic dataset "
+                   "and a narrow network, minutes on a CPU). They prove the pipeline; they are <b>not</b> comparable "
+                   "with OpenMixup's published Tiny-ImageNet numbers, shown beside them for reference only."
+                   "</blockquote>")
+    items = ["Protocol: OpenMixup's Tiny-ImageNet benchmark (SGD with momentum, per-epoch cosine, 64 px, "
+             "RandomResizedCrop bicubic + flip, no centre crop at test; the median top-1 of the last 10 epochs)."]
+    if not s.empty:
+        used = {name: _values(s[col]) for name, col in (
+            ("epochs", "epochs"), ("width", "width"), ("batch", "batch_size"), ("lr", "lr"), ("momentum", "momentum"),
+            ("weight decay", "weight_decay"), ("min lr", "min_lr"), ("precision", "precision"))}
+        items.append("Hyperparameters of these runs: " + "; ".join(f"{k} {escape(v)}" for k, v in used.items()) + ".")
+        roots = sorted(set(s["data_root"]))
+        items.append(("Dataset: " + ("generated sample set at " if sample else "")
+                      + ", ".join(f"<code>{escape(r)}</code>" for r in roots)) + ".")
+        items.append(f"Hardware: {escape(', '.join(sorted(set(s['device_name'].dropna()))) or '?')}; torch "
+                     f"{escape(', '.join(sorted(set(s['torch'].dropna()))))}; commit(s) "
+                     f"{escape(', '.join(c[:10] for c in sorted(set(s['commit'].dropna()))))}.")
+    items.append(f"Runs: {len(s)} finished in {s['config_key'].nunique() if not s.empty else 0} configurations; "
+                 f"{len(runs.diverged)} diverged; {len(runs.skipped)} left out.")
+    out.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+    if (banner := off_protocol(s)):
+        out.append("<p><b>Off the protocol</b> (OpenMixup's 400 epochs at width 64, default settings): "
+                   + "; ".join(escape(b) for b in banner) + ".</p>")
+    if not s.empty and s["epochs"].max() < 100:
+        out.append("<p>With schedules this short (far below the protocol's 400 epochs) mixing methods usually trail "
+                   "Vanilla: they regularise, and pay off only when a model would otherwise overfit.</p>")
+    if runs.skipped:
+        out.append("<p>Left out: " + "; ".join(f"<code>{escape(n)}</code> {escape(why)}" for n, why in runs.skipped)
+                   + ".</p>")
+    return "\n".join(out)
+
+
+def off_protocol(summaries: pd.DataFrame) -> list[str]:
+    """What differs from the protocol, per group of runs: epochs, width and every other override (alpha is the
+    searched setting: the table shows it)."""
+    if summaries.empty:
+        return []
+    out = []
+    for key, value in (("epochs", PROTOCOL["epochs"]), ("width", PROTOCOL["width"])):
+        off = summaries[summaries[key] != value]
+        if len(off):
+            out.append(f"{key} {_values(off[key])} in {len(off)} of {len(summaries)} runs (protocol: {value})")
+    others = summaries["settings"].map(lambda st: ", ".join(p for p in st.split(", ") if p
+                                                            and not p.startswith(("epochs ", "width "))))
+    for settings, group in summaries[others != ""].groupby(others[others != ""]):
+        out.append(f"{settings} in {len(group)} runs ({', '.join(sorted(group['run']))})")
+    return out
+
+
+def _values(col: pd.Series) -> str:
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(set(col.dropna())))

@@ -1,10 +1,19 @@
-"""The sweep: (method x backbone x seed) for a profile, each run executing notebooks/train.ipynb.
+"""The sweep: a grid of RunConfigs for a profile, each run executing notebooks/train.ipynb.
 
-Each run is a papermill execution (kernel ``mixnb`` pinned) in its own process, writing into
-its run folder. A run whose ``summary.json`` exists is skipped; a broken one is run again and
-resumes from its checkpoint. Failures do not stop the sweep; they are listed at the end.
-Runs that need another run (AttentiveMix+ uses the finished Vanilla run as its default
-teacher) wait for it.
+The grid is (backbone x seed x method) times any setting's values, from the command line or a grid
+file: ``ALPHAS=0.2,1,2`` (every method that has an alpha), ``SET="lr=0.1,0.2 weight_decay=5e-4"`` (any
+RunConfig field; commas outside brackets separate values), ``ARGS="cutmix:alpha=0.5"`` (a method's
+setting; without ``method:`` every method that has it), ``GRID=grids/alpha-search.toml`` (per-method
+value lists, as OpenMixup's ``auto_train_mixups.py``). Later sources win: the grid file, then ALPHAS,
+then SET/ARGS. ``DRY_RUN=1`` lists the runs, which are finished, and their GPU time from the measured
+seconds per epoch in BENCHMARKS.md.
+
+Each run is a papermill execution (kernel ``mixnb`` pinned) in its own process, writing into its
+run folder and given every RunConfig field. The dataset is checked once, before any run starts. A
+finished run (``mixnb.runs.is_finished``, same identity) is skipped; a broken one is run again and
+resumes from its checkpoint; a folder holding another identity is reported, never overwritten.
+Failures do not stop the sweep; each is listed with its one-line reason at the end. Runs that need
+another run (AttentiveMix+ uses the finished Vanilla run as its default teacher) wait for it.
 
 Where the jobs run (``make sweep EXECUTOR=...``):
 
@@ -27,30 +36,38 @@ a cluster the runs/ folder must support flock across nodes (NFSv4; Lustre mounte
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import fcntl
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import submitit
 from tqdm.auto import tqdm
 
-from mixnb.config import RunConfig
-from mixnb.mixups import REGISTRY
-from mixnb.paths import KERNEL, NOTEBOOKS, runs_root
+from mixnb.config import RunConfig, parse_value, resolve_device, split_top
+from mixnb.mixups import REGISTRY, get_spec
+from mixnb.paths import KERNEL, NOTEBOOKS, ROOT, runs_root
+from mixnb.runs import RunConflict, check_identity, failure, is_finished, read_summary
 
 DEFAULT_BACKBONES = {"tiny-imagenet": ["resnet18", "resnext50"], "sample": ["resnet18"], "test": ["resnet18"]}
 NEEDS = {"attentivemix": "vanilla"}  # default teacher: the finished Vanilla run (protocol.md §2.7)
 LOCK = ".lock"
 LOCK_WAIT_S = 2.0  # a claim retries this long: a probe (``is_locked``) holds the lock for microseconds
 MAX_REQUEUES = 100  # submitit time-outs per job; each requeue resumes from the last epoch's checkpoint
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 
 @dataclass(frozen=True)
@@ -65,14 +82,11 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / "summary.json").exists()
+        return is_finished(self.run_dir)
 
-    def parameters(self) -> dict:
-        c = self.config
-        params = {"method": c.method, "backbone": c.backbone, "profile": c.profile, "seed": c.seed,
-                  "run_dir": str(self.run_dir), "progress": "epoch"}
-        if c.epochs is not None:
-            params["epochs"] = c.epochs
+    def parameters(self) -> dict[str, Any]:
+        """The train notebook's parameters: every RunConfig field, so the run is exactly this config."""
+        params = {**self.config.to_dict(), "run_dir": str(self.run_dir), "progress": "epoch"}
         if self.world_size > 1:
             params["world_size"] = self.world_size
         return params
@@ -83,15 +97,105 @@ class Job:
         return NEEDS.get(c.method) == o.method and (o.backbone, o.seed) == (c.backbone, c.seed)
 
 
+# ----------------------------------------------------------------------------- the grid
+Axes = dict[str, list[Any]]  # setting -> its values; a RunConfig field, or a method setting
+
+
 def expand(profile: str, methods: list[str] | None = None, backbones: list[str] | None = None,
-           seeds: list[int] | None = None, epochs: int | None = None, *, gpus_per_run: int = 1) -> list[Job]:
-    """The grid in registry order (Vanilla first), backbones outermost; configs are validated here."""
+           seeds: list[int] | None = None, epochs: int | None = None, *, sets: Axes | None = None,
+           args: dict[str | None, Axes] | None = None, alphas: list[float] | None = None,
+           grid: dict[str, Axes] | None = None, gpus_per_run: int = 1) -> list[Job]:
+    """The grid in registry order (Vanilla first), backbones outermost; configs are validated here.
+
+    ``sets``: RunConfig field -> values, for every run. ``args``: method (None = every method that has
+    the setting) -> setting -> values. ``alphas``: alpha values for every method with an alpha. ``grid``:
+    a grid file's tables (``read_grid``): "all" and method names -> setting or field -> values.
+    Precedence: grid file < alphas < sets/args. Identical configs are one job.
+    """
     if gpus_per_run < 1:
         raise ValueError(f"gpus_per_run must be >= 1, got {gpus_per_run}")
-    methods = methods or list(REGISTRY)
+    if methods == ["all"]:
+        methods = list(REGISTRY)
+    for name in methods or []:
+        get_spec(name)  # an unknown method fails here with the valid names
+    methods = methods or [m for m, spec in REGISTRY.items() if spec.sweep]
     backbones = backbones or DEFAULT_BACKBONES.get(profile, ["resnet18"])
-    return [Job(RunConfig(method=m, backbone=b, profile=profile, seed=s, epochs=epochs), gpus_per_run)
-            for b in backbones for s in (seeds or [0]) for m in methods]
+    jobs: dict[str, Job] = {}
+    for b, s, m in itertools.product(backbones, seeds or [0], methods):
+        for overrides in _method_grid(m, sets or {}, args or {}, alphas, grid or {}, epochs):
+            fields = {k: v for k, v in overrides.items() if k in CONFIG_FIELDS}
+            method_args = {k: v for k, v in overrides.items() if k not in CONFIG_FIELDS}
+            try:
+                cfg = RunConfig.from_dict({"profile": profile, **fields, "method": m, "backbone": b, "seed": s,
+                                           "method_args": {**fields.get("method_args", {}), **method_args}})
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"sweep: {m} with {overrides}: {err}") from None
+            job = Job(cfg, gpus_per_run)
+            jobs.setdefault(str(job.run_dir), job)
+    return list(jobs.values())
+
+
+def _method_grid(method: str, sets: Axes, args: dict[str | None, Axes], alphas: list[float] | None,
+                 grid: dict[str, Axes], epochs: int | None) -> list[dict[str, Any]]:
+    """Every combination of the axes that apply to ``method`` (a method setting applies where it exists)."""
+    own = get_spec(method).defaults
+    axes: Axes = {}
+    for source in (grid.get("all", {}), grid.get(method, {})):
+        axes.update({k: v for k, v in source.items() if k in CONFIG_FIELDS or k in own})
+    if alphas and "alpha" in own:
+        axes["alpha"] = list(alphas)
+    if epochs is not None:
+        axes["epochs"] = [epochs]
+    axes.update(sets)
+    axes.update({k: v for k, v in args.get(None, {}).items() if k in own})
+    axes.update(args.get(method, {}))
+    keys = list(axes)
+    return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+
+
+def read_grid(path: str | Path) -> dict[str, Axes]:
+    """A grid file: TOML tables ``[all]`` and ``[<method>]`` of ``setting = value or [values]``."""
+    path = Path(path)
+    try:
+        tables = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"grid file {path}: {err}") from None
+    grid: dict[str, Axes] = {}
+    for name, table in tables.items():
+        if name != "all":
+            get_spec(name)
+        if not isinstance(table, dict):
+            raise ValueError(f"grid file {path}: {name} must be a table ([{name}]) of setting = [values]")
+        for key in table:
+            valid = name == "all" or key in CONFIG_FIELDS or key in get_spec(name).defaults
+            if not valid:
+                raise ValueError(f"grid file {path}: [{name}] has no setting {key!r}; its settings: "
+                                 f"{', '.join(get_spec(name).defaults) or 'none'}, or a RunConfig field")
+        grid[name] = {k: v if isinstance(v, list) else [v] for k, v in table.items()}
+    return grid
+
+
+def parse_axes(items: list[str]) -> Axes:
+    """``key=v1,v2`` items -> {key: [v1, v2]} (commas inside brackets belong to one value; later keys win)."""
+    axes: Axes = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise ValueError(f"expected key=value[,value...], got {item!r}")
+        axes[key.strip()] = [parse_value(v.strip()) for v in split_top(text, ",")]
+    return axes
+
+
+def parse_method_axes(items: list[str]) -> dict[str | None, Axes]:
+    """``[method:]key=v1,v2`` items -> {method or None: {key: [values]}}."""
+    out: dict[str | None, Axes] = {}
+    for item in items:
+        head, sep, _ = item.partition("=")
+        method, colon, key = head.rpartition(":") if ":" in head else (None, "", head)
+        if method is not None:
+            get_spec(method)
+        out.setdefault(method, {}).update(parse_axes([item[len(head) - len(key):] if colon else item]))
+    return out
 
 
 @contextmanager
@@ -126,15 +230,34 @@ def is_locked(run_dir: Path) -> bool:
 
 
 def execute(job: Job, *, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> None:
-    """Execute train.ipynb for ``job`` into its run folder (raises CalledProcessError on failure).
+    """Execute train.ipynb for ``job`` into its run folder; raises ``RuntimeError`` with the run's one-line
+    reason on failure (papermill's own output and the training lines go to ``papermill.log``).
 
     ``pass_fds``: descriptors papermill inherits (the run lock, so it lasts as long as papermill)."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / "train.ipynb"), str(job.run_dir / "train.ipynb"),
-           "-k", KERNEL, "-y", json.dumps(job.parameters()), "--cwd", str(job.run_dir), "--no-progress-bar"]
+           "-k", KERNEL, "-y", json.dumps(job.parameters()), "--cwd", str(job.run_dir), "--no-progress-bar",
+           "--log-output"]
     with open(job.run_dir / "papermill.log", "w") as log:
-        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, check=True,
-                       pass_fds=pass_fds)
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                              pass_fds=pass_fds)
+    if proc.returncode:
+        raise RuntimeError(failure_reason(job.run_dir))
+
+
+def failure_reason(run_dir: Path) -> str:
+    """One line: failed.json's reason, else the exception the executed notebook stopped on."""
+    if (failed := failure(run_dir)) is not None:
+        return failed["reason"]
+    try:
+        cells = json.loads((run_dir / "train.ipynb").read_text())["cells"]
+        errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    except (OSError, ValueError, KeyError, TypeError):
+        errors = []
+    if errors:
+        ansi = re.compile(r"\x1b\[[0-9;]*m")
+        return f"{errors[-1]['ename']}: {ansi.sub('', errors[-1]['evalue'])}".splitlines()[0]
+    return f"papermill failed; see {run_dir / 'papermill.log'}"
 
 
 def gpu_slots(gpus: list[str] | None, gpus_per_run: int) -> list[dict[str, str]]:
@@ -146,16 +269,49 @@ def gpu_slots(gpus: list[str] | None, gpus_per_run: int) -> list[dict[str, str]]
     return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i:i + gpus_per_run])} for i in range(0, len(gpus), gpus_per_run)]
 
 
+# ----------------------------------------------------------------------------- plan
+def check_datasets(jobs: list[Job], *, strict: bool = True) -> dict[Path, str]:
+    """Load each distinct dataset of ``jobs`` once (building its cache) and classify every job: "finished",
+    "to run", or why it cannot run (a folder of another identity). A dataset that cannot be read raises
+    before any run starts; with ``strict=False`` (a dry run) its jobs are "to run", unchecked."""
+    from mixnb.train import dataset_record, load_data
+
+    records: dict[tuple[str, str | None], dict[str, Any] | None] = {}
+    status: dict[Path, str] = {}  # by run folder
+    for job in jobs:
+        key = (job.config.profile, job.config.data)
+        if key not in records:
+            try:
+                records[key] = dataset_record(load_data(job.config))
+            except ValueError as err:  # DatasetError, or no MIXNB_DATA
+                if strict:
+                    raise
+                print(f"dataset not checked ({err}): finished runs cannot be told apart", file=sys.stderr)
+                records[key] = None
+        if records[key] is None:
+            status[job.run_dir] = "to run"
+            continue
+        identity = job.config.identity(resolve_device(job.config.device), records[key])
+        try:
+            check_identity(job.run_dir, identity)
+        except RunConflict as err:
+            status[job.run_dir] = f"conflict: {err}"
+            continue
+        status[job.run_dir] = "finished" if job.finished else "to run"
+    return status
+
+
 # ----------------------------------------------------------------------------- local slots
-def run_sweep(*, profile: str, methods: list[str] | None = None, backbones: list[str] | None = None,
-              seeds: list[int] | None = None, epochs: int | None = None, gpus: list[str] | None = None,
-              gpus_per_run: int = 1) -> list[tuple[Job, str]]:
-    """Run every unfinished job, one per GPU group at a time (or one at a time); returns the failures."""
-    jobs = expand(profile, methods, backbones, seeds, epochs, gpus_per_run=gpus_per_run)
+def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: int = 1) -> list[tuple[Job, str]]:
+    """Run every unfinished job, one per GPU group at a time (or one at a time); returns the failures
+    (job, one-line reason). Every exception of a job is caught: the others are still tried."""
+    profile = jobs[0].config.profile if jobs else "?"
     slots = gpu_slots(gpus, gpus_per_run)
-    todo = [j for j in jobs if not j.finished]
-    print(f"sweep {profile}: {len(jobs)} runs, {len(jobs) - len(todo)} already finished, {len(todo)} to run")
-    failures: list[tuple[Job, str]] = []
+    status = check_datasets(jobs)
+    failures: list[tuple[Job, str]] = [(j, status[j.run_dir]) for j in jobs if status[j.run_dir].startswith("conflict")]
+    todo = [j for j in jobs if status[j.run_dir] == "to run"]
+    print(f"sweep {profile}: {len(jobs)} runs, {sum(s == 'finished' for s in status.values())} already finished, "
+          f"{len(todo)} to run", flush=True)
     outcomes: dict[str, list[Job]] = {"ran": [], "finished elsewhere": [], "running elsewhere": []}
     lock = threading.Condition()
     pending, running = list(todo), []
@@ -164,6 +320,19 @@ def run_sweep(*, profile: str, methods: list[str] | None = None, backbones: list
     def blocked(job: Job) -> bool:  # its need is still to run here, or running in another sweep
         return (any(job.needs(o) for o in pending + running)
                 or any(job.needs(o) and is_locked(o.run_dir) for o in outcomes["running elsewhere"]))
+
+    def run_one(job: Job, slot_env: dict[str, str]) -> str:
+        with run_lock(job.run_dir, wait_s=LOCK_WAIT_S) as fd:
+            if fd is None:
+                return "running elsewhere"
+            if job.finished:
+                return "finished elsewhere"
+            execute(job, env=slot_env, pass_fds=(fd,))
+            summary = read_summary(job.run_dir) or {}
+            tqdm.write(f"done {job.config.run_name()}: {summary.get('median_label', 'median top-1')} "
+                       f"{summary.get('median_top1', float('nan')):.2f}, {summary.get('seconds_per_epoch', 0):.1f} "
+                       f"s/epoch", file=sys.stdout)
+            return "ran"
 
     def worker(slot_env: dict[str, str]) -> None:
         while True:
@@ -179,15 +348,15 @@ def run_sweep(*, profile: str, methods: list[str] | None = None, backbones: list
                 pending.remove(job)
                 running.append(job)
             bar.set_postfix_str(job.config.run_name())
-            with run_lock(job.run_dir, wait_s=LOCK_WAIT_S) as fd:
-                outcome = "running elsewhere" if fd is None else "finished elsewhere" if job.finished else "ran"
-                if outcome == "ran":
-                    try:
-                        execute(job, env=slot_env, pass_fds=(fd,))
-                    except subprocess.CalledProcessError:
-                        failures.append((job, str(job.run_dir / "papermill.log")))
+            outcome = "failed"
+            try:
+                outcome = run_one(job, slot_env)
+            except Exception as err:  # any failure of this job (papermill, the lock, the disk) is its own
+                reason = str(err) if isinstance(err, RuntimeError) else f"{type(err).__name__}: {err}"
+                with lock:
+                    failures.append((job, reason.splitlines()[0] if reason else type(err).__name__))
             with lock:
-                outcomes[outcome].append(job)
+                outcomes.setdefault(outcome, []).append(job)
                 running.remove(job)
                 bar.update(1)
                 lock.notify_all()
@@ -201,11 +370,15 @@ def run_sweep(*, profile: str, methods: list[str] | None = None, backbones: list
     for outcome in ("finished elsewhere", "running elsewhere"):
         for job in outcomes[outcome]:
             print(f"skipped {job.config.run_name()}: {outcome} (another sweep holds or held its lock)")
-    for job, log in failures:
-        print(f"FAILED {job.config.run_name()}: see {log}")
-    if failures:
-        print(f"{len(failures)} of {len(todo)} runs failed")
+    report_failures(failures, len(jobs))
     return failures
+
+
+def report_failures(failures: list[tuple[Job, str]], total: int) -> None:
+    for job, reason in failures:
+        print(f"FAILED {job.config.run_name()}: {reason}")
+    if failures:
+        print(f"{len(failures)} of {total} runs failed")
 
 
 # ----------------------------------------------------------------------------- submitit (slurm, local)
@@ -251,19 +424,20 @@ def minutes(time: str | int) -> int:
     return int(days or 0) * 1440 + hours * 60 + mins + (secs > 0)
 
 
-def submit_sweep(*, profile: str, methods: list[str] | None = None, backbones: list[str] | None = None,
-                 seeds: list[int] | None = None, epochs: int | None = None, gpus_per_run: int = 1,
-                 executor: str = "slurm", gpus: list[str] | None = None, partition: str | None = None,
+def submit_sweep(jobs: list[Job], *, gpus_per_run: int = 1, executor: str = "slurm", gpus: list[str] | None = None, partition: str | None = None,
                  account: str | None = None, qos: str | None = None, time: str = "1440", cpus_per_task: int = 8,
-                 mem_gb: float | None = None) -> list[tuple[Job, submitit.Job]]:
-    """Submit every unfinished, unlocked run as a submitit job and return them (``wait_for`` waits);
-    submitit's logs go to runs/<profile>/.submitit."""
-    jobs = expand(profile, methods, backbones, seeds, epochs, gpus_per_run=gpus_per_run)
-    todo = [j for j in jobs if not j.finished and not is_locked(j.run_dir)]
+                 mem_gb: float | None = None) -> tuple[list[tuple[Job, submitit.Job]], list[tuple[Job, str]]]:
+    """Submit every unfinished, unlocked run as a submitit job; returns them (``wait_for`` waits) and the
+    runs that cannot run (folders of another identity). submitit's logs go to runs/<profile>/.submitit."""
+    profile = jobs[0].config.profile if jobs else "?"
+    status = check_datasets(jobs)
+    conflicts = [(j, status[j.run_dir]) for j in jobs if status[j.run_dir].startswith("conflict")]
+    report_failures(conflicts, len(jobs))
+    todo = [j for j in jobs if status[j.run_dir] == "to run" and not is_locked(j.run_dir)]
     print(f"sweep {profile} on {executor}: {len(jobs)} runs, {len(jobs) - len(todo)} finished or running "
           f"elsewhere, {len(todo)} to submit")
     if not todo:
-        return []
+        return [], conflicts
     folder = runs_root() / profile / ".submitit"
     ex = make_executor(executor, folder, gpus_per_run=gpus_per_run, partition=partition, account=account, qos=qos,
                        time=time, cpus_per_task=cpus_per_task, mem_gb=mem_gb, name=f"mixnb-{profile}")
@@ -282,7 +456,7 @@ def submit_sweep(*, profile: str, methods: list[str] | None = None, backbones: l
     for job, sub in submitted:
         print(f"submitted {job.config.run_name()}: job {sub.job_id}")
     print(f"submitit logs: {folder}")
-    return submitted
+    return submitted, conflicts
 
 
 def wait_for(submitted: list[tuple[Job, submitit.Job]]) -> list[tuple[Job, str]]:
@@ -292,11 +466,9 @@ def wait_for(submitted: list[tuple[Job, submitit.Job]]) -> list[tuple[Job, str]]
         try:
             print(f"{job.config.run_name()}: {sub.result()}")
         except Exception as err:  # the job's exception, or submitit's report of a failed job
-            failures.append((job, str(sub.paths.stderr)))
-            print(f"FAILED {job.config.run_name()}: {type(err).__name__}; see {sub.paths.stderr} and "
-                  f"{job.run_dir / 'papermill.log'}")
-    if failures:
-        print(f"{len(failures)} of {len(submitted)} runs failed")
+            failures.append((job, f"{str(err).splitlines()[-1] if str(err) else type(err).__name__}; "
+                                  f"see {sub.paths.stderr}"))
+    report_failures(failures, len(submitted))
     return failures
 
 
@@ -313,3 +485,100 @@ def _submit(ex: submitit.AutoExecutor, jobs: list[Job], *, executor: str, gpus: 
         ex.update_parameters(local_visible_gpus=groups[i % len(groups)])
         out.append((job, ex.submit(TrainJob(), job)))
     return out
+
+
+# ----------------------------------------------------------------------------- command line
+def add_sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="sample", help="(default: sample)")
+    p.add_argument("--methods", default=None, help="comma-separated, or all; default: the registry's default sweep")
+    p.add_argument("--backbones", default=None, help="comma-separated; default: the profile's")
+    p.add_argument("--seeds", default="0", help="comma-separated (default: 0)")
+    p.add_argument("--epochs", type=int, default=None, help="shorthand for --set epochs=N")
+    p.add_argument("--alphas", default=None, help="comma-separated alpha values for every method that has an alpha")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=V1[,V2...]",
+                   help="RunConfig fields for every run, each value list an axis of the grid")
+    p.add_argument("--arg", action="extend", nargs="+", default=[], metavar="[METHOD:]KEY=V1[,V2...]",
+                   help="method settings; without METHOD: every method that has the setting")
+    p.add_argument("--grid", default=None, help="a TOML grid file, e.g. grids/alpha-search.toml")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, which are finished, and their GPU time")
+    p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one job per GPU (group) at a time")
+    p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs (DDP processes) per run, through torchrun")
+    p.add_argument("--executor", default="local-slots", choices=["local-slots", "local", "slurm"],
+                   help="local-slots: in this process, one job per GPU group at a time; local / slurm: submitit")
+    p.add_argument("--partition", default=None, help="slurm: partition")
+    p.add_argument("--account", default=None, help="slurm: account")
+    p.add_argument("--qos", default=None, help="slurm: quality of service")
+    p.add_argument("--time", default="1440", help="submitit: time limit per job, minutes or [D-]HH:MM[:SS]; "
+                                                   "a job that reaches it is requeued and resumes")
+    p.add_argument("--cpus-per-task", type=int, default=8, help="submitit: CPU cores per job")
+    p.add_argument("--mem-gb", type=float, default=None, help="submitit: memory per job (default: the cluster's)")
+    p.add_argument("--wait", type=int, default=1, choices=[0, 1], help="submitit: 1 = wait for the jobs, 0 = return")
+
+
+def sweep_from_args(args: argparse.Namespace) -> int:
+    """``mixnb sweep``: expand the grid, then list it (--dry-run) or run it; 1 when a run failed."""
+    jobs = expand(args.profile, _split(args.methods), _split(args.backbones),
+                  [int(s) for s in args.seeds.split(",")], args.epochs, sets=parse_axes(args.set),
+                  args=parse_method_axes(args.arg), alphas=[float(a) for a in _split(args.alphas) or []] or None,
+                  grid=read_grid(args.grid) if args.grid else None, gpus_per_run=args.gpus_per_run)
+    if args.dry_run:
+        print(dry_run(jobs))
+        return 0
+    if args.executor == "local-slots":
+        failures = run_sweep(jobs, gpus=_split(args.gpus), gpus_per_run=args.gpus_per_run)
+    else:
+        submitted, failures = submit_sweep(jobs, executor=args.executor, gpus=_split(args.gpus),
+                                           gpus_per_run=args.gpus_per_run, partition=args.partition,
+                                           account=args.account, qos=args.qos, time=args.time,
+                                           cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb)
+        if not args.wait:
+            print("not waiting (WAIT=0): `make report` renders the runs that have finished")
+        failures += wait_for(submitted) if args.wait else []
+    return 1 if failures else 0
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v for v in value.split(",") if v] if value else None
+
+
+# ----------------------------------------------------------------------------- dry run
+RATES_HEADING = "## Seconds per epoch used by estimates"
+
+
+def measured_rates(path: Path = ROOT / "BENCHMARKS.md") -> tuple[str, dict[tuple[str, str], tuple[float, str]]]:
+    """(card, {(backbone, method): (seconds per epoch with eval, how it was obtained)}) from BENCHMARKS.md's
+    section ``RATES_HEADING``, its one table of measured rates."""
+    lines = path.read_text().splitlines()
+    start = lines.index(RATES_HEADING)
+    card = next(line.split(":", 1)[1].strip() for line in lines[start:] if line.startswith("Card:"))
+    rates = {}
+    for line in lines[start + 1:]:
+        if line.startswith("## "):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and re.fullmatch(r"[\d.]+", cells[2]):
+            rates[(cells[0], cells[1])] = (float(cells[2]), cells[3])
+    return card, rates
+
+
+def dry_run(jobs: list[Job]) -> str:
+    """The runs of a sweep, which are finished, and the GPU time of those to run at the measured rates."""
+    status = check_datasets(jobs, strict=False)
+    card, rates = measured_rates()
+    lines, total, unknown = [], 0.0, []
+    for job in jobs:
+        state = status[job.run_dir]
+        rate = rates.get((job.config.backbone, job.config.method))
+        hours = rate[0] * job.config.num_epochs / 3600 if rate else None
+        if state == "to run":
+            total += hours or 0.0
+            if rate is None:
+                unknown.append(job.config.run_name())
+        cost = f"{hours:7.2f} h" if hours is not None else "      ? h"
+        lines.append(f"{state.split(':')[0]:<9} {cost}  {job.config.run_name()}")
+    done = sum(s == "finished" for s in status.values())
+    lines.append(f"{len(jobs)} runs: {done} finished, {sum(s == 'to run' for s in status.values())} to run, "
+                 f"~{total:.1f} GPU-hours on one {card} at the measured s/epoch in BENCHMARKS.md")
+    if unknown:
+        lines.append(f"no measured rate for {len(unknown)} of them (not counted): {', '.join(unknown)}")
+    return "\n".join(lines)

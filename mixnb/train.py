@@ -5,14 +5,19 @@ cosine per epoch to each group's floor, batch 100, the full val set after every 
 median top-1 of the last 10 epochs. Methods plug in only through ``MixMethod``
 (``setup``, ``param_groups``, ``training_step``, ``on_step_end``, ``eval_logits``).
 
+A run folder is one run (mixnb.runs): ``fit`` refuses a folder written for another identity
+(``RunConfig.identity``: the maths settings, precision, device type and dataset), returns a finished
+run's summary, resumes from the last good checkpoint, and stops a run whose loss turns non-finite
+(the last good checkpoint is kept, ``failed.json`` says where, no summary is written).
+
 On CUDA: data already on the device, bf16 autocast with fp32 weights, channels_last, fused
 SGD, the model compiled with CUDA graphs (``RunConfig.compile``, ``resolve_compile``), and no
 host-device sync inside the step: running sums stay on the device and are read every
 ``log_every`` iterations and at the end of the epoch. On CPUs with native bf16 (AMX) autocast is
 bf16 too (``RunConfig.precision``, ``resolve_precision``).
 
-Several GPUs (``torchrun --nproc-per-node K -m mixnb train ...``, or ``launch``): one run with
-DistributedDataParallel, NCCL on CUDA and gloo on the CPU. The global batch stays
+Several GPUs (``torchrun --nproc-per-node K -m mixnb train ...``, or ``launch``; the process-group
+helpers live in mixnb.distributed): one run with DistributedDataParallel, NCCL on CUDA and gloo on the CPU. The global batch stays
 ``batch_size`` (K ranks x batch_size / K); each rank takes its slice of every global batch of the
 one shared permutation and augmentation (``DeviceLoader(shard=...)``), so the union over ranks is
 the single-process batch (every GPU keeps the whole uint8 train set, 1.2 GB for Tiny-ImageNet, and
@@ -31,19 +36,15 @@ shared data stream continue exactly and the per-rank mix/host streams are re-see
 from __future__ import annotations
 
 import csv
-import functools
-import inspect
+import hashlib
 import io
 import math
-import os
+import pickle
 import resource
-import signal
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,27 +52,21 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
-from mixnb.config import PROFILES, RunConfig, default_cache_dir
+from mixnb.config import PROFILES, RunConfig, default_cache_dir, resolve_precision
 from mixnb.data import DeviceLoader, TinyImageNetTensors, load_tiny_imagenet, make_sample_dataset
-from mixnb.io import atomic_torch_save, atomic_write_text, environment, git_state, read_json, write_json
-from mixnb.mixups import MixMethod, StepContext, get_method, get_spec
+from mixnb.distributed import (DistributedModel, all_reduce_, average_buffers_, average_gradients_, broadcast_,
+                               check_world_size, distributed, gather_objects, main_first)
+from mixnb.io import atomic_torch_save, atomic_write_text, environment, git_state, remove_stale_temps, write_json
+from mixnb.mixups import MixMethod, StepContext, StepOutput, get_method, get_spec
 from mixnb.models import build_model
+from mixnb.runs import (CHECKPOINT, FAILED, METRICS, PARAMS, SUMMARY, RunConflict, check_identity, failure,
+                        is_finished, mark_failed, read_summary)
 
 MEDIAN_WINDOW = 10  # protocol.md §1.7: median top-1 of the last 10 epochs
 
 
 # ----------------------------------------------------------------------------- set-up
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available here; use device='cpu' or 'auto'")
-    return device
-
-
 def load_data(cfg: RunConfig) -> TinyImageNetTensors:
     """The profile's dataset: the real folder, or the generated sample set (made once, cached)."""
     root = cfg.data_root()
@@ -96,11 +91,12 @@ class Generators:
         return gens
 
     def seed_rank_streams(self, seed: int, rank: int, epoch: int = 0) -> None:
-        """Seed mix and host for ``rank`` (data is shared by all ranks). Rank 0 at epoch 0 gets the
-        single-process streams; ``epoch`` > 0 re-derives them on a resume with another rank count."""
-        offset = (rank << 32) + (epoch << 48)  # distinct (rank, epoch) -> distinct seeds, for seeds < 2**31
-        self.mix.manual_seed(seed + 1_000_003 + offset)
-        self.host.manual_seed(seed + 2_000_003 + offset)
+        """Seed mix and host for ``rank`` (data is shared by all ranks); ``epoch`` > 0 re-derives them on a
+        resume with another rank count. Each stream's seed is a hash of (seed, stream, rank, epoch) cut to
+        32 bits, because CPU generators keep only the low 32 bits of a seed (shifting the rank above them
+        gave every rank the same streams)."""
+        self.mix.manual_seed(stream_seed(seed, "mix", rank, epoch))
+        self.host.manual_seed(stream_seed(seed, "host", rank, epoch))
 
     def state(self) -> dict[str, Tensor]:
         return {"data": self.data.get_state(), "mix": self.mix.get_state(), "host": self.host.get_state()}
@@ -109,6 +105,11 @@ class Generators:
         self.data.set_state(state["data"])
         self.mix.set_state(state["mix"])
         self.host.set_state(state["host"])
+
+
+def stream_seed(seed: int, stream: str, rank: int, epoch: int) -> int:
+    """A 32-bit seed for one (stream, rank, epoch) of a run: distinct inputs give unrelated seeds."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{stream}/{rank}/{epoch}".encode()).digest()[:4], "little")
 
 
 def cosine_lr(base: float, floor: float, epoch: int, epochs: int) -> float:
@@ -131,6 +132,29 @@ def new_cuda_graph_step(x: Tensor) -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
+class Diverged(RuntimeError):
+    """The training loss became non-finite."""
+
+
+def train_step(model: nn.Module, method: MixMethod, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer,
+               ctx: StepContext, *, autocast: torch.autocast, own_params: Sequence[Tensor] = ()) -> StepOutput:
+    """One iteration: mix + forward + loss, backward, SGD, the method's step end (``make bench`` times this).
+
+    ``own_params``: under DDP, the optimizer's parameters outside the model (a method's own modules,
+    e.g. AutoMix's MixBlock); their gradients are averaged after backward. Empty on one process.
+    """
+    new_cuda_graph_step(x)
+    with autocast:
+        out = method.training_step(model, x, y, ctx)  # mix + forward + loss
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()  # under DDP the model's gradients are averaged over ranks here
+    average_gradients_(own_params)  # ... and the method's own ones here
+    optimizer.step()
+    method.on_step_end(model, ctx)  # e.g. EMA update
+    ctx.step += 1
+    return out
+
+
 def train_one_epoch(
     model: nn.Module,
     method: MixMethod,
@@ -145,32 +169,41 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over the training set; returns the epoch's mean training logs (mean over ranks).
 
-    ``own_params``: under DDP, the optimizer's parameters outside the model (a method's own modules,
-    e.g. AutoMix's MixBlock); their gradients are averaged after backward. Empty on one process.
+    Raises ``Diverged`` naming the first step whose loss was non-finite. The check costs no host sync:
+    device-side counters (bad steps, steps before the first bad one) are read where the loop reads the
+    device anyway, every ``log_every`` steps on one process and at the end of the epoch.
     """
     model.train()
     method.train()
     sums: dict[str, Tensor] = {}
+    first_step = ctx.step
+    health = None  # (2,) float32 on the device: [non-finite steps, steps before the first one]
     for i, (x, y) in enumerate(loader):
-        new_cuda_graph_step(x)
-        with autocast:
-            out = method.training_step(model, x, y, ctx)  # mix + forward + loss
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()  # under DDP the model's gradients are averaged over ranks here
-        average_gradients_(own_params)  # ... and the method's own ones here
-        optimizer.step()
-        method.on_step_end(model, ctx)  # e.g. EMA update
+        out = train_step(model, method, x, y, optimizer, ctx, autocast=autocast, own_params=own_params)
+        bad = (~torch.isfinite(out.loss.detach())).float()
+        health = torch.stack([bad, 1 - bad]) if health is None else \
+            health + torch.stack([bad, (health[0] + bad == 0).float()])
         for k, v in out.logs.items():  # device-side running sums: no host sync here
             sums[k] = sums[k] + v.float() if k in sums else v.float().clone()
-        ctx.step += 1
+        if (i + 1) % log_every == 0 and not dist.is_initialized():  # the only host reads inside the epoch
+            _check_finite(health, first_step, ctx)
+            if bar is not None:
+                bar.set_postfix(loss=f"{sums['loss'].item() / (i + 1):.3f}")
         if bar is not None:
             bar.update(1)
-            if (i + 1) % log_every == 0:  # the only host read inside the epoch
-                bar.set_postfix(loss=f"{sums['loss'].item() / (i + 1):.3f}")
     if not sums:
         return {}
-    means = all_reduce_(torch.stack(list(sums.values())), mean=True).tolist()  # one sync per epoch
-    return {f"train_{k}": v / max(len(loader), 1) for k, v in zip(sums, means)}
+    means = all_reduce_(torch.stack([*sums.values(), *health]), mean=True)  # one sync per epoch
+    _check_finite(means[-2:], first_step, ctx)
+    return {f"train_{k}": v / max(len(loader), 1) for k, v in zip(sums, means[:-2].tolist())}
+
+
+def _check_finite(health: Tensor, first_step: int, ctx: StepContext) -> None:
+    """Raise ``Diverged`` if ``health`` ([non-finite steps, steps before the first]; means over ranks) has any."""
+    bad, before = health.tolist()
+    if bad:
+        raise Diverged(f"the training loss became non-finite at epoch {ctx.epoch + 1}, iteration {int(before) + 1} "
+                       f"of the epoch (step {first_step + int(before) + 1} of the run)")
 
 
 @torch.inference_mode()
@@ -225,24 +258,6 @@ def resolve_compile(cfg: RunConfig, device: torch.device, world: int = 1) -> str
     return None if mode == "off" else mode
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device runs bf16 matmuls/convs natively: CUDA (Ampere on), or a CPU with AMX or AVX512-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: assume not
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(cfg: RunConfig, device: torch.device) -> torch.dtype:
-    """The autocast dtype of a run (torch.float32 = no autocast)."""
-    if cfg.precision == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-    return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-
-
 def build_parts(
     cfg: RunConfig, device: torch.device, *, num_classes: int, run_dir: Path | None, world: int = 1,
 ) -> tuple[nn.Module, MixMethod, torch.optim.Optimizer, torch.autocast]:
@@ -284,15 +299,14 @@ def build_parts(
 def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``, resuming from its checkpoint; returns the summary.
 
-    ``progress``: "bar" (a tqdm bar per epoch on the console), "epoch" (one line per epoch,
-    for notebooks: papermill limits output rates) or "none". Under torchrun every rank calls
-    ``fit`` and it joins the process group itself; a checkpoint resumes with any rank count.
+    A folder written for another identity is refused (``RunConflict``, with the differences); a
+    finished one returns its summary without training; a diverged one (``failed.json``) is not retried
+    until that file is removed. ``progress``: "bar" (a tqdm bar per epoch on the console), "epoch" (one
+    line per epoch, for notebooks: papermill limits output rates) or "none". Under torchrun every rank
+    calls ``fit`` and it joins the process group itself; a checkpoint resumes with any rank count.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    summary_path, ckpt_path = run_dir / "summary.json", run_dir / "checkpoint.pt"
-    if summary_path.exists() and ckpt_path.exists():
-        return read_json(summary_path)  # finished: nothing to do
+    ckpt_path = run_dir / CHECKPOINT
     with distributed(cfg.device) as (rank, world, device):
         main, on_cuda = rank == 0, device.type == "cuda"
         progress = progress if main else "none"
@@ -300,9 +314,18 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv algorithms once
         with main_first(rank, world):  # rank 0 builds the dataset cache, the others then read it
             data = load_data(cfg)
+        identity = cfg.identity(device, dataset_record(data))
+        check_identity(run_dir, identity)  # another config's folder: refuse, never report its numbers
+        if is_finished(run_dir):
+            return read_summary(run_dir)  # type: ignore[return-value]
+        if (failed := failure(run_dir)) is not None:
+            raise Diverged(f"{run_dir} stopped before: {failed['reason']}; delete {run_dir / FAILED} to try again")
         check_world_size(cfg, world, device, len(data.y_train), len(data.y_val))
         if main:
-            write_json(run_dir / "params.json", cfg.to_dict())
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for name in (PARAMS, METRICS, CHECKPOINT, SUMMARY):
+                remove_stale_temps(run_dir / name)  # left by a killed write
+            write_json(run_dir / PARAMS, {"config": cfg.to_dict(), "identity": identity, "run": cfg.run_name()})
 
         # Model, method and optimizer (init from the one visible seed: the same on every rank).
         model, method, optimizer, autocast = build_parts(
@@ -317,21 +340,21 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
         # Resume from the last checkpoint: every RNG state, so the run ends as if never stopped.
         rows: list[dict[str, Any]] = []
         start_epoch = 0
-        with main_first(rank, world):  # rank 0 moves an unreadable checkpoint aside before the others look
-            ckpt = _load_checkpoint(ckpt_path, device, progress)
+        with main_first(rank, world):  # rank 0 moves a corrupt checkpoint aside before the others look
+            ckpt = load_checkpoint(ckpt_path, device, progress=progress if main else "none", move_corrupt=main)
         if ckpt is not None:
-            if ckpt["config"] != cfg.to_dict():
-                raise ValueError(f"{ckpt_path} was written by a different config; use a new run folder "
-                                 f"or delete it. Differences: {_diff(ckpt['config'], cfg.to_dict())}")
+            if ckpt.get("identity") != identity:
+                raise RunConflict(f"{ckpt_path} was written for another run; move it away or train into another "
+                                  f"folder")
             model.load_state_dict(ckpt["model"])
             method.load_state_dict(ckpt["method"])
             optimizer.load_state_dict(ckpt["optimizer"])
             rows, start_epoch = ckpt["rows"], ckpt["epoch"]
-            saved = ckpt.get("rank_generators", [ckpt["generators"]])  # one state per rank that wrote it
+            saved = ckpt["rank_generators"]  # one state per rank that wrote it
             if len(saved) == world:
                 gens.load(saved[rank])
             else:  # another rank count: partners come from other batches anyway, so new mix streams
-                gens.data.set_state(ckpt["generators"]["data"])  # the shared data stream continues exactly
+                gens.data.set_state(saved[0]["data"])  # the shared data stream continues exactly
                 gens.seed_rank_streams(cfg.seed, rank, start_epoch)
             torch.set_rng_state(ckpt["torch_rng"])
             if on_cuda and ckpt.get("cuda_rng") is not None:
@@ -361,13 +384,22 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
             bar = _bar(progress, len(train_loader), f"epoch {epoch + 1}/{epochs}")
-            train_logs = train_one_epoch(train_model, method, train_loader, optimizer, ctx, autocast=autocast,
-                                         log_every=cfg.log_every, bar=bar, own_params=own_params)
-            t_train = time.perf_counter() - t0
-            average_buffers_(model, method)  # per-rank BN statistics -> their mean: one model to evaluate and save
-            val = evaluate(model, method, val_loader, autocast=autocast)
-            if bar is not None:
-                bar.close()
+            try:
+                train_logs = train_one_epoch(train_model, method, train_loader, optimizer, ctx, autocast=autocast,
+                                             log_every=cfg.log_every, bar=bar, own_params=own_params)
+                t_train = time.perf_counter() - t0
+                average_buffers_(model, method)  # per-rank BN statistics -> their mean: one model to evaluate and save
+                val = evaluate(model, method, val_loader, autocast=autocast)
+                if not all(math.isfinite(v) for k, v in val.items() if k.endswith("val_loss")):
+                    raise Diverged(f"the validation loss is non-finite after epoch {epoch + 1}")
+            except Diverged as err:  # keep the last good checkpoint; no summary
+                if main:
+                    mark_failed(run_dir, f"diverged: {err}", epoch=epoch + 1, last_good_epoch=epoch)
+                raise Diverged(f"{cfg.run_name()} diverged: {err}; the checkpoint of epoch {epoch} is kept, "
+                               f"{run_dir / FAILED} says so (lower lr, or check the method settings)") from None
+            finally:
+                if bar is not None:
+                    bar.close()
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_logs, **val,
                    "train_seconds": t_train, "epoch_seconds": time.perf_counter() - t0,
                    "peak_mem_mb": peak_memory_mb(device), "world_size": world}
@@ -377,40 +409,28 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
                 continue
             _log(progress, f"epoch {epoch + 1}/{epochs}  loss {row.get('train_loss', float('nan')):.3f}  "
                            f"top1 {row['top1']:.2f}  top5 {row['top5']:.2f}  {row['epoch_seconds']:.1f}s")
-            _write_metrics(run_dir / "metrics.csv", rows)
             atomic_torch_save({
-                "config": cfg.to_dict(), "epoch": epoch + 1, "rows": rows,
+                "identity": identity, "config": cfg.to_dict(), "epoch": epoch + 1, "rows": rows,
                 "model": model.state_dict(), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "generators": gens.state(), "rank_generators": rank_generators, "torch_rng": torch.get_rng_state(),
+                "rank_generators": rank_generators, "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
             }, ckpt_path)
+            _write_metrics(run_dir / METRICS, rows)  # after the checkpoint: metrics never run ahead of it
 
-        summary = summarize(rows, cfg, env=env, extra={"world_size": world, **method.summarize(rows)})
+        summary = summarize(rows, cfg, env=env, identity=identity,
+                            extra={"world_size": world, **method.summarize(rows)})
         if main:
-            write_json(summary_path, summary)
+            write_json(run_dir / SUMMARY, summary)
         return summary
 
 
-def launch(cfg: RunConfig, run_dir: str | Path, *, world_size: int, progress: str = "epoch") -> dict[str, Any]:
-    """``fit`` in ``world_size`` processes through torchrun (one GPU each, or gloo on the CPU); returns
-    the summary. The notebook's way to a DDP run; the same as, from the shell,
-    ``torchrun --standalone --nproc-per-node K -m mixnb train --config run_dir/params.json``."""
-    run_dir = Path(run_dir)
-    write_json(run_dir / "params.json", cfg.to_dict())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
-           "-m", "mixnb", "train", "--config", str(run_dir / "params.json"), "--run-dir", str(run_dir),
-           "--progress", progress]
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          preexec_fn=_die_with_parent if sys.platform == "linux" else None) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # into the notebook's output (a bare child would write past it)
-            print(line, end="", flush=True)
-    if proc.returncode:
-        raise RuntimeError(f"torchrun exited with status {proc.returncode}: {' '.join(cmd)}")
-    return read_json(run_dir / "summary.json")
+def dataset_record(data: TinyImageNetTensors) -> dict[str, Any]:
+    """What a run records of its dataset: the resolved folder, the reader's manifest key and the sizes."""
+    return {"root": data.root, "manifest_key": data.manifest_key, "train_images": len(data.y_train),
+            "val_images": len(data.y_val), "classes": len(data.wnids)}
 
 
-def summarize(rows: list[dict[str, Any]], cfg: RunConfig, *, env: dict[str, Any],
+def summarize(rows: list[dict[str, Any]], cfg: RunConfig, *, env: dict[str, Any], identity: dict[str, Any],
               extra: dict[str, Any]) -> dict[str, Any]:
     """summary.json: the protocol's median read-out plus best/last, cost, config and provenance."""
     top1 = [r["top1"] for r in rows]
@@ -436,154 +456,11 @@ def summarize(rows: list[dict[str, Any]], cfg: RunConfig, *, env: dict[str, Any]
         "seconds_per_epoch": statistics.median(seconds[1:] or seconds),
         "peak_mem_mb": max(r["peak_mem_mb"] for r in rows),
         "config": cfg.to_dict(),
+        "identity": identity,
         "environment": env,
         "git": git_state(),
         **extra,
     }
-
-
-# ----------------------------------------------------------------------------- distributed (torchrun)
-@contextmanager
-def distributed(device_name: str) -> Iterator[tuple[int, int, torch.device]]:
-    """(rank, world size, device) of this process. Under torchrun ($WORLD_SIZE > 1) it joins the
-    process group (NCCL on CUDA with rank r on GPU $LOCAL_RANK, gloo on the CPU) and leaves it
-    at the end; a plain run is rank 0 of 1 on ``resolve_device(device_name)``."""
-    device = resolve_device(device_name)
-    if dist.is_initialized():  # the caller's group
-        yield dist.get_rank(), dist.get_world_size(), device
-        return
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        yield 0, 1, device
-        return
-    if device.type == "cuda":
-        if device.index is not None:
-            raise ValueError(f"device {device_name!r} under torchrun: use 'auto' or 'cuda' (rank r takes "
-                             f"GPU $LOCAL_RANK of CUDA_VISIBLE_DEVICES)")
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            device_id=device if device.type == "cuda" else None)
-    try:
-        yield dist.get_rank(), world, device
-    finally:
-        dist.destroy_process_group()
-
-
-def check_world_size(cfg: RunConfig, world: int, device: torch.device, n_train: int, n_val: int) -> None:
-    """Fail clearly on settings that cannot run on ``world`` processes."""
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes: "
-                         f"use a process count that divides it")
-    if cfg.sync_bn and world > 1 and device.type != "cuda":
-        raise ValueError("sync_bn=True needs CUDA: torch's SyncBatchNorm does not run on the CPU (gloo)")
-    if world > 1 and (0 < n_train % cfg.batch_size < world or n_val < world):
-        raise ValueError(f"{world} processes need every batch, the last one included, and the val set to "
-                         f"have at least {world} images; got {n_train} train and {n_val} val images")
-
-
-@contextmanager
-def main_first(rank: int, world: int) -> Iterator[None]:
-    """Rank 0 runs the block before the others (it may write what they then read)."""
-    if rank > 0:
-        dist.barrier()
-    yield
-    if rank == 0 and world > 1:
-        dist.barrier()
-
-
-class _Calls(nn.Module):
-    """What DDP wraps: sends ``forward`` or another ``forward_*`` of the model through one forward."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args: Any, _call: str = "forward", **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs) if _call == "forward" else getattr(self.model, _call)(*args, **kwargs)
-
-
-class DistributedModel(DistributedDataParallel):
-    """The model as a method sees it under DDP, through the same interface as on one process.
-
-    ``model(x, ...)`` and every ``model.forward_*(...)`` (AutoMix's ``forward_stages``) run through
-    DDP's forward, which arms the gradient all-reduce of the next backward. Other public
-    attributes (``fc``, ``num_features``, the stages) are the wrapped model's own modules: a call
-    such as ``model.fc(h)`` inside a training step still has its gradients averaged, because every
-    step also calls the model through a ``forward*`` (a step that used bare submodules only would
-    not be synchronised). ``parameters()`` are the model's, in its order (AutoMix's EMA relies on it).
-    Buffers are not synchronised in the forward: BN statistics stay per rank, as the reference's.
-    """
-
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
-        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
-        kwargs.setdefault("forward_sync_buffers" if newer else "broadcast_buffers", False)  # renamed in torch 2.13
-        super().__init__(_Calls(model), **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name.startswith("_") or name == "module":
-                raise
-            model = self.module.model
-            if name.startswith("forward_") and callable(getattr(model, name, None)):
-                return functools.partial(self, _call=name)
-            return getattr(model, name)
-
-
-def all_reduce_(t: Tensor, *, mean: bool = False) -> Tensor:
-    """Sum (or mean) of ``t`` over ranks, in place; ``t`` unchanged on one process."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-        if mean:
-            t /= dist.get_world_size()
-    return t
-
-
-def average_gradients_(params: Sequence[Tensor]) -> None:
-    """Mean of the gradients of ``params`` over ranks, as one flat all-reduce (None counts as 0)."""
-    if not params or not dist.is_initialized():
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = all_reduce_(torch.cat([p.grad.reshape(-1) for p in params]), mean=True)
-    for p, g in zip(params, flat.split([p.numel() for p in params])):
-        p.grad.copy_(g.view_as(p))
-
-
-def average_buffers_(*modules: nn.Module) -> None:
-    """Mean over ranks of the floating-point buffers (BN running statistics) of ``modules``."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return
-    bufs = [b for m in modules for b in m.buffers() if b.is_floating_point()]
-    if bufs:
-        flat = all_reduce_(torch.cat([b.reshape(-1).float() for b in bufs]), mean=True)
-        for b, v in zip(bufs, flat.split([b.numel() for b in bufs])):
-            b.copy_(v.view_as(b))
-
-
-def broadcast_(module: nn.Module) -> None:
-    """Rank 0's parameters and buffers of ``module`` on every rank."""
-    for t in module.state_dict().values():
-        dist.broadcast(t, src=0)
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """``obj`` of every rank, in rank order (``[obj]`` on one process)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this child when its parent dies (a killed notebook kernel takes torchrun with it)."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -596,20 +473,42 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _load_checkpoint(path: Path, device: torch.device, progress: str) -> dict[str, Any] | None:
-    """The run's checkpoint, or None; an unreadable one is moved aside and the run starts over."""
+def load_checkpoint(path: Path, device: torch.device | str = "cpu", *, progress: str = "none",
+                    move_corrupt: bool = False) -> dict[str, Any] | None:
+    """A run's checkpoint as plain tensors and containers (``weights_only=True``: a checkpoint is data, and
+    nothing in a shared run folder may run code), or None when there is none.
+
+    Unreadable (permissions, I/O) or holding Python objects beyond tensors and containers: stops with the
+    path and the error, the file untouched. Corrupt (truncated, not a checkpoint): moved aside under a name
+    that never overwrites an earlier one when ``move_corrupt``, and None (the run starts over).
+    """
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # truncated or foreign file: keep it for inspection, do not trust it
-        path.replace(path.with_suffix(".pt.corrupt"))
-        _log(progress, f"warning: {path} is unreadable ({type(err).__name__}); moved to *.corrupt, starting over")
-        return None
+        with open(path, "rb") as f:
+            ckpt = torch.load(f, map_location=device, weights_only=True)
+    except OSError as err:
+        raise OSError(err.errno, f"{path} cannot be read ({err.strerror}); fix its permissions "
+                                 f"(chmod a+r) or the disk, then run again. Nothing was changed") from None
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            return _corrupt(path, err, progress, move_corrupt)
+        raise ValueError(f"{path} holds Python objects, not just tensors, so mixnb will not load it (loading "
+                         f"could run code); delete it or move it away to start the run over") from None
+    except Exception as err:  # truncated zip, empty file, not a torch file
+        return _corrupt(path, err, progress, move_corrupt)
+    if not isinstance(ckpt, dict) or not {"identity", "model", "rows", "epoch"} <= set(ckpt):
+        raise ValueError(f"{path} is not a mixnb checkpoint (no identity/model/rows); move it away or train "
+                         f"into another folder")
+    return ckpt
 
 
-def _diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    return {k: (a.get(k), b.get(k)) for k in set(a) | set(b) if a.get(k) != b.get(k)}
+def _corrupt(path: Path, err: Exception, progress: str, move: bool) -> None:
+    if move:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}")
+        path.replace(aside)
+        _log(progress, f"warning: {path} is corrupt ({type(err).__name__}: {err}); moved to {aside.name}, "
+                       f"starting over")
 
 
 def _bar(progress: str, total: int, desc: str) -> Any:

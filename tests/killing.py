@@ -29,5 +29,5 @@ def run_until_killed(cfg: RunConfig, run_dir: Path, epoch: int) -> None:
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(run_dir), str(epoch), json.dumps(cfg.to_dict())],
                           capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr  # really killed, mid-run
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"] == epoch
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == epoch
     assert not (run_dir / "summary.json").exists()

@@ -326,7 +326,7 @@ def test_samix_runs_and_a_killed_run_restores_the_ema_encoder_and_mixblock(tmp_p
     cols = [c for c in a.columns if "seconds" not in c and c != "peak_mem_mb"]
     pd.testing.assert_frame_equal(a[cols], b[cols])
     assert resumed["reference_top1"] == straight["reference_top1"]
-    sa = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["method"]
-    sb = torch.load(killed / "checkpoint.pt", weights_only=False)["method"]
+    sa = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["method"]
+    sb = torch.load(killed / "checkpoint.pt", weights_only=True)["method"]
     assert any(k.startswith("encoder_k.") for k in sa) and any(k.startswith("mix_block.") for k in sa)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

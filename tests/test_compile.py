@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from mixnb.config import RunConfig
-from mixnb.train import Generators, build_parts, fit, resolve_compile, resolve_precision
+from mixnb.config import resolve_precision
+from mixnb.train import Generators, build_parts, fit, resolve_compile
 from mixnb.mixups import StepContext
 
 LOSS_RTOL = 1e-5
@@ -77,8 +78,8 @@ def test_inductor_compiled_run_matches_eager(tmp_path):
 
     fit(cfg, tmp_path / "compiled", progress="none")
     fit(eager, tmp_path / "eager", progress="none")
-    ca = torch.load(tmp_path / "compiled" / "checkpoint.pt", weights_only=False)
-    cb = torch.load(tmp_path / "eager" / "checkpoint.pt", weights_only=False)
+    ca = torch.load(tmp_path / "compiled" / "checkpoint.pt", weights_only=True)
+    cb = torch.load(tmp_path / "eager" / "checkpoint.pt", weights_only=True)
     assert ca["model"].keys() == cb["model"].keys()  # compiled in place: no "_orig_mod." prefix
     for k in ca["model"]:
         torch.testing.assert_close(ca["model"][k], cb["model"][k], rtol=1e-4, atol=1e-5)

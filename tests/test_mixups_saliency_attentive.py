@@ -265,7 +265,8 @@ def _fake_vanilla_run(runs: Path, seed: int, *, finished: bool = True) -> torch.
     cfg = RunConfig(method="vanilla", profile="test", seed=seed)
     torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, run / "checkpoint.pt")
     if finished:
-        (run / "summary.json").write_text(json.dumps({"top1": 1.0}))
+        (run / "metrics.csv").write_text("epoch,top1\n1,1.0\n")
+        (run / "summary.json").write_text(json.dumps({"epochs": 1, "top1": 1.0}))
     return model.eval()
 
 

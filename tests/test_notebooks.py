@@ -5,15 +5,17 @@ HTML report.
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 
 from mixnb.paths import NOTEBOOKS, reports_root, runs_root
-from mixnb.report import render_report
+from mixnb.report import load_runs, render_report
 from mixnb.sweep import expand, run_sweep
 
 NOTEBOOK_FILES = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -24,12 +26,31 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.name)
-def test_notebooks_are_committed_without_outputs(path):
+def test_notebooks_are_committed_clean(path):
+    """The committed .ipynb files are the notebooks' only source: valid, without outputs, with stable cell ids
+    and the metadata the kernel writes (opening one in JupyterLab changes nothing but the Python version)."""
+    from ipykernel.ipkernel import IPythonKernel
+
     nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs: strip them"
+    assert [c.id for c in nb.cells] and all(c.id.startswith(path.stem + "-") for c in nb.cells)
     assert nb.metadata.kernelspec.name == "mixnb"
+    kernel = {k: v for k, v in IPythonKernel.language_info.items() if k != "version"}
+    assert {k: v for k, v in nb.metadata.language_info.items() if k != "version"} == kernel
+    assert path.read_text() == nbformat.writes(nb) + "\n"  # nbformat's own layout: a save rewrites nothing
+
+
+def test_report_and_explore_parameters_are_declared():
+    def declared(name: str) -> set[str]:
+        nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+        [cell] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        return {line.split("=")[0].strip() for line in cell.source.splitlines() if "=" in line}
+
+    assert declared("analysis.ipynb") == {"profile", "runs_root"}  # what render_report passes
+    assert {"methods", "seed", "n_images", "profile"} <= declared("explore.ipynb")
 
 
 def test_train_notebook_has_one_parameters_cell():
@@ -40,7 +61,7 @@ def test_train_notebook_has_one_parameters_cell():
 
 def test_sweep_then_report_end_to_end():
     """Two methods on the test profile through papermill, a re-run that skips them, the report."""
-    failures = run_sweep(profile="test", methods=["vanilla", "cutmix"], epochs=2)
+    failures = run_sweep(expand("test", ["vanilla", "cutmix"], epochs=2))
     assert failures == []
     for job in expand("test", ["vanilla", "cutmix"], epochs=2):
         for name in ("summary.json", "metrics.csv", "train.ipynb", "checkpoint.pt", "mix_samples.png", "params.json"):
@@ -48,22 +69,29 @@ def test_sweep_then_report_end_to_end():
         executed = nbformat.read(job.run_dir / "train.ipynb", as_version=4)
         assert executed.metadata.papermill.parameters["method"] == job.config.method
     stamp = (job.run_dir / "summary.json").stat().st_mtime_ns
-    assert run_sweep(profile="test", methods=["vanilla", "cutmix"], epochs=2) == []  # skips finished runs
+    assert run_sweep(expand("test", ["vanilla", "cutmix"], epochs=2)) == []  # skips finished runs
     assert (job.run_dir / "summary.json").stat().st_mtime_ns == stamp
 
     html = render_report("test")
     text = html.read_text()
-    assert html == reports_root() / "test" / "benchmark.html" and (reports_root() / "benchmark.html").exists()
+    assert html == reports_root() / "test" / "benchmark.html" and "test/benchmark.html" in (reports_root() / "index.html").read_text()
+    assert "<title>mixnb benchmark: test (" in text
     assert "OpenMixup" in text and "CutMix" in text and "generated sample profile" in text
     assert text.count("data:image/png;base64") >= 3  # curves + galleries embedded: self-contained
     assert "from mixnb" not in text  # no code cells
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text) and "<script" not in text  # works offline
+    exported = pd.read_csv(html.parent / "benchmark.csv").set_index("method")["top1_mean"]
+    summaries = load_runs("test").summaries.set_index("method")["median_top1"]
+    assert exported["CutMix"] == round(summaries["cutmix"], 2) and exported["Vanilla"] == round(summaries["vanilla"], 2)
+    assert "| CutMix |" in (html.parent / "benchmark.md").read_text()
+    assert r"\begin{tabular}" in (html.parent / "benchmark.tex").read_text()
 
 
 def test_sweep_keeps_going_and_reports_failures(monkeypatch, tmp_path):
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))  # no Vanilla run here: AttentiveMix+ has no teacher
-    failures = run_sweep(profile="test", methods=["attentivemix", "mixup"], epochs=1)
+    failures = run_sweep(expand("test", ["attentivemix", "mixup"], epochs=1))
     assert [j.config.method for j, _ in failures] == ["attentivemix"]
-    assert "MIXNB_ATTENTIVEMIX_TEACHER" in Path(failures[0][1]).read_text()  # the log names the fix
+    assert "MIXNB_ATTENTIVEMIX_TEACHER" in failures[0][1]  # the one-line reason names the fix
     assert (expand("test", ["mixup"], epochs=1)[0].run_dir / "summary.json").exists()
     proc = subprocess.run([sys.executable, "-m", "mixnb", "sweep", "--profile", "test", "--methods", "attentivemix",
                            "--epochs", "1"], capture_output=True, text=True, env={**_env(), "MIXNB_RUNS": str(tmp_path)})

@@ -62,8 +62,8 @@ def _metrics(run: Path) -> pd.DataFrame:
 
 
 def _same_weights(a: Path, b: Path, **tol) -> None:
-    wa = torch.load(a / "checkpoint.pt", weights_only=False)["model"]
-    wb = torch.load(b / "checkpoint.pt", weights_only=False)["model"]
+    wa = torch.load(a / "checkpoint.pt", weights_only=True)["model"]
+    wb = torch.load(b / "checkpoint.pt", weights_only=True)["model"]
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], **tol, msg=lambda m: f"{k}: {m}")
 
@@ -91,14 +91,14 @@ def test_resume_with_the_same_process_count_is_exact(ddp):
     """MixUp draws partners per rank from per-rank streams; every rank's stream is checkpointed."""
     pd.testing.assert_frame_equal(_metrics(ddp / "mixup")[MATH], _metrics(ddp / "mixup-resumed")[MATH])
     _same_weights(ddp / "mixup", ddp / "mixup-resumed", rtol=0, atol=0)
-    gens = torch.load(ddp / "mixup" / "checkpoint.pt", weights_only=False)["rank_generators"]
+    gens = torch.load(ddp / "mixup" / "checkpoint.pt", weights_only=True)["rank_generators"]
     assert len(gens) == 2 and not torch.equal(gens[0]["mix"], gens[1]["mix"])
     assert torch.equal(gens[0]["data"], gens[1]["data"])  # one shared permutation + augmentation stream
 
 
 @pytest.mark.parametrize("method", ["vanilla", "automix", "manifoldmix", "puzzlemix"])
 def test_per_rank_batchnorm_trains_and_ranks_stay_in_step(ddp, method):
-    ranks = [torch.load(ddp / method / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    ranks = [torch.load(ddp / method / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     # BN statistics come from each rank's own half batch ...
     assert any(not torch.equal(a, b) for a, b in zip(ranks[0]["bn_before"], ranks[1]["bn_before"]))
     # ... while the weights (the method's own too: AutoMix's MixBlock and heads) stay identical, and the
@@ -146,11 +146,12 @@ LOCK_SWEEP = textwrap.dedent("""
         with open(sys.argv[1], "a") as log:
             log.write(f"start {job.config.run_name()} {time.time()}\\n")
         time.sleep(0.3)
-        (job.run_dir / "summary.json").write_text("{}")
+        (job.run_dir / "metrics.csv").write_text("epoch\\n1\\n")
+        (job.run_dir / "summary.json").write_text('{"epochs": 1}')
         with open(sys.argv[1], "a") as log:
             log.write(f"end {job.config.run_name()} {time.time()}\\n")
     s.execute = fake
-    s.run_sweep(profile="test", methods=sys.argv[2].split(","), epochs=1)
+    s.run_sweep(s.expand("test", sys.argv[2].split(","), epochs=1))
 """)
 
 
@@ -217,8 +218,10 @@ def test_submitit_sweep_of_a_two_process_run_survives_preemption(tmp_path, monke
     gloo); SIGUSR2 mid-run (SLURM's warning before preemption or the time limit) requeues it, and
     the requeued job resumes from the run's checkpoint."""
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
-    grid = dict(profile="test", methods=["mixup"], epochs=6, executor="local", gpus_per_run=2, time="20")
-    [(job, sub)] = submit_sweep(**grid)
+    grid = dict(executor="local", gpus_per_run=2, time="20")
+    jobs = expand("test", ["mixup"], epochs=6, gpus_per_run=2)
+    [(job, sub)], conflicts = submit_sweep(jobs, **grid)
+    assert conflicts == []
     deadline = time.monotonic() + 150
     while not (job.run_dir / "checkpoint.pt").exists():  # at least one epoch done
         assert time.monotonic() < deadline and sub.state == "RUNNING", sub.stderr()
@@ -236,4 +239,4 @@ def test_submitit_sweep_of_a_two_process_run_survives_preemption(tmp_path, monke
     assert list(_metrics(job.run_dir)["epoch"]) == list(range(1, 7))
     assert json.loads((job.run_dir / "summary.json").read_text())["world_size"] == 2
     assert (job.run_dir / "mix_samples.png").exists()  # the notebook ran to its end
-    assert submit_sweep(**grid) == []  # finished: nothing to submit
+    assert submit_sweep(jobs, **grid) == ([], [])  # finished: nothing to submit

@@ -123,11 +123,13 @@ def imagenet_teacher(path: Path) -> Teacher:
 
 def find_vanilla_run(runs: Path, backbone: str, seed: int) -> Path | None:
     """The finished Vanilla run of ``backbone`` in ``runs``: seed ``seed`` first, then any other
-    (plain names before ones with an override hash); finished = summary.json and checkpoint.pt."""
+    (plain names before ones with overrides); finished as ``mixnb.runs.is_finished``, with its checkpoint."""
+    from mixnb.runs import CHECKPOINT, is_finished
+
     plain = re.compile(rf"vanilla-{re.escape(backbone)}-s\d+")
     others = sorted(runs.glob(f"vanilla-{backbone}-s*"), key=lambda p: (not plain.fullmatch(p.name), p.name))
     for run in [runs / f"vanilla-{backbone}-s{seed}", *others]:
-        if (run / "summary.json").is_file() and (run / "checkpoint.pt").is_file():
+        if is_finished(run) and (run / CHECKPOINT).is_file():
             return run
     return None
 
@@ -179,7 +181,7 @@ class AttentiveMix(MixMethod):
                 f"AttentiveMix+ needs a teacher and found none: set {TEACHER_ENV} (or method_args "
                 "teacher_weights) to a torchvision resnet18 ImageNet state_dict file, e.g. "
                 f"resnet18-f37072fd.pth, or first finish a Vanilla run of the same profile and backbone "
-                f"(vanilla-{backbone}-s<seed> with summary.json and checkpoint.pt in {where}), "
+                f"(vanilla-{backbone}-s<seed>, finished, with its checkpoint.pt, in {where}), "
                 "e.g. `make sweep METHODS=vanilla`"
             )
         self.teacher_label = self.teacher.label

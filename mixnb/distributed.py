@@ -1,0 +1,193 @@
+"""Several processes, one run: torchrun process groups, DDP around the model, all-reduces, BN averaging.
+
+``torchrun --nproc-per-node K -m mixnb train ...`` (or ``launch`` from a notebook) trains one run on
+K GPUs (NCCL) or K CPU processes (gloo); ``mixnb.train.fit`` calls what is here. See mixnb.train's
+docstring for how batches, BatchNorm, mixing partners and checkpoints behave under DDP.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mixnb.config import RunConfig, resolve_device
+from mixnb.io import read_json
+
+
+def launch(cfg: RunConfig, run_dir: str | Path, *, world_size: int, progress: str = "epoch") -> dict[str, Any]:
+    """``fit`` in ``world_size`` processes through torchrun (one GPU each, or gloo on the CPU); returns
+    the summary. The notebook's way to a DDP run; the same as, from the shell,
+    ``torchrun --standalone --nproc-per-node K -m mixnb train --config CONFIG.json --run-dir RUN_DIR``
+    (the config travels in a temp file: the run folder's params.json is ``fit``'s record of the run)."""
+    run_dir = Path(run_dir)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="mixnb-launch-") as config:
+        json.dump({"config": cfg.to_dict()}, config)
+        config.flush()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
+               "-m", "mixnb", "train", "--config", config.name, "--run-dir", str(run_dir), "--progress", progress]
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=_die_with_parent if sys.platform == "linux" else None) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # into the notebook's output (a bare child would write past it)
+                print(line, end="", flush=True)
+    if proc.returncode:
+        raise RuntimeError(f"torchrun exited with status {proc.returncode}: {' '.join(cmd)}")
+    return read_json(run_dir / "summary.json")
+
+
+@contextmanager
+def distributed(device_name: str) -> Iterator[tuple[int, int, torch.device]]:
+    """(rank, world size, device) of this process. Under torchrun ($WORLD_SIZE > 1) it joins the
+    process group (NCCL on CUDA with rank r on GPU $LOCAL_RANK, gloo on the CPU) and leaves it
+    at the end; a plain run is rank 0 of 1 on ``resolve_device(device_name)``."""
+    device = resolve_device(device_name)
+    if dist.is_initialized():  # the caller's group
+        yield dist.get_rank(), dist.get_world_size(), device
+        return
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield 0, 1, device
+        return
+    if device.type == "cuda":
+        if device.index is not None:
+            raise ValueError(f"device {device_name!r} under torchrun: use 'auto' or 'cuda' (rank r takes "
+                             f"GPU $LOCAL_RANK of CUDA_VISIBLE_DEVICES)")
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            device_id=device if device.type == "cuda" else None)
+    try:
+        yield dist.get_rank(), world, device
+    finally:
+        dist.destroy_process_group()
+
+
+def check_world_size(cfg: RunConfig, world: int, device: torch.device, n_train: int, n_val: int) -> None:
+    """Fail clearly on settings that cannot run on ``world`` processes."""
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes: "
+                         f"use a process count that divides it")
+    if cfg.sync_bn and world > 1 and device.type != "cuda":
+        raise ValueError("sync_bn=True needs CUDA: torch's SyncBatchNorm does not run on the CPU (gloo)")
+    if world > 1 and (0 < n_train % cfg.batch_size < world or n_val < world):
+        raise ValueError(f"{world} processes need every batch, the last one included, and the val set to "
+                         f"have at least {world} images; got {n_train} train and {n_val} val images")
+
+
+@contextmanager
+def main_first(rank: int, world: int) -> Iterator[None]:
+    """Rank 0 runs the block before the others (it may write what they then read)."""
+    if rank > 0:
+        dist.barrier()
+    yield
+    if rank == 0 and world > 1:
+        dist.barrier()
+
+
+class _Calls(nn.Module):
+    """What DDP wraps: sends ``forward`` or another ``forward_*`` of the model through one forward."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, _call: str = "forward", **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs) if _call == "forward" else getattr(self.model, _call)(*args, **kwargs)
+
+
+class DistributedModel(DistributedDataParallel):
+    """The model as a method sees it under DDP, through the same interface as on one process.
+
+    ``model(x, ...)`` and every ``model.forward_*(...)`` (AutoMix's ``forward_stages``) run through
+    DDP's forward, which arms the gradient all-reduce of the next backward. Other public
+    attributes (``fc``, ``num_features``, the stages) are the wrapped model's own modules: a call
+    such as ``model.fc(h)`` inside a training step still has its gradients averaged, because every
+    step also calls the model through a ``forward*`` (a step that used bare submodules only would
+    not be synchronised). ``parameters()`` are the model's, in its order (AutoMix's EMA relies on it).
+    Buffers are not synchronised in the forward: BN statistics stay per rank, as the reference's.
+    """
+
+    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+        kwargs.setdefault("forward_sync_buffers" if newer else "broadcast_buffers", False)  # renamed in torch 2.13
+        super().__init__(_Calls(model), **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or name == "module":
+                raise
+            model = self.module.model
+            if name.startswith("forward_") and callable(getattr(model, name, None)):
+                return functools.partial(self, _call=name)
+            return getattr(model, name)
+
+
+def all_reduce_(t: Tensor, *, mean: bool = False) -> Tensor:
+    """Sum (or mean) of ``t`` over ranks, in place; ``t`` unchanged on one process."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        if mean:
+            t /= dist.get_world_size()
+    return t
+
+
+def average_gradients_(params: Sequence[Tensor]) -> None:
+    """Mean of the gradients of ``params`` over ranks, as one flat all-reduce (None counts as 0)."""
+    if not params or not dist.is_initialized():
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = all_reduce_(torch.cat([p.grad.reshape(-1) for p in params]), mean=True)
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(g.view_as(p))
+
+
+def average_buffers_(*modules: nn.Module) -> None:
+    """Mean over ranks of the floating-point buffers (BN running statistics) of ``modules``."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    bufs = [b for m in modules for b in m.buffers() if b.is_floating_point()]
+    if bufs:
+        flat = all_reduce_(torch.cat([b.reshape(-1).float() for b in bufs]), mean=True)
+        for b, v in zip(bufs, flat.split([b.numel() for b in bufs])):
+            b.copy_(v.view_as(b))
+
+
+def broadcast_(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers of ``module`` on every rank."""
+    for t in module.state_dict().values():
+        dist.broadcast(t, src=0)
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` on one process)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this child when its parent dies (a killed notebook kernel takes torchrun with it)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG

@@ -1,0 +1,185 @@
+"""Experiments as data: one config path (notebook, CLI, sweep), run identity, no stale or pooled results, grids."""
+
+import ast
+import dataclasses
+import json
+import subprocess
+import sys
+
+import nbformat
+import pandas as pd
+import pytest
+
+from mixnb.__main__ import main
+from mixnb.config import NOTEBOOK_ONLY, RunConfig, from_parameters
+from mixnb.data import make_sample_dataset
+from mixnb.paths import NOTEBOOKS
+from mixnb.report import appendix_table, benchmark_table, best_alpha, load_runs
+from mixnb.runs import RunConflict
+from mixnb.sweep import dry_run, expand, parse_axes, parse_method_axes, read_grid, run_sweep
+from mixnb.train import fit
+
+TEST = dict(profile="test", epochs=1, device="cpu")
+
+
+# ----------------------------------------------------------------------------- one configuration path
+def _parameters_cell() -> dict:
+    nb = nbformat.read(NOTEBOOKS / "train.ipynb", as_version=4)
+    [cell] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
+
+
+def test_the_notebook_declares_every_runconfig_field_with_its_default():
+    declared = _parameters_cell()
+    defaults = {f.name: (f.default_factory() if callable(f.default_factory) else f.default)
+                for f in dataclasses.fields(RunConfig)}
+    assert set(declared) == set(defaults) | set(NOTEBOOK_ONLY)  # drift in either direction fails
+    assert {k: declared[k] for k in defaults} == defaults
+    assert {k: declared[k] for k in NOTEBOOK_ONLY} == NOTEBOOK_ONLY
+
+
+def test_unknown_notebook_parameter_fails_with_the_valid_names():
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['epoch'\].*epochs"):
+        from_parameters({**_parameters_cell(), "epoch": 1, "In": [], "json": json})
+    cfg, options = from_parameters({**_parameters_cell(), "lr": 0.1, "method": "cutmix",
+                                    "method_args": '{"alpha": 0.2}'})  # papermill -p passes the JSON as text
+    assert cfg.lr == 0.1 and cfg.method_args == {"alpha": 0.2} and options["progress"] == "epoch"
+    assert from_parameters({"method": "cutmix", "method_args": "alpha=0.3"})[0].method_args == {"alpha": 0.3}
+
+
+def test_papermill_runs_what_its_parameters_say(tmp_path):
+    """`-p lr 0.1` trains at 0.1 (it was dropped); `-p epoch 1` fails naming `epochs` (it started 400)."""
+    def papermill(*params: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOKS / "train.ipynb"), str(tmp_path / "o.ipynb"),
+                               "-k", "mixnb", "--no-progress-bar", "-p", "profile", "test", "-p", "run_dir",
+                               str(tmp_path / "run"), *params], capture_output=True, text=True)
+
+    proc = papermill("-p", "epochs", "1", "-p", "lr", "0.1", "-p", "method", "mixup", "-p", "method_args",
+                     '{"alpha": 0.2}', "-p", "eval_batch_size", "7")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    params = json.loads((tmp_path / "run" / "params.json").read_text())
+    assert params["config"]["lr"] == 0.1 and params["identity"]["method_args"]["alpha"] == 0.2
+    assert params["config"]["eval_batch_size"] == 7
+    proc = papermill("-p", "epoch", "1")
+    assert proc.returncode != 0 and "unknown parameter(s) ['epoch']" in proc.stderr + proc.stdout
+
+
+def test_cli_accumulates_repeated_options_and_types_method_args(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--method", "mixup", "--profile", "test", "--epochs", "1", "--device", "cpu",
+                 "--progress", "none", "--run-dir", str(run), "--set", "lr=0.05", "--set", "weight_decay=0.0005",
+                 "--arg", "alpha=0.3"]) == 0
+    identity = json.loads((run / "params.json").read_text())["identity"]
+    assert (identity["lr"], identity["weight_decay"], identity["method_args"]["alpha"]) == (0.05, 0.0005, 0.3)
+    assert main(["train", "--method", "cutmix", "--arg", "alpha=abc"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "alpha expects a number" in err and "Traceback" not in err
+    help_text = subprocess.run([sys.executable, "-m", "mixnb", "train", "--help"], capture_output=True, text=True).stdout
+    assert "{auto,off,default,reduce-overhead" in help_text and "(default: 0.2)" in help_text and "--weight-decay" in help_text
+
+
+# ----------------------------------------------------------------------------- run identity
+def test_run_names_are_readable_and_distinct():
+    assert RunConfig(method="cutmix").run_name() == "cutmix-resnet18-s0"
+    assert RunConfig(method="cutmix", method_args={"alpha": 1}).run_name() == "cutmix-resnet18-s0"  # the default
+    assert RunConfig(method="cutmix", method_args={"alpha": 0.2}).run_name() == "cutmix-resnet18-s0-a0.2"
+    assert RunConfig(method="mixup", seed=1, epochs=100, lr=0.1).run_name() == "mixup-resnet18-s1-ep100-lr0.1"
+    assert RunConfig(method="mixup", epochs=4).run_name() == "mixup-resnet18-s0"  # the sample profile's 4
+    a, b = RunConfig(data="/data/a"), RunConfig(data="/data/b")
+    assert a.run_name() != b.run_name() != RunConfig().run_name()  # data= is part of the name (a short hash)
+    assert RunConfig(compile="off", log_every=3, eval_batch_size=7, device="cpu").run_name() == "vanilla-resnet18-s0"
+
+
+def test_identity_ignores_what_does_not_change_the_result():
+    import torch
+
+    cpu = torch.device("cpu")
+    data = {"root": "/x", "manifest_key": "k"}
+    base = RunConfig(precision="fp32").identity(cpu, data)
+    for other in (dict(compile="default"), dict(log_every=3), dict(eval_batch_size=10), dict(device="cpu")):
+        assert RunConfig(precision="fp32", **other).identity(cpu, data) == base
+    assert RunConfig(precision="fp32", epochs=4).identity(cpu, data) == base  # resolved: the profile's 4
+    assert RunConfig(precision="bf16").identity(cpu, data) != base
+    assert RunConfig(precision="fp32").identity(cpu, {**data, "manifest_key": "other"}) != base
+
+
+def test_fit_refuses_another_configs_folder_instead_of_returning_its_summary(tmp_path):
+    first = fit(RunConfig(method="mixup", **TEST), tmp_path, progress="none")
+    assert fit(RunConfig(method="mixup", **TEST), tmp_path, progress="none") == first  # same run: finished
+    with pytest.raises(RunConflict, match=r"lr: 0.2 there, 0.05 now.*method_args.alpha: 1.0 there, 0.3 now"):
+        fit(RunConfig(method="mixup", lr=0.05, method_args={"alpha": 0.3}, **TEST), tmp_path, progress="none")
+    (tmp_path / "summary.json").unlink()  # a resumable run: the same refusal
+    with pytest.raises(RunConflict, match="another run"):
+        fit(RunConfig(method="mixup", lr=0.05, **TEST), tmp_path, progress="none")
+
+
+def test_a_run_never_resumes_on_another_dataset(tmp_path, monkeypatch):
+    """MIXNB_DATA pointed at another folder with the same class count: refused, naming the dataset."""
+    sets = [make_sample_dataset(tmp_path / name, seed=seed, num_classes=4, train_per_class=8, val_per_class=4)
+            for name, seed in (("a", 0), ("b", 1))]
+    monkeypatch.setenv("MIXNB_CACHE", str(tmp_path / "cache"))
+    cfg = RunConfig(profile="tiny-imagenet", epochs=1, width=4, device="cpu")
+    monkeypatch.setenv("MIXNB_DATA", str(sets[0]))
+    summary = fit(cfg, tmp_path / "run", progress="none")
+    assert summary["identity"]["dataset"]["root"] == str(sets[0].resolve())
+    (tmp_path / "run" / "summary.json").unlink()
+    monkeypatch.setenv("MIXNB_DATA", str(sets[1]))
+    with pytest.raises(RunConflict, match="dataset.manifest_key.*dataset.root"):
+        fit(cfg, tmp_path / "run", progress="none")
+
+
+def test_resume_is_not_blocked_by_a_compile_change(tmp_path):
+    """A run written with compile="off" resumes (and reads as finished) under another compile mode."""
+    cfg = RunConfig(method="vanilla", compile="off", **TEST)
+    summary = fit(cfg, tmp_path, progress="none")
+    (tmp_path / "summary.json").unlink()  # resume from the last checkpoint: nothing left to train, no compile
+    resumed = fit(dataclasses.replace(cfg, compile="default"), tmp_path, progress="none")
+    assert resumed["median_top1"] == summary["median_top1"] and resumed["config"]["compile"] == "default"
+
+
+# ----------------------------------------------------------------------------- grids and the table
+def test_grids_from_the_command_line_and_a_grid_file(tmp_path):
+    names = [j.config.run_name() for j in expand("sample", ["vanilla", "mixup", "cutmix"], alphas=[0.2, 1])]
+    assert names == ["vanilla-resnet18-s0", "mixup-resnet18-s0-a0.2", "mixup-resnet18-s0",
+                     "cutmix-resnet18-s0-a0.2", "cutmix-resnet18-s0"]  # Vanilla has no alpha: one run
+    jobs = expand("sample", ["mixup", "cutmix"], sets=parse_axes(["lr=0.1,0.2", "weight_decay=5e-4"]),
+                  args=parse_method_axes(["cutmix:alpha=0.5"]))
+    assert [j.config.run_name() for j in jobs] == ["mixup-resnet18-s0-lr0.1-wd0.0005", "mixup-resnet18-s0-wd0.0005",
+                                                  "cutmix-resnet18-s0-a0.5-lr0.1-wd0.0005", "cutmix-resnet18-s0-a0.5-wd0.0005"]
+    assert jobs[0].parameters()["weight_decay"] == 0.0005  # every field reaches the notebook
+    grid = read_grid(NOTEBOOKS.parent / "grids" / "alpha-search.toml")
+    runs = expand("tiny-imagenet", grid=grid)
+    assert {j.config.full_method_args().get("alpha") for j in runs if j.config.method == "samix"} == {0.2, 1.0, 2.0}
+    (tmp_path / "bad.toml").write_text("[cutmix]\nalhpa = [1]\n")
+    with pytest.raises(ValueError, match="bad.toml.*alhpa.*its settings: alpha"):
+        read_grid(tmp_path / "bad.toml")
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        expand("sample", ["mixup"], alphas=[-1])
+
+
+def test_best_alpha_selection_and_no_pooling_across_settings():
+    rows = pd.DataFrame([
+        dict(method="cutmix", backbone="resnet18", settings="", alpha=a, seed=s, median_top1=v,
+             group_key="g", config_key=f"cutmix-{a}") for a, s, v in
+        [(1.0, 0, 50.0), (1.0, 1, 52.0), (0.2, 0, 60.0), (0.2, 1, 58.0)]])
+    best = best_alpha(rows)
+    assert list(best["alpha"]) == [0.2] and list(best["mean"]) == [59.0] and list(best["count"]) == [2]
+    table = benchmark_table(rows)
+    assert table.loc["CutMix", ("R-18", "α")] == "0.2 (best of 2)" and table.loc["CutMix", ("R-18", "seeds")] == "2"
+    assert table.loc["CutMix", ("R-18", "top-1")] == "59.00 ± 1.41"  # never 55.00 ± 4.76 over both alphas
+    appendix = appendix_table(rows)
+    assert sorted(appendix["median top-1"]) == ["51.00 ± 1.41", "59.00 ± 1.41"]
+
+
+def test_alphas_sweep_reports_the_better_alpha_and_runs_nothing_twice(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
+    jobs = expand("test", ["mixup"], alphas=[0.5, 1], epochs=1)
+    assert "2 to run" in dry_run(jobs)
+    assert run_sweep(jobs) == []
+    assert "done mixup-resnet18-s0-a0.5-ep1: median top-1" in capsys.readouterr().out
+    assert "2 finished, 0 to run" in dry_run(jobs) and run_sweep(jobs) == []
+    runs = load_runs("test")
+    s = runs.summaries.set_index("alpha")["median_top1"]
+    better = 0.5 if s[0.5] > s[1.0] else 1.0  # ties: the published alpha, 1
+    assert benchmark_table(runs.summaries).iloc[0][("R-18", "α")] == f"{better:g} (best of 2)"
+    assert len(appendix_table(runs.summaries)) == 2

@@ -1,0 +1,192 @@
+"""Reliability: no code runs from a run folder, a diverged run never becomes a result, and every failure
+says what and where (the run-folder half; the dataset half is in test_data.py)."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mixnb.train as t
+from mixnb.__main__ import main
+from mixnb.config import RunConfig
+from mixnb.io import HOST
+from mixnb.mixups import StepOutput
+from mixnb.mixups.attentivemix import vanilla_teacher
+from mixnb.mixups.vanilla import Vanilla
+from mixnb.report import load_runs, render_report
+from mixnb.runs import is_finished
+from mixnb.sweep import expand, run_sweep
+from mixnb.train import Diverged, Generators, fit
+
+TEST = dict(profile="test", epochs=1, device="cpu")
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: what a crafted checkpoint.pt could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_malicious_checkpoint_runs_no_code(tmp_path):
+    run = tmp_path / "run"
+    fit(RunConfig(method="vanilla", **TEST), run, progress="none")
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Payload(marker)}, run / "checkpoint.pt")
+    with pytest.raises(ValueError, match="holds Python objects.*will not load"):
+        t.load_checkpoint(run / "checkpoint.pt")
+    with pytest.raises(Exception):  # the AttentiveMix+ teacher lookup reads the same file
+        vanilla_teacher(run)
+    (run / "summary.json").unlink()  # resume: the checkpoint is read
+    with pytest.raises(ValueError, match="holds Python objects"):
+        fit(RunConfig(method="vanilla", **TEST), run, progress="none")
+    assert not marker.exists()
+
+
+def test_non_finite_loss_stops_the_run_at_its_first_bad_step(tmp_path, monkeypatch):
+    """Iteration 3 of epoch 2 returns NaN: the run stops naming it, keeps epoch 1's checkpoint, no summary."""
+    real = Vanilla.training_step
+
+    def poisoned(self, model, x, y, ctx):
+        out = real(self, model, x, y, ctx)
+        return StepOutput(out.loss * float("nan"), out.logs) if (ctx.epoch, ctx.step) == (1, 6) else out
+
+    monkeypatch.setattr(Vanilla, "training_step", poisoned)
+    cfg = RunConfig(method="vanilla", profile="test", epochs=3, batch_size=16, log_every=2, device="cpu")
+    with pytest.raises(Diverged, match=r"epoch 2, iteration 3 of the epoch \(step 7 of the run\)"):
+        fit(cfg, tmp_path, progress="none")
+    assert not (tmp_path / "summary.json").exists() and not is_finished(tmp_path)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1  # the last good one
+    assert "iteration 3" in json.loads((tmp_path / "failed.json").read_text())["reason"]
+    with pytest.raises(Diverged, match="stopped before.*delete"):  # not silently retried
+        fit(cfg, tmp_path, progress="none")
+
+
+def test_a_diverged_sweep_run_is_failed_with_its_reason_and_shown_as_diverged(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
+    jobs = expand("test", ["mixup"], epochs=2, sets={"lr": [1e6]})
+    [(job, reason)] = run_sweep(jobs)
+    assert "diverged" in reason and "non-finite" in reason
+    runs = load_runs("test")
+    assert runs.summaries.empty and list(runs.diverged["run"]) == [job.config.run_name()]
+    with pytest.raises(ValueError, match="alpha must be finite"):
+        RunConfig(method="mixup", method_args={"alpha": float("inf")})
+
+
+def test_unreadable_and_corrupt_checkpoints(tmp_path, monkeypatch):
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(args[0]))
+
+    monkeypatch.setattr(t, "open", denied, raising=False)  # root reads anything: fake what chmod 000 does
+    with pytest.raises(OSError, match=r"checkpoint.pt cannot be read \(Permission denied\).*chmod.*Nothing was changed"):
+        t.load_checkpoint(ckpt, move_corrupt=True)
+    monkeypatch.undo()
+    assert ckpt.exists()  # not moved aside
+    for _ in range(2):  # corrupt (empty, then truncated): moved aside, never over an earlier one
+        assert t.load_checkpoint(ckpt, move_corrupt=True) is None and not ckpt.exists()
+        ckpt.write_bytes(b"PK\x03\x04 truncated")
+    assert len(list(tmp_path.glob("checkpoint.pt.corrupt-*"))) == 2
+    fit(RunConfig(method="vanilla", **TEST), tmp_path / "run", progress="none")
+    assert stat.S_IMODE((tmp_path / "run" / "checkpoint.pt").stat().st_mode) == 0o644  # shared like the rest
+
+
+def test_a_report_from_a_folder_full_of_markup_has_none_of_it_live(tmp_path, monkeypatch):
+    evil = "<svg onload=alert(1)>"
+    runs = tmp_path / f"runs{evil}"
+    monkeypatch.setenv("MIXNB_RUNS", str(runs))
+    data = tmp_path / f"data<img src=x onerror=alert(2)>"
+    from mixnb.data import make_sample_dataset
+
+    make_sample_dataset(data, num_classes=4, train_per_class=8, val_per_class=4)
+    fit(RunConfig(method="vanilla", data=str(data), **TEST), runs / "test" / "vanilla", progress="none")
+    foreign = runs / "test" / "vanilla-resnet18-s<seed>"
+    foreign.mkdir()
+    (foreign / "metrics.csv").write_text("epoch\n1\n")
+    (foreign / "summary.json").write_text(json.dumps({"epochs": 1, "method": "<script>alert(3)</script>"}))
+    html = render_report("test").read_text()
+    for live in ("<svg onload", "<img src=x", "<script>alert"):
+        assert live not in html
+    assert "data&lt;img src=x" in html  # shown, escaped
+    assert "<code>vanilla-resnet18-s&lt;seed&gt;</code> unreadable" in html  # the foreign folder named as left out
+
+
+def test_the_sweep_survives_a_crashing_worker_and_the_report_a_broken_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
+    import mixnb.sweep as s
+
+    tried = []
+
+    def execute(job, *, env=None, pass_fds=()):
+        tried.append(job.config.method)
+        if job.config.method == "vanilla":
+            raise OSError(30, "Read-only file system", str(job.run_dir / ".lock"))
+        fit(job.config, job.run_dir, progress="none")
+
+    monkeypatch.setattr(s, "execute", execute)
+    failures = run_sweep(expand("test", ["vanilla", "mixup"], epochs=1))
+    assert tried == ["vanilla", "mixup"]  # the crash did not end the sweep
+    assert [(j.config.method, r) for j, r in failures] == [("vanilla", "OSError: [Errno 30] Read-only file system: "
+                                                           f"'{tmp_path}/test/vanilla-resnet18-s0-ep1/.lock'")]
+    rc = subprocess.run([sys.executable, "-m", "mixnb", "sweep", "--profile", "test", "--methods", "nope"],
+                        capture_output=True, text=True)
+    assert rc.returncode == 2 and "unknown method 'nope'" in rc.stderr and "Traceback" not in rc.stderr
+    mixup = tmp_path / "test" / "mixup-resnet18-s0-ep1"
+    (mixup / "checkpoint.pt").write_bytes(b"")  # a 0-byte checkpoint of a finished run: still in the table
+    assert list(load_runs("test").summaries["method"]) == ["mixup"]
+
+
+def test_rank_and_epoch_streams_are_distinct_and_seeds_fit_the_generator():
+    def draws(rank: int, epoch: int = 0, seed: int = 0) -> list[torch.Tensor]:
+        gens = Generators.from_seed(seed, torch.device("cpu"), rank=rank)
+        if epoch:
+            gens.seed_rank_streams(seed, rank, epoch)
+        return [torch.rand(4, generator=g) for g in (gens.mix, gens.host)]
+
+    a, b, c = draws(0), draws(1), draws(0, epoch=3)
+    assert all(not torch.equal(x, y) for x, y in zip(a, b))  # ranks differ (they were equal)
+    assert all(not torch.equal(x, y) for x, y in zip(a, c))  # a resume with another rank count re-seeds
+    assert all(torch.equal(x, y) for x, y in zip(a, draws(0)))  # and the streams are reproducible
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32\)"):
+        RunConfig(seed=2**32)  # would have been seed 0 again
+
+
+def test_a_finished_run_without_its_checkpoint_is_not_retrained(tmp_path):
+    cfg = RunConfig(method="vanilla", **TEST)
+    summary = fit(cfg, tmp_path, progress="none")
+    (tmp_path / "checkpoint.pt").unlink()
+    before = (tmp_path / "metrics.csv").stat().st_mtime_ns
+    assert fit(cfg, tmp_path, progress="none") == summary
+    assert (tmp_path / "metrics.csv").stat().st_mtime_ns == before
+
+
+def test_temp_files_of_a_killed_write_are_removed_on_the_next_start(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    tmp_path.mkdir(exist_ok=True)
+    stale = [tmp_path / f".{name}.{HOST}-{dead.pid}.x.tmp" for name in ("checkpoint.pt", "metrics.csv")]
+    live = tmp_path / f".checkpoint.pt.{HOST}-{os.getpid()}.y.tmp"
+    for p in (*stale, live):
+        p.write_bytes(b"half")
+    fit(RunConfig(method="vanilla", **TEST), tmp_path, progress="none")
+    assert not any(p.exists() for p in stale) and live.exists()
+
+
+def test_user_errors_print_one_line_and_debug_keeps_the_traceback(tmp_path, capsys):
+    assert main(["prepare", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixnb prepare: error:") and "missing" in err and err.count("\n") == 1
+    with pytest.raises(Exception):
+        main(["--debug", "prepare", str(tmp_path / "missing")])
+    assert main(["train", "--profile", "test", "--set", "min_lr=0.5"]) == 2
+    assert "min_lr 0.5 is above lr 0.2" in capsys.readouterr().err

@@ -65,6 +65,8 @@ CAPTIONS = {  # one line each: what the method does to a pair (the gallery's rea
     "automix": "A MixBlock (attention over a momentum encoder's stage-3 features) predicts a per-pixel mask, "
                "learned with the classifier.",
     "samix": "AutoMix with a λ-aware, non-linear MixBlock and a mask-variance term that pushes masks to 0/1.",
+    "adautomix": "AutoMix's machinery with an adversarial generator: a co-attention block mixes three images, "
+                 "trained in turn to fool the classifier and to help it.",
 }
 MARKS = {  # label marks, as in OpenMixup's table (protocol.md §4)
     "*": "* = an arXiv pre-print reproduced by the OpenMixup authors (protocol.md §4).",
@@ -259,8 +261,9 @@ def _spread_note(gb: GalleryBatch, method: MixMethod, trained: str | None) -> li
         why = (f"the MixBlock of the {trained} has not learned spatial masks yet (its convs start as N(0, 0.01)) "
                f"and gives ≈ {gb.batch.mask.mean():.2f} everywhere, a blend")
     elif learned:
-        why = ("an untrained MixBlock (N(0, 0.01) convs) gives logits ≈ 0 and uniform attention, so m ≈ 0.5 "
-               "everywhere: a 50/50 blend, as at training's first step")
+        share = f"1/{method.mix_samples}" if getattr(method, "mix_samples", 2) > 2 else "0.5"
+        why = (f"an untrained MixBlock (N(0, 0.01) convs) gives logits ≈ 0 and uniform attention, so m ≈ {share} "
+               "everywhere: an even blend, as at training's first step")
     else:
         why = "every block took one label (a blend or one image)"
     return [f"{line}: flat, {why}."]
@@ -336,7 +339,7 @@ def gallery_figure(name: str, method: MixMethod, model: nn.Module, x: Tensor, y:
                       f"column's ({how}; the closest of up to {REDRAWS} draws). λ = the weight of the image's "
                       "label; mask = the image's true pixel share.")
         alpha = getattr(method, "alpha", None)
-        if gb.lam_set and alpha is not None:
+        if gb.lam_set and alpha is not None and getattr(method, "mix_samples", 2) == 2:  # AdAutoMix: normalised Betas
             shape = ("U-shaped: most draws near 0 or 1" if alpha < 1 else "uniform" if alpha == 1 else
                      "peaked at 0.5")
             footer.append(f"In training λ ~ Beta({alpha:g}, {alpha:g}), {shape}.")
@@ -419,25 +422,26 @@ def photo_batch(n: int = 6, size: int = 64) -> tuple[Tensor, Tensor, list[str]]:
     return x, torch.arange(len(names)), names
 
 
-def gallery_parts(name: str, num_classes: int, *, seed: int = 0, run_dir: Path | None = None
-                  ) -> tuple[MixMethod, nn.Module]:
-    """(method, model) of a photo gallery: the method with its protocol defaults on an untrained
-    width-8 ResNet-18 seeded with ``seed``; ``run_dir`` lets AttentiveMix+ find its teacher."""
+def gallery_parts(name: str, num_classes: int, *, seed: int = 0, run_dir: Path | None = None,
+                  **settings: Any) -> tuple[MixMethod, nn.Module]:
+    """(method, model) of a photo gallery: the method with its protocol defaults (``settings`` replacing
+    some) on an untrained width-8 ResNet-18 seeded with ``seed``; ``run_dir`` lets AttentiveMix+ find its
+    teacher."""
     from mixnb.models import build_model
 
     torch.manual_seed(seed)
     model = build_model("resnet18", num_classes=num_classes, width=8).eval()
-    method = get_method(name)
+    method = get_method(name, **settings)
     method.setup(model, cfg=RunConfig(method=name, profile="test", device="cpu"), run_dir=run_dir)
     method.eval()
     return method, model
 
 
 def method_gallery(name: str, x: Tensor, y: Tensor, *, classes: list[str], seed: int = 0,
-                   run_dir: Path | None = None) -> plt.Figure:
+                   run_dir: Path | None = None, **settings: Any) -> plt.Figure:
     """The gallery of method ``name`` on ``x``; model-based methods get an untrained narrow model
     (their masks then show the mechanism at training's first step, not a trained model's choices)."""
-    method, model = gallery_parts(name, len(classes), seed=seed, run_dir=run_dir)
+    method, model = gallery_parts(name, len(classes), seed=seed, run_dir=run_dir, **settings)
     return gallery_figure(name, method, model, x, y, classes=classes, seed=seed, context="photos")
 
 
@@ -450,11 +454,17 @@ def photo_galleries(run_dir: Path | None, *, seed: int = 0, n_images: int = 6,
     x, y, names = photo_batch(n_images)
     out: list[tuple[str, plt.Figure | str]] = []
     for name in methods or list(REGISTRY):
-        try:
-            fig = method_gallery(name, x, y, classes=names, seed=seed, run_dir=run_dir)
-        except (FileNotFoundError, RuntimeError) as err:  # e.g. no AttentiveMix+ teacher on this machine
-            out.append((name, str(err)))
-            continue
-        plt.close(fig)
-        out.append((name, fig))
+        defaults = get_spec(name).defaults
+        # a multi-mode method switches between other methods per step: one gallery per mode, at its alpha
+        parts = ([(f"{name}: {mode} (p {p:g})", mode, {"alpha": a}) for mode, p, a in
+                  zip(defaults["mix_modes"], defaults["mix_prob"], defaults["alphas"])]
+                 if "mix_modes" in defaults else [(name, name, {})])
+        for title, method, settings in parts:
+            try:
+                fig = method_gallery(method, x, y, classes=names, seed=seed, run_dir=run_dir, **settings)
+            except (FileNotFoundError, RuntimeError) as err:  # e.g. no AttentiveMix+ teacher on this machine
+                out.append((title, str(err)))
+                continue
+            plt.close(fig)
+            out.append((title, fig))
     return out

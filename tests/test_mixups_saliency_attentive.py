@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from mixnb.config import RunConfig
 from mixnb.models import build_model
-from mixnb.mixups import REGISTRY, StepContext, get_method, soft_target
+from mixnb.mixups import LOSS_DEFAULTS, REGISTRY, StepContext, get_method, soft_target
 from mixnb.mixups.attentivemix import (
     TEACHER_ENV,
     AttentiveMix,
@@ -163,7 +163,7 @@ def test_saliencymix_without_cv2_saliency_names_the_package(monkeypatch: pytest.
 
 
 def test_saliencymix_registry_and_training_step_backward() -> None:
-    assert REGISTRY["saliencymix"].label == "SaliencyMix" and REGISTRY["saliencymix"].defaults == {"alpha": 1.0}
+    assert REGISTRY["saliencymix"].label == "SaliencyMix" and REGISTRY["saliencymix"].defaults == {"alpha": 1.0, **LOSS_DEFAULTS}
     model = build_model("resnet18", num_classes=4, width=8)
     x, y = _batch(5)
     ctx = StepContext(gen=_gen(0), cpu_gen=_gen(1))
@@ -345,5 +345,5 @@ def test_teacher_from_imagenet_file_via_env_var(monkeypatch: pytest.MonkeyPatch,
 
 def test_attentivemix_registry_entry() -> None:
     spec = REGISTRY["attentivemix"]
-    assert spec.label == "AttentiveMix+" and spec.defaults == {"alpha": 2.0, "teacher_weights": None}
+    assert spec.label == "AttentiveMix+" and spec.defaults == {"alpha": 2.0, "teacher_weights": None, **LOSS_DEFAULTS}
     assert isinstance(get_method("attentivemix"), AttentiveMix)

@@ -11,14 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mixnb.mixups._helpers import mixed_cross_entropy, sample_beta, soft_target
+from mixnb.mixups.adautomix import AdAutoMix
 from mixnb.mixups.attentivemix import AttentiveMix
 from mixnb.mixups.automix import AutoMix
-from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput
+from mixnb.mixups.base import MixedBatch, MixLoss, MixMethod, StepContext, StepOutput
 from mixnb.mixups.cutmix import CutMix
 from mixnb.mixups.fmix import FMix
 from mixnb.mixups.gridmix import GridMix
 from mixnb.mixups.manifoldmix import ManifoldMix
 from mixnb.mixups.mixup import MixUp
+from mixnb.mixups.multimode import MultiMode
 from mixnb.mixups.puzzlemix import PuzzleMix
 from mixnb.mixups.resizemix import ResizeMix
 from mixnb.mixups.saliencymix import SaliencyMix
@@ -39,6 +41,21 @@ class MethodSpec:
     published_alpha: float | None = None  # the alpha printed beside it (None: Vanilla, no alpha)
     reproduced: bool = True  # False = 📖: the original paper's number, not run in OpenMixup
     note: str = ""  # a footnote to the published number
+
+    def __post_init__(self) -> None:
+        if takes_loss_settings(self.cls):  # DecoupleMix's settings join the method's own: one dict, everywhere
+            object.__setattr__(self, "defaults", {**self.defaults, **LOSS_DEFAULTS})
+
+
+# The default training step's loss (base.MixLoss: DecoupleMix off, its eta and form), accepted by every method
+# that uses that step: eta 0.1 is OpenMixup's base decouple configs' (CIFAR-100, ImageNet; no Tiny config).
+LOSS_DEFAULTS: dict[str, Any] = {"decouple": False, "decouple_eta": 0.1, "decouple_form": "openmixup"}
+
+
+def takes_loss_settings(cls: type[MixMethod]) -> bool:
+    """Whether a method's loss is ``MixMethod.training_step``'s (so it takes ``LOSS_DEFAULTS``); Vanilla aside: one
+    class per image makes the regulariser 0, and a setting with no effect would only split run identities."""
+    return cls.training_step is MixMethod.training_step and cls is not Vanilla
 
 
 def _tiny(resnet18: float, resnext50: float) -> dict[str, float]:
@@ -86,6 +103,20 @@ REGISTRY: dict[str, MethodSpec] = {
                           published=_tiny(67.33, 70.72), published_alpha=2.0, note=_HEADS),
     "samix": MethodSpec(SAMix, {**_AUTOMIX, "lam_mul_k": "auto"}, min_lr=0.05, label="SAMix*", auto_compile=False,
                         published=_tiny(68.89, 72.18), published_alpha=2.0, note=_HEADS),
+    # AdAutoMix (methods-more.md §4): the Tiny R-18 config (its RX-50 config: --set min_lr=0.05 and
+    # --arg mixblock_min_lr=0.001) and the published run's mask loss; sweep False: a step costs 1.7x AutoMix's
+    # (CPU, width 8, batch 100, one thread: 2.2 s against 1.3 s; Vanilla 0.4 s)
+    "adautomix": MethodSpec(AdAutoMix, {**_AUTOMIX, "alpha": 1.0, "mix_samples": 3, "lam_margin": 0.03,
+                                        "margin_rule": "authors", "mixup_radio": 0.5, "beta_radio": 0.4,
+                                        "adv_interval": 2, "mixblock_min_lr": 0.0},
+                            min_lr=0.0, label="AdAutoMix", auto_compile=False, sweep=False,
+                            published=_tiny(69.19, 72.89), published_alpha=1.0, reproduced=False,
+                            note="the authors' number (their README), not in OpenMixup's table: R-18 = their log's "
+                                 "median of the EMA one-hot head over epochs 390-400"),
+    # timm's per-batch switch as DeiT's recipe sets it (MixUp alpha 0.8 / CutMix alpha 1.0, switch 0.5; multimode.py);
+    # not in OpenMixup's table, whose Tiny multi-mode config is [mixup, cutmix, vanilla] uniform (methods-more.md §7)
+    "mixup+cutmix": MethodSpec(MultiMode, {"mix_modes": ("mixup", "cutmix"), "mix_prob": (0.5, 0.5),
+                                           "alphas": (0.8, 1.0)}, label="MixUp+CutMix", sweep=False),
 }
 
 
@@ -97,18 +128,26 @@ def get_spec(name: str) -> MethodSpec:
 
 
 def get_method(name: str, **overrides: Any) -> MixMethod:
-    """Build a method with its protocol defaults, ``overrides`` replacing some of them."""
+    """Build a method with its protocol defaults, ``overrides`` replacing some of them; the loss settings
+    (``LOSS_DEFAULTS``) go to its ``mix_loss``, the others to its constructor."""
     spec = get_spec(name)
     unknown = set(overrides) - set(spec.defaults)
     if unknown:
         valid = ", ".join(spec.defaults) or "none"
         raise ValueError(f"method {name!r} has no setting(s) {sorted(unknown)}; its settings: {valid}")
-    return spec.cls(**{**spec.defaults, **overrides})
+    settings = {**spec.defaults, **overrides}
+    loss = {k: settings.pop(k) for k in LOSS_DEFAULTS} if takes_loss_settings(spec.cls) else None
+    method = spec.cls(**settings)
+    if loss is not None:
+        method.mix_loss = MixLoss(**loss)
+    return method
 
 
 __all__ = [
+    "LOSS_DEFAULTS",
     "REGISTRY",
     "MethodSpec",
+    "MixLoss",
     "MixMethod",
     "MixedBatch",
     "StepContext",

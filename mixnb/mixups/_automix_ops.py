@@ -204,3 +204,21 @@ def reference_readout(rows: list[dict[str, Any]], *, record_num: int = 10, bias:
         "reference_epochs": [kept[0]["epoch"], kept[length - 1]["epoch"]],
         "reference_rule": READOUT_RULE,
     }
+
+
+def head_median_readout(rows: list[dict[str, Any]], *, head: str, record_num: int = 10) -> dict[str, Any]:
+    """One head's median top-1 over the epochs >= E - ``record_num`` (E = last epoch, 1-based: 11 rows for
+    (400, 10)), as ``reference_*`` keys; {} when the rows lack the head. The AdAutoMix authors' read-out."""
+    if not rows or any(col not in rows[0] for col in HEAD_COLUMNS.values()):
+        return {}
+    last = max(r["epoch"] for r in rows)
+    kept = [r for r in rows if r["epoch"] >= last - record_num]
+    med = {h: statistics.median(float(r[col]) for r in kept) for h, col in HEAD_COLUMNS.items()}
+    return {
+        "reference_top1": med[head],
+        "reference_head": head,
+        "reference_medians": med,
+        "reference_epochs": [kept[0]["epoch"], kept[-1]["epoch"]],
+        "reference_rule": f"median of the {head} head's top-1 over the epochs >= E - {record_num} (E = last epoch, "
+                          f"1-based): {len(kept)} of them",
+    }

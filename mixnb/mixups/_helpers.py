@@ -115,3 +115,14 @@ def soft_target(y_a: Tensor, y_b: Tensor, lam: Tensor, num_classes: int) -> Tens
     one_a = torch.nn.functional.one_hot(y_a, num_classes).float()
     one_b = torch.nn.functional.one_hot(y_b, num_classes).float()
     return lam * one_a + (1 - lam) * one_b
+
+
+def decoupled_nll(logits: Tensor, y_a: Tensor, y_b: Tensor) -> tuple[Tensor, Tensor]:
+    """(N,) float32 each: -log of y_a's softmax over every class but y_b, and of y_b's over every class but y_a
+    (DecoupleMix's decoupled softmax, ``base.MixLoss``); -log(p_a / (1 - p_b)) by a masked logsumexp, exact
+    where p_b is near 1."""
+    z = logits.float()  # (N, K) float32
+    z_a, z_b = z.gather(1, y_a[:, None]).squeeze(1), z.gather(1, y_b[:, None]).squeeze(1)  # (N,)
+    without_b = z.scatter(1, y_b[:, None], float("-inf")).logsumexp(dim=1)  # (N,) log sum_{k != b} e^z_k
+    without_a = z.scatter(1, y_a[:, None], float("-inf")).logsumexp(dim=1)
+    return without_b - z_a, without_a - z_b

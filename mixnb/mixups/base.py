@@ -4,11 +4,13 @@ A method is an ``nn.Module`` (so learned state such as AutoMix's MixBlock is che
 with it) with one entry point, ``training_step``. Input-space methods only implement
 ``mix``; methods that need the model (ManifoldMix, PuzzleMix, AutoMix, SAMix) override
 ``training_step`` and, where they own parameters or schedules, ``param_groups`` and
-``on_step_end``. See docs/architecture.md.
+``on_step_end``. The default step's loss is ``MixLoss``: the mixed soft cross-entropy, plus
+DecoupleMix's regulariser as an option every such method takes. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mixnb.mixups._helpers import mixed_cross_entropy
+from mixnb.mixups._helpers import decoupled_nll, mixed_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,72 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
     return float(alpha)
 
 
+# --- the default step's loss ---------------------------------------------------------------------------
+
+DECOUPLE_FORMS = ("openmixup", "paper")
+MIXED_EPS = 1e-3  # OpenMixup's soft_mix_cross_entropy: a class takes part in a mix when its target share is > 1e-3
+
+
+@dataclass(frozen=True)
+class MixLoss:
+    """Mixup soft cross-entropy (MCE), plus DecoupleMix's decoupled regulariser when ``decouple``.
+
+    DecoupleMix: Liu, Li et al., "Harnessing Hard Mixed Samples with Decoupled Regularizer", NeurIPS 2023,
+    https://arxiv.org/abs/2203.10761. Code: OpenMixup's ``soft_mix_cross_entropy``
+    (openmixup/models/losses/cross_entropy_loss.py) with ``ClsMixupHead(eta_weight=...)``; methods-more.md §5.
+    For an image mixing classes a != b the regulariser is the NLL of each class under a softmax without the
+    other one, -log(e^z_a / sum_{k != b} e^z_k) and the same for b, so a class can be predicted confidently
+    whatever its share. loss = MCE + sum over rows of (w_a * nll_a + w_b * nll_b) / N.
+
+    Args:
+        decouple: add the regulariser (off: False, the plain MCE bit for bit).
+        decouple_eta: the regulariser's weight eta, > 0 (named apart from PuzzleMix's eta) (default 0.1: OpenMixup's base decouple configs, CIFAR-100 and
+            ImageNet; its per-method CIFAR configs use 0.01-0.5).
+        decouple_form: how eta reaches the two classes.
+            "openmixup" (default: the code behind the authors' published numbers, run in OpenMixup; it has no
+            Tiny-ImageNet DecoupleMix config): weights eta * lam and eta * (1 - lam) (its base configs:
+            eta_weight mode "both", lam_scale_mode "pow", lam_idx 1), handed out in class-index order of the
+            batch's first mixed image: the lam weight goes to that image's lower class index, so in about half
+            of the batches (y_b < y_a there) y_a's term gets eta * (1 - lam) and y_b's eta * lam. No regulariser
+            for same-class pairs, nor in a batch whose lam is exactly 0.5 or within 1e-3 of 0 or 1. A per-sample
+            lam (AttentiveMix+) takes each image's own lam where OpenMixup needs one per batch.
+            "paper": eta on both classes of every image with two classes and 0 < lam < 1: the two-hot
+            regulariser, independent of lam (OpenMixup's head defaults, lam_scale_mode "none"; the paper's
+            equations were not readable here, methods-more.md §5).
+    """
+
+    decouple: bool = False
+    decouple_eta: float = 0.1
+    decouple_form: str = "openmixup"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.decouple, bool):
+            raise ValueError(f"decouple must be true or false, got {self.decouple!r}")
+        if isinstance(self.decouple_eta, bool) or not isinstance(self.decouple_eta, (int, float)) or not 0 < self.decouple_eta < math.inf:
+            raise ValueError(f"decouple_eta must be a finite number > 0 (the decoupled regulariser's weight; OpenMixup's "
+                             f"configs use 0.01 to 0.5), got {self.decouple_eta!r}")
+        if self.decouple_form not in DECOUPLE_FORMS:
+            raise ValueError(f"decouple_form must be one of {', '.join(DECOUPLE_FORMS)}, got {self.decouple_form!r}")
+
+    def __call__(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor) -> Tensor:
+        loss = mixed_cross_entropy(logits, y_a, y_b, lam)
+        return loss + self.regulariser(logits, y_a, y_b, lam) if self.decouple else loss
+
+    def regulariser(self, logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor) -> Tensor:
+        """The decoupled term, () float32, on the device (no host sync)."""
+        nll_a, nll_b = decoupled_nll(logits, y_a, y_b)  # (N,) float32 each
+        lam = lam.float().expand_as(nll_a)  # (N,)
+        pair = y_a != y_b  # (N,) bool: two classes
+        if self.decouple_form == "paper":
+            w_a = w_b = (pair & (lam > 0) & (lam < 1)).float()
+        else:
+            on = pair & (lam > MIXED_EPS) & (1 - lam > MIXED_EPS) & (lam != 1 - lam)  # (N,) bool
+            first = on.int().argmax().view(1)  # (1,) the first mixed image (0 when none: every weight is 0 then)
+            swap = y_a.index_select(0, first) > y_b.index_select(0, first)  # (1,) bool: its y_a has the higher index
+            w_a, w_b = torch.where(swap, 1 - lam, lam) * on, torch.where(swap, lam, 1 - lam) * on
+        return self.decouple_eta * (w_a * nll_a + w_b * nll_b).mean()
+
+
 class MixMethod(nn.Module):
     """Base class. Subclasses set ``name`` and implement ``mix`` or override ``training_step``.
 
@@ -68,6 +136,7 @@ class MixMethod(nn.Module):
     """
 
     name: str = "base"
+    mix_loss: MixLoss = MixLoss()  # the default step's loss; get_method sets it from the DecoupleMix settings
 
     def setup(self, model: nn.Module, *, cfg: Any, run_dir: Path | None) -> None:
         """Build state that depends on the model or the run (EMA copies, teachers); default none."""
@@ -76,9 +145,9 @@ class MixMethod(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} mixes inside training_step; it has no input-space mix")
 
     def training_step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
-        """Default for input-space methods: draw, mix, forward, soft cross-entropy."""
+        """Default for input-space methods: draw, mix, forward, soft cross-entropy (``mix_loss``)."""
         batch = self.mix(x, y, gen=ctx.gen)
-        loss = mixed_cross_entropy(model(batch.x), batch.y_a, batch.y_b, batch.lam)
+        loss = self.mix_loss(model(batch.x), batch.y_a, batch.y_b, batch.lam)
         return StepOutput(loss, {"loss": loss.detach()})
 
     def param_groups(self, model: nn.Module, *, lr: float, min_lr: float) -> list[dict]:

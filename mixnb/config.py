@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mixnb.models import BACKBONES
+from mixnb.models import BACKBONES, INITS
 
 # A profile fixes the data and the model width. "sample" proves the pipeline on a generated
 # dataset on a 2-core CPU in minutes; it does not reproduce the published numbers.
@@ -63,6 +63,8 @@ class RunConfig:
     seed: int = _f(0, "seeds the data-order, augmentation, mixing and init generators (0 <= seed < 2**32)")
     epochs: int | None = _f(None, "None: the profile's (400 for tiny-imagenet)")
     width: int | None = _f(None, "base width of the backbone; None: the profile's (64 = the paper's)")
+    init: str = _f("paper", "backbone init: paper (the 2022 code behind the published numbers: kaiming fan_out, "
+                            "zero-init residual BN) | pytorch (PyTorch's default, OpenMixup HEAD's)", choices=INITS)
     batch_size: int = _f(100, "global batch (protocol.md §1.5)")
     lr: float = _f(0.2, "SGD learning rate (protocol.md §1.5)")
     momentum: float = _f(0.9, "SGD momentum")
@@ -94,7 +96,7 @@ class RunConfig:
         for name in ("epochs", "width"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or None for the profile's), got {getattr(self, name)}")
-        for name, valid in (("compile", COMPILE_MODES), ("precision", PRECISIONS)):
+        for name, valid in (("compile", COMPILE_MODES), ("precision", PRECISIONS), ("init", INITS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
         for name in ("lr", "momentum", "weight_decay", "min_lr"):
@@ -167,7 +169,7 @@ class RunConfig:
     def maths(self) -> dict[str, Any]:
         """Every setting that changes the result and is known without the device or the data, resolved."""
         return {"method": self.method, "method_args": self.full_method_args(), "backbone": self.backbone,
-                "seed": self.seed, "epochs": self.num_epochs, "width": self.model_width,
+                "seed": self.seed, "epochs": self.num_epochs, "width": self.model_width, "init": self.init,
                 "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum,
                 "weight_decay": self.weight_decay, "min_lr": self.floor_lr, "sync_bn": self.sync_bn}
 
@@ -224,14 +226,15 @@ class RunConfig:
 
 
 _TOKENS = {"method_args.alpha": "a", "epochs": "ep", "width": "w", "batch_size": "bs", "lr": "lr", "momentum": "mom",
-           "weight_decay": "wd", "min_lr": "minlr", "sync_bn": "syncbn", "precision": ""}
+           "weight_decay": "wd", "min_lr": "minlr", "sync_bn": "syncbn", "precision": "",
+           "method_args.decouple_eta": "eta"}
 
 
 def _token(key: str, value: Any) -> str | None:
     """``ep100``, ``lr0.1``, ``a0.2``, ``fp32``; None where a readable token could be ambiguous."""
-    if key == "sync_bn":
-        return "syncbn" if value else None
-    if isinstance(value, bool) or key == "data":
+    if isinstance(value, bool):  # sync_bn, DecoupleMix's decouple, ...: the name when on, no<name> when off
+        return ("" if value else "no") + _TOKENS.get(key, key.removeprefix("method_args.").replace("_", ""))
+    if key == "data":
         return None
     prefix = _TOKENS.get(key, key.removeprefix("method_args.").replace("_", ""))
     text = f"{value:g}" if isinstance(value, float) else str(value)

@@ -81,11 +81,28 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     if recorded is None:
         raise RunConflict(f"{run_dir} holds {', '.join(holds)} but no record of its config (written by an older "
                           f"mixnb?); move it away or train into another folder")
-    diff = differences(recorded, identity)
+    diff = {k: v for k, v in differences(recorded, identity).items() if not _new_default(k, v, recorded)}
     if diff:
         shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
         raise RunConflict(f"{run_dir} holds another run ({shown}); train into another folder (the default "
                           f"runs/<profile>/<run name> names each config) or delete that one")
+
+
+def _new_default(key: str, change: tuple[Any, Any], recorded: dict[str, Any]) -> bool:
+    """A setting the record lacks, now at its default (a RunConfig field, or a method setting in the registry):
+    the setting was added to mixnb after the run was written, and its default is what the run did (so adding
+    a setting never orphans finished runs)."""
+    import dataclasses
+
+    from mixnb.config import RunConfig
+    from mixnb.mixups import REGISTRY
+
+    if key.startswith("method_args."):
+        name, spec = key.removeprefix("method_args."), REGISTRY.get(recorded.get("method", ""))
+        return (name not in recorded.get("method_args", {}) and spec is not None and name in spec.defaults
+                and change[1] == json.loads(json.dumps(spec.defaults[name])))
+    fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    return key not in recorded and key in fields and change[1] == fields[key]
 
 
 def mark_failed(run_dir: Path, reason: str, **details: Any) -> None:

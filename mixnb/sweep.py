@@ -315,7 +315,7 @@ def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: i
     outcomes: dict[str, list[Job]] = {"ran": [], "finished elsewhere": [], "running elsewhere": []}
     lock = threading.Condition()
     pending, running = list(todo), []
-    bar = tqdm(total=len(todo), desc=f"sweep {profile}", file=sys.stderr)
+    bar = tqdm(total=len(todo), desc=f"sweep {profile}", file=sys.stderr, disable=None)  # None: off without a TTY
 
     def blocked(job: Job) -> bool:  # its need is still to run here, or running in another sweep
         return (any(job.needs(o) for o in pending + running)

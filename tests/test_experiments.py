@@ -183,3 +183,17 @@ def test_alphas_sweep_reports_the_better_alpha_and_runs_nothing_twice(tmp_path, 
     better = 0.5 if s[0.5] > s[1.0] else 1.0  # ties: the published alpha, 1
     assert benchmark_table(runs.summaries).iloc[0][("R-18", "α")] == f"{better:g} (best of 2)"
     assert len(appendix_table(runs.summaries)) == 2
+
+
+def test_a_setting_added_later_at_its_default_does_not_orphan_a_finished_run(tmp_path):
+    """A run recorded before a method setting existed (here: DecoupleMix's) still reads as itself."""
+    cfg = RunConfig(method="cutmix", **TEST)
+    summary = fit(cfg, tmp_path, progress="none")
+    for name in ("params.json", "summary.json"):
+        record = json.loads((tmp_path / name).read_text())
+        for key in ("decouple", "decouple_eta", "decouple_form"):
+            del record["identity"]["method_args"][key]
+        (tmp_path / name).write_text(json.dumps(record))
+    assert fit(cfg, tmp_path, progress="none")["median_top1"] == summary["median_top1"]
+    with pytest.raises(RunConflict, match="method_args.decouple: None there, True now"):
+        fit(RunConfig(method="cutmix", method_args={"decouple": True}, **TEST), tmp_path, progress="none")

@@ -52,3 +52,19 @@ def test_feature_mix_hook_mixes_after_the_named_stage():
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="valid: resnet18, resnext50"):
         build_model("resnet50", num_classes=10)
+
+
+def test_init_setting_paper_or_pytorch_default():
+    """init="paper" (the 2022 code: zero-init residual BN, fc N(0, 0.01)); "pytorch": the modules' defaults,
+    as OpenMixup HEAD leaves the hand-crafted methods' backbone (protocol.md §1.3)."""
+    from mixnb.config import RunConfig
+
+    torch.manual_seed(0)
+    paper = build_model("resnet18", num_classes=10, width=8)
+    torch.manual_seed(0)
+    default = build_model("resnet18", num_classes=10, width=8, init="pytorch")
+    assert torch.all(paper.layer1[0].bn2.weight == 0) and torch.all(default.layer1[0].bn2.weight == 1)
+    assert paper.fc.weight.std() < 0.02 < default.fc.weight.std()  # N(0, 0.01) vs U(+-1/sqrt(fan_in))
+    assert RunConfig(init="pytorch").maths()["init"] == "pytorch" != RunConfig().maths()["init"]
+    with pytest.raises(ValueError, match="init must be one of paper, pytorch"):
+        RunConfig(init="xavier")

@@ -105,7 +105,7 @@ def test_a_report_from_a_folder_full_of_markup_has_none_of_it_live(tmp_path, mon
     evil = "<svg onload=alert(1)>"
     runs = tmp_path / f"runs{evil}"
     monkeypatch.setenv("MIXNB_RUNS", str(runs))
-    data = tmp_path / f"data<img src=x onerror=alert(2)>"
+    data = tmp_path / "data<img src=x onerror=alert(2)>"
     from mixnb.data import make_sample_dataset
 
     make_sample_dataset(data, num_classes=4, train_per_class=8, val_per_class=4)

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 import mixnb.train as t
-from mixnb.config import RunConfig
 from mixnb.data import DeviceLoader
 from mixnb.sweep import TrainJob, expand, gpu_slots, is_locked, make_executor, minutes, run_lock, submit_sweep, wait_for
 

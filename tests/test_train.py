@@ -36,7 +36,7 @@ def test_summary_and_metrics_files(tmp_path):
     summary = fit(RunConfig(method="cutmix", profile="test", epochs=2, device="cpu"), tmp_path, progress="none")
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["median_top1"] == summary["median_top1"]
-    assert summary["median_window"] == 2 and "fewer than 10" in summary["median_label"]
+    assert summary["median_window"] == 2 and "all 2 epochs" in summary["median_label"]
     for key in ("best_top1", "best_epoch", "last_top1", "seconds_per_epoch", "peak_mem_mb", "config",
                 "environment", "git"):
         assert key in summary
@@ -73,3 +73,14 @@ def test_config_rejects_bad_values():
         RunConfig(profile="imagenet")
     with pytest.raises(ValueError, match="MIXNB_DATA"):
         RunConfig(profile="tiny-imagenet").data_root()
+
+
+def test_median_of_the_last_10_epochs_reads_11_values_as_openmixups_script():
+    """find_classification_val_median.py keeps epochs >= 400 - 10 of mmcv's 1-based val lines: 390..400."""
+    from mixnb.train import summarize
+
+    rows = [{"epoch": e, "top1": float(e), "top5": 0.0, "epoch_seconds": 1.0, "train_seconds": 1.0,
+             "peak_mem_mb": 0.0} for e in range(1, 401)]
+    summary = summarize(rows, RunConfig(profile="tiny-imagenet"), env={}, identity={}, extra={})
+    assert summary["median_window"] == 11 and summary["median_top1"] == 395.0  # one epoch's value, not a mean
+    assert "epochs 390-400" in summary["median_label"]

@@ -2,6 +2,7 @@
 
 from mixnb.models.resnet import (
     BACKBONES,
+    INITS,
     STAGES,
     FeatureMix,
     ResNetCifar,
@@ -12,6 +13,7 @@ from mixnb.models.resnet import (
 
 __all__ = [
     "BACKBONES",
+    "INITS",
     "STAGES",
     "FeatureMix",
     "ResNetCifar",

@@ -1,24 +1,38 @@
 """CIFAR-variant ResNet-18 and ResNeXt-50 (32x4d), as OpenMixup's Tiny-ImageNet benchmark uses them.
 
 Protocol: protocol.md §1.3. A 3x3 stride-1 stem without max-pool, stage strides (1, 2, 2, 2),
-global average pool and one Linear. Initialisation follows the 2022 code the published numbers
-came from (kaiming fan_out, zero-init of each residual branch's last BN, fc N(0, 0.01)), not
-OpenMixup HEAD's PyTorch default (protocol.md §7.1).
+global average pool and one Linear. Initialisation (``init``, a recorded RunConfig setting):
+"paper" (default) follows the 2022 code the published numbers came from (kaiming fan_out, zero-init
+of each residual branch's last BN, fc N(0, 0.01)); "pytorch" is PyTorch's default init, which
+OpenMixup HEAD gives the hand-crafted methods' backbone, since ``MixUpClassification.init_weights``
+calls no backbone init without pretrained weights (AutoMix/SAMix at HEAD still get the paper's;
+protocol.md §1.3, §7.1). The difference is what ``init`` lets one measure.
 
-``forward(x, mix=FeatureMix(...))`` mixes hidden features after a named stage (ManifoldMix);
-``forward_stages`` returns every stage's features without hooks (AttentiveMix, AutoMix).
+``forward(x, mix=FeatureMix(...))`` mixes hidden features after a named stage (ManifoldMix); any
+``StageMix`` plugs in the same way (AlignMix's ``FeatureAlign`` after layer4); ``forward_stages``
+returns every stage's features without hooks (AttentiveMix, AutoMix).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor, nn
 
 STAGES = ("input", "layer1", "layer2", "layer3", "layer4")
+INITS = ("paper", "pytorch")  # the 2022 code's init (the published numbers) | PyTorch's default (OpenMixup HEAD)
+
+
+class StageMix(Protocol):
+    """What ``forward(x, mix=...)`` takes: ``apply`` maps the batch's features after ``stage`` (one of STAGES)."""
+
+    @property
+    def stage(self) -> str: ...
+
+    def apply(self, h: Tensor) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -99,8 +113,11 @@ class ResNetCifar(nn.Module):
         width: int = 64,
         groups: int = 1,
         width_per_group: int = 64,
+        init: str = "paper",
     ) -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         inplanes, stages = width, []
         for i, (n_blocks, stride) in enumerate(zip(layers, (1, 2, 2, 2))):
@@ -113,7 +130,8 @@ class ResNetCifar(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.num_features = inplanes
         self.fc = nn.Linear(inplanes, num_classes)
-        self._init_weights()
+        if init == "paper":  # "pytorch": the modules' own default init, as constructed
+            self._init_weights()
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -143,7 +161,7 @@ class ResNetCifar(nn.Module):
     def forward_head(self, h: Tensor) -> Tensor:
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h, 1), 1))  # (N, num_classes)
 
-    def forward(self, x: Tensor, mix: FeatureMix | None = None) -> Tensor:
+    def forward(self, x: Tensor, mix: StageMix | None = None) -> Tensor:
         if mix is not None and mix.stage == "input":
             x = mix.apply(x)
         h = self.stem(x)  # (N, width, 64, 64)
@@ -154,12 +172,13 @@ class ResNetCifar(nn.Module):
         return self.forward_head(h)
 
 
-def resnet18_cifar(num_classes: int = 200, width: int = 64) -> ResNetCifar:
-    return ResNetCifar(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, width=width)
+def resnet18_cifar(num_classes: int = 200, width: int = 64, init: str = "paper") -> ResNetCifar:
+    return ResNetCifar(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, width=width, init=init)
 
 
-def resnext50_32x4d_cifar(num_classes: int = 200, width: int = 64) -> ResNetCifar:
-    return ResNetCifar(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, width=width, groups=32, width_per_group=4)
+def resnext50_32x4d_cifar(num_classes: int = 200, width: int = 64, init: str = "paper") -> ResNetCifar:
+    return ResNetCifar(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, width=width, groups=32, width_per_group=4,
+                       init=init)
 
 
 BACKBONES: dict[str, Callable[..., ResNetCifar]] = {
@@ -168,8 +187,8 @@ BACKBONES: dict[str, Callable[..., ResNetCifar]] = {
 }
 
 
-def build_model(backbone: str, *, num_classes: int, width: int = 64) -> ResNetCifar:
+def build_model(backbone: str, *, num_classes: int, width: int = 64, init: str = "paper") -> ResNetCifar:
     """Build a backbone by name; unknown names fail with the valid ones."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; valid: {', '.join(BACKBONES)}")
-    return BACKBONES[backbone](num_classes=num_classes, width=width)
+    return BACKBONES[backbone](num_classes=num_classes, width=width, init=init)

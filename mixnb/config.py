@@ -78,6 +78,9 @@ class RunConfig:
     precision: str = _f("auto", "autocast; auto = bf16 where the device computes it natively (CUDA, AMX CPUs)",
                         choices=PRECISIONS)
     sync_bn: bool = _f(False, "multi-GPU runs: BatchNorm over the global batch; False = per GPU (the reference)")
+    bn_groups: int | None = _f(None, "BatchNorm statistics per this many equal groups of the global batch (2: the "
+                                     "reference's 2 GPUs x 50 on one GPU); None: the method's (2 for RX-50 "
+                                     "AutoMix/SAMix, else 1)")
     eval_batch_size: int = _f(1000, "evaluation batch (no effect on the result)")
     log_every: int = _f(50, "iterations between host reads of the running loss")
 
@@ -93,7 +96,7 @@ class RunConfig:
         for name in ("batch_size", "eval_batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("epochs", "width"):
+        for name in ("epochs", "width", "bn_groups"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or None for the profile's), got {getattr(self, name)}")
         for name, valid in (("compile", COMPILE_MODES), ("precision", PRECISIONS), ("init", INITS)):
@@ -105,6 +108,12 @@ class RunConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.sync_bn and self.batchnorm_groups > 1:
+            raise ValueError(f"sync_bn=True normalises over the global batch; bn_groups={self.batchnorm_groups} "
+                             f"asks for groups of it: set one of them")
+        if self.batch_size % self.batchnorm_groups:
+            raise ValueError(f"batch_size {self.batch_size} does not split into bn_groups={self.batchnorm_groups} "
+                             f"equal groups")
         if self.min_lr is not None and self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}: the cosine would rise; use min_lr <= lr")
         params = 11.3e6 * (self.model_width / 64) ** 2 * (2.1 if self.backbone == "resnext50" else 1)
@@ -155,6 +164,12 @@ class RunConfig:
         return self.width if self.width is not None else PROFILES[self.profile]["width"]
 
     @property
+    def batchnorm_groups(self) -> int:
+        from mixnb.mixups import get_spec
+
+        return self.bn_groups if self.bn_groups is not None else get_spec(self.method).bn_groups.get(self.backbone, 1)
+
+    @property
     def floor_lr(self) -> float:
         from mixnb.mixups import get_spec
 
@@ -171,7 +186,8 @@ class RunConfig:
         return {"method": self.method, "method_args": self.full_method_args(), "backbone": self.backbone,
                 "seed": self.seed, "epochs": self.num_epochs, "width": self.model_width, "init": self.init,
                 "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum,
-                "weight_decay": self.weight_decay, "min_lr": self.floor_lr, "sync_bn": self.sync_bn}
+                "weight_decay": self.weight_decay, "min_lr": self.floor_lr, "sync_bn": self.sync_bn,
+                "bn_groups": self.batchnorm_groups}
 
     def identity(self, device: torch.device, dataset: dict[str, Any]) -> dict[str, Any]:
         """What makes two runs the same run: ``maths()`` plus precision, device type and the dataset
@@ -225,9 +241,13 @@ class RunConfig:
         return root
 
 
+# Maths settings added after runs were first recorded, with the value every earlier run had: a record without
+# one is the same run when the setting is at that value (mixnb.runs.check_identity).
+ADDED_SETTINGS = {"init": "paper", "bn_groups": 1}
+
 _TOKENS = {"method_args.alpha": "a", "epochs": "ep", "width": "w", "batch_size": "bs", "lr": "lr", "momentum": "mom",
            "weight_decay": "wd", "min_lr": "minlr", "sync_bn": "syncbn", "precision": "",
-           "method_args.decouple_eta": "eta"}
+           "method_args.decouple_eta": "eta", "bn_groups": "bng"}
 
 
 def _token(key: str, value: Any) -> str | None:

@@ -82,6 +82,13 @@ def check_world_size(cfg: RunConfig, world: int, device: torch.device, n_train: 
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes: "
                          f"use a process count that divides it")
+    if cfg.batchnorm_groups > 1 and world > 1 and cfg.batchnorm_groups % world:
+        raise ValueError(f"bn_groups {cfg.batchnorm_groups} does not split over {world} processes: with per-process "
+                         f"BN each process is at least one group; use a process count that divides it")
+    groups = max(cfg.batchnorm_groups // world, 1)
+    if groups > 1 and (n_train % cfg.batch_size) // world % groups:
+        raise ValueError(f"the last batch ({n_train % cfg.batch_size} images) does not split into bn_groups="
+                         f"{cfg.batchnorm_groups} equal groups; use a batch size that leaves a divisible last batch")
     if cfg.sync_bn and world > 1 and device.type != "cuda":
         raise ValueError("sync_bn=True needs CUDA: torch's SyncBatchNorm does not run on the CPU (gloo)")
     if world > 1 and (0 < n_train % cfg.batch_size < world or n_val < world):

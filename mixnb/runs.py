@@ -89,20 +89,17 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
 
 
 def _new_default(key: str, change: tuple[Any, Any], recorded: dict[str, Any]) -> bool:
-    """A setting the record lacks, now at its default (a RunConfig field, or a method setting in the registry):
-    the setting was added to mixnb after the run was written, and its default is what the run did (so adding
-    a setting never orphans finished runs)."""
-    import dataclasses
-
-    from mixnb.config import RunConfig
+    """A setting the record lacks, now at the value earlier runs had (``ADDED_SETTINGS``, or a method setting's
+    registry default): the setting was added to mixnb after the run was written, and that value is what the run
+    did (so adding a setting never orphans finished runs)."""
+    from mixnb.config import ADDED_SETTINGS
     from mixnb.mixups import REGISTRY
 
     if key.startswith("method_args."):
         name, spec = key.removeprefix("method_args."), REGISTRY.get(recorded.get("method", ""))
         return (name not in recorded.get("method_args", {}) and spec is not None and name in spec.defaults
                 and change[1] == json.loads(json.dumps(spec.defaults[name])))
-    fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-    return key not in recorded and key in fields and change[1] == fields[key]
+    return key not in recorded and key in ADDED_SETTINGS and change[1] == ADDED_SETTINGS[key]
 
 
 def mark_failed(run_dir: Path, reason: str, **details: Any) -> None:

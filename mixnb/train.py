@@ -60,6 +60,7 @@ from mixnb.distributed import (DistributedModel, all_reduce_, average_buffers_, 
 from mixnb.io import atomic_torch_save, atomic_write_text, environment, git_state, remove_stale_temps, write_json
 from mixnb.mixups import MixMethod, StepContext, StepOutput, get_method, get_spec
 from mixnb.models import build_model
+from mixnb.models.groupbn import group_batchnorm_
 from mixnb.runs import (CHECKPOINT, FAILED, METRICS, PARAMS, SUMMARY, RunConflict, check_identity, failure,
                         is_finished, mark_failed, read_summary)
 
@@ -275,11 +276,14 @@ def build_parts(
     model = build_model(cfg.backbone, num_classes=num_classes, width=cfg.model_width, init=cfg.init)
     if cfg.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    groups = max(cfg.batchnorm_groups // world, 1)  # BN groups of this rank's slice (its own BN is one of them)
+    group_batchnorm_(model, groups)
     model = model.to(device)
     if on_cuda:
         model = model.to(memory_format=torch.channels_last)  # +20-50% for bf16 convs (performance.md §8.3)
     method = get_method(cfg.method, **cfg.method_args)
-    method.setup(model, cfg=cfg, run_dir=run_dir)
+    method.setup(model, cfg=cfg, run_dir=run_dir)  # an EMA copy of the model copies its grouped BN
+    group_batchnorm_(method, groups)  # the method's own BN (SAMix's value neck), per group as per GPU
     method.to(device)
     groups = method.param_groups(model, lr=cfg.lr, min_lr=cfg.floor_lr)
     for g in groups:

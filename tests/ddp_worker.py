@@ -85,7 +85,10 @@ def main(out: Path) -> None:
         t.fit(RunConfig(method=method, profile="test", epochs=epochs, device="cpu"), out / method, progress="none")
         torch.save(captured, out / method / f"rank{rank}.pt")
 
-    # 4. settings that cannot run on 2 CPU processes fail clearly
+    # 4. per-rank BN in fp32, for the single-process bn_groups=2 run that must equal it
+    t.fit(vanilla(), out / "perrank", progress="none")
+
+    # 5. settings that cannot run on 2 CPU processes fail clearly
     errors = {}
     for name, cfg in {"batch": vanilla(batch_size=99), "sync_bn": vanilla(sync_bn=True)}.items():
         try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from mixnb.mixups._helpers import mixed_cross_entropy, sample_beta, soft_target
 from mixnb.mixups.adautomix import AdAutoMix
+from mixnb.mixups.alignmix import AlignMix
 from mixnb.mixups.attentivemix import AttentiveMix
 from mixnb.mixups.automix import AutoMix
 from mixnb.mixups.base import MixedBatch, MixLoss, MixMethod, StepContext, StepOutput
@@ -37,6 +38,7 @@ class MethodSpec:
     label: str = ""  # the name in the benchmark table
     auto_compile: bool = True  # RunConfig.compile="auto" compiles on CUDA; False where make bench found it slower
     sweep: bool = True  # in the default sweep (METHODS unset); False: only with METHODS=all or by name
+    bn_groups: dict[str, int] = field(default_factory=dict)  # backbone -> BN groups of the batch (default 1)
     published: dict[str, float] = field(default_factory=dict)  # Tiny-ImageNet top-1 (%) by backbone (protocol.md §4)
     published_alpha: float | None = None  # the alpha printed beside it (None: Vanilla, no alpha)
     reproduced: bool = True  # False = 📖: the original paper's number, not run in OpenMixup
@@ -66,6 +68,7 @@ def _tiny(resnet18: float, resnext50: float) -> dict[str, float]:
 # iterations, lam margin 0.08, mask loss 0.1 with margin 0.1, MixBlock lr 0.1 -> 1e-3.
 _AUTOMIX = {"alpha": 2.0, "momentum": 0.999, "end_momentum": 0.999999, "momentum_warmup": 0.1, "lam_margin": 0.08,
             "mask_loss": 0.1, "mask_margin": 0.1, "mixblock_lr": 0.1, "mixblock_min_lr": 1e-3}
+_2X50 = {"resnext50": 2}  # OpenMixup trains these RX-50 rows on 2 GPUs x 50 with per-GPU BN (protocol.md §1.5)
 _HEADS = "OpenMixup read out the best of 4 heads (EMA included) by median (protocol.md §1.7)"
 
 # OpenMixup's Tiny-ImageNet table order; published = its page (docs/en/model_zoos/Mixup_sup.md, protocol.md §4)
@@ -97,11 +100,20 @@ REGISTRY: dict[str, MethodSpec] = {
                                     "cut_area_ratio": (0.5, 1.0), "cut_aspect_ratio": (0.5, 2.0)}, label="GridMix",
                           published=_tiny(65.14, 66.53), published_alpha=0.2,
                           note="GridMixup's holes in a crop, not the paper's local-context loss"),
+    # AlignMix (methods-more.md §3): OpenMixup's Tiny config, ManifoldMix (alpha 2, {input, layer1, layer2}) or
+    # AlignMix on the layer-4 map, uniform per step; sweep False: the Sinkhorn step is not in the sample sweep's budget
+    "alignmix": MethodSpec(AlignMix, {"alpha": 2.0, "manifold_alpha": None, "layers": ("input", "layer1", "layer2"),
+                                      "align_prob": 0.5, "eps": 0.1, "max_iter": 100, "tol": 0.1},
+                           label="AlignMix", sweep=False, published={"resnet18": 66.87}, published_alpha=2.0,
+                           reproduced=False,
+                           note="the authors' number (their README; official code, PreAct ResNet-18, 1200 epochs, best "
+                                "epoch: the median of its last 10 is 65.24), another protocol; not run in OpenMixup"),
     # auto_compile False: only ``model(x)`` is compiled, their encoder-k and forward_stages passes stay eager, and
     # with CUDA graphs the R-18 step measured 34.8 ms (AutoMix) against 29.0 ms eager (H100, BENCHMARKS.md)
-    "automix": MethodSpec(AutoMix, dict(_AUTOMIX), min_lr=0.05, label="AutoMix", auto_compile=False,
+    "automix": MethodSpec(AutoMix, dict(_AUTOMIX), min_lr=0.05, label="AutoMix", auto_compile=False, bn_groups=_2X50,
                           published=_tiny(67.33, 70.72), published_alpha=2.0, note=_HEADS),
     "samix": MethodSpec(SAMix, {**_AUTOMIX, "lam_mul_k": "auto"}, min_lr=0.05, label="SAMix*", auto_compile=False,
+                        bn_groups=_2X50,
                         published=_tiny(68.89, 72.18), published_alpha=2.0, note=_HEADS),
     # AdAutoMix (methods-more.md §4): the Tiny R-18 config (its RX-50 config: --set min_lr=0.05 and
     # --arg mixblock_min_lr=0.001) and the published run's mask loss; sweep False: a step costs 1.7x AutoMix's

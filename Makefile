@@ -17,6 +17,7 @@ GRID ?=
 DRY_RUN ?=
 GPUS ?=
 GPUS_PER_RUN ?= 1
+RUNS_PER_GPU ?= 1
 EXECUTOR ?= local-slots
 PARTITION ?=
 ACCOUNT ?=
@@ -37,7 +38,7 @@ SWEEP_ARGS = --profile $(PROFILE) \
 	$(if $(GRID),--grid $(GRID)) \
 	$(if $(filter-out 0,$(DRY_RUN)),--dry-run) \
 	$(if $(GPUS),--gpus $(GPUS)) \
-	--gpus-per-run $(GPUS_PER_RUN) --executor $(EXECUTOR) --wait $(WAIT) \
+	--gpus-per-run $(GPUS_PER_RUN) --runs-per-gpu $(RUNS_PER_GPU) --executor $(EXECUTOR) --wait $(WAIT) \
 	$(if $(PARTITION),--partition $(PARTITION)) \
 	$(if $(ACCOUNT),--account $(ACCOUNT)) \
 	$(if $(QOS),--qos $(QOS)) \

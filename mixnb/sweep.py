@@ -260,13 +260,18 @@ def failure_reason(run_dir: Path) -> str:
     return f"papermill failed; see {run_dir / 'papermill.log'}"
 
 
-def gpu_slots(gpus: list[str] | None, gpus_per_run: int) -> list[dict[str, str]]:
-    """One environment per concurrent job: GPUS split into groups of ``gpus_per_run``; [{}] without GPUS."""
+def gpu_slots(gpus: list[str] | None, gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict[str, str]]:
+    """One environment per concurrent job: GPUS split into groups of ``gpus_per_run``, each group taken by
+    ``runs_per_gpu`` jobs at once (small batches leave a large GPU under-occupied; one run's host work overlaps
+    another's device work); [{}] without GPUS."""
+    if runs_per_gpu < 1:
+        raise ValueError(f"RUNS_PER_GPU must be >= 1, got {runs_per_gpu}")
     if not gpus:
         return [{}]
     if len(gpus) % gpus_per_run:
         raise ValueError(f"GPUS={','.join(gpus)} does not split into groups of GPUS_PER_RUN={gpus_per_run}")
-    return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i:i + gpus_per_run])} for i in range(0, len(gpus), gpus_per_run)]
+    groups = [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i:i + gpus_per_run])} for i in range(0, len(gpus), gpus_per_run)]
+    return [dict(g) for _ in range(runs_per_gpu) for g in groups]
 
 
 # ----------------------------------------------------------------------------- plan
@@ -302,11 +307,12 @@ def check_datasets(jobs: list[Job], *, strict: bool = True) -> dict[Path, str]:
 
 
 # ----------------------------------------------------------------------------- local slots
-def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: int = 1) -> list[tuple[Job, str]]:
-    """Run every unfinished job, one per GPU group at a time (or one at a time); returns the failures
-    (job, one-line reason). Every exception of a job is caught: the others are still tried."""
+def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: int = 1,
+              runs_per_gpu: int = 1) -> list[tuple[Job, str]]:
+    """Run every unfinished job, ``runs_per_gpu`` per GPU group at a time (or one at a time); returns the
+    failures (job, one-line reason). Every exception of a job is caught: the others are still tried."""
     profile = jobs[0].config.profile if jobs else "?"
-    slots = gpu_slots(gpus, gpus_per_run)
+    slots = gpu_slots(gpus, gpus_per_run, runs_per_gpu)
     status = check_datasets(jobs)
     failures: list[tuple[Job, str]] = [(j, status[j.run_dir]) for j in jobs if status[j.run_dir].startswith("conflict")]
     todo = [j for j in jobs if status[j.run_dir] == "to run"]
@@ -503,6 +509,7 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="list the runs, which are finished, and their GPU time")
     p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one job per GPU (group) at a time")
     p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs (DDP processes) per run, through torchrun")
+    p.add_argument("--runs-per-gpu", type=int, default=1, help="local-slots: jobs sharing each GPU (group) at once")
     p.add_argument("--executor", default="local-slots", choices=["local-slots", "local", "slurm"],
                    help="local-slots: in this process, one job per GPU group at a time; local / slurm: submitit")
     p.add_argument("--partition", default=None, help="slurm: partition")
@@ -525,7 +532,8 @@ def sweep_from_args(args: argparse.Namespace) -> int:
         print(dry_run(jobs))
         return 0
     if args.executor == "local-slots":
-        failures = run_sweep(jobs, gpus=_split(args.gpus), gpus_per_run=args.gpus_per_run)
+        failures = run_sweep(jobs, gpus=_split(args.gpus), gpus_per_run=args.gpus_per_run,
+                             runs_per_gpu=args.runs_per_gpu)
     else:
         submitted, failures = submit_sweep(jobs, executor=args.executor, gpus=_split(args.gpus),
                                            gpus_per_run=args.gpus_per_run, partition=args.partition,

@@ -200,6 +200,7 @@ def test_a_lock_dies_with_its_holder(tmp_path):
 def test_gpu_groups_and_time_limits():
     assert gpu_slots(["0", "1", "2", "3"], 2) == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
     assert gpu_slots(None, 4) == [{}]
+    assert gpu_slots(["0", "1"], 1, runs_per_gpu=2) == [{"CUDA_VISIBLE_DEVICES": g} for g in ("0", "1", "0", "1")]
     with pytest.raises(ValueError, match="GPUS_PER_RUN=2"):
         gpu_slots(["0", "1", "2"], 2)
     assert [minutes(v) for v in ("90", "2:00", "2:00:30", "1-12", "1-00:30:00")] == [90, 120, 121, 2160, 1470]

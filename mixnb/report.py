@@ -173,6 +173,17 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
     return table
 
 
+def bold_best(table: pd.DataFrame) -> Any:
+    """``benchmark_table`` as an HTML Styler: the best number of each top-1 column in bold, every cell escaped."""
+    def best(col: pd.Series) -> list[str]:
+        values = pd.to_numeric(col.str.split(" ").str[0], errors="coerce")
+        return ["font-weight: bold" if v == values.max() else "" for v in values]
+
+    top1 = [c for c in table.columns if c[-1] == "top-1"]
+    styler = table.style.format(escape="html").format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+    return styler.apply(best, subset=top1)
+
+
 def tidy_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """The main table as data: one row per (method, settings, backbone) at its best alpha, in protocol order."""
     if summaries.empty:

@@ -65,6 +65,8 @@ CAPTIONS = {  # one line each: what the method does to a pair (the gallery's rea
     "automix": "A MixBlock (attention over a momentum encoder's stage-3 features) predicts a per-pixel mask, "
                "learned with the classifier.",
     "samix": "AutoMix with a λ-aware, non-linear MixBlock and a mask-variance term that pushes masks to 0/1.",
+    "alignmix": "Per step, ManifoldMix or AlignMix: a Sinkhorn plan between the two layer-4 maps moves the "
+                "partner's features onto the image's positions, then blends them; shown on 8×8-px cells.",
     "adautomix": "AutoMix's machinery with an adversarial generator: a co-attention block mixes three images, "
                  "trained in turn to fool the classifier and to help it.",
 }

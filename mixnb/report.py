@@ -20,7 +20,7 @@ import pandas as pd
 from mixnb.config import PROFILES, PROTOCOL, RunConfig
 from mixnb.mixups import REGISTRY, get_spec
 from mixnb.paths import KERNEL, NOTEBOOKS, reports_root, runs_root
-from mixnb.runs import METRICS, PARAMS, failure, is_finished, metric_rows, read_summary
+from mixnb.runs import METRICS, PARAMS, complete_identity, failure, is_finished, metric_rows, read_summary
 
 BACKBONE_LABELS = {"resnet18": "R-18", "resnext50": "RX-50"}
 
@@ -69,7 +69,7 @@ def _summary_row(run_dir: Path) -> dict[str, Any]:
     """One run's summary.json flattened, with its resolved settings and the key that pools its seeds."""
     s = read_summary(run_dir) or {}
     cfg = RunConfig.from_dict(s["config"])
-    identity = s["identity"]
+    identity = complete_identity(s["identity"])
     flat = {k: v for k, v in s.items() if not isinstance(v, dict)}
     flat.update(run_dir=str(run_dir), device_name=s.get("environment", {}).get("device_name"),
                 torch=s.get("environment", {}).get("torch"), commit=s.get("git", {}).get("commit"),

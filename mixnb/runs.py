@@ -81,25 +81,25 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     if recorded is None:
         raise RunConflict(f"{run_dir} holds {', '.join(holds)} but no record of its config (written by an older "
                           f"mixnb?); move it away or train into another folder")
-    diff = {k: v for k, v in differences(recorded, identity).items() if not _new_default(k, v, recorded)}
+    diff = differences(complete_identity(recorded), identity)
     if diff:
         shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
         raise RunConflict(f"{run_dir} holds another run ({shown}); train into another folder (the default "
                           f"runs/<profile>/<run name> names each config) or delete that one")
 
 
-def _new_default(key: str, change: tuple[Any, Any], recorded: dict[str, Any]) -> bool:
-    """A setting the record lacks, now at the value earlier runs had (``ADDED_SETTINGS``, or a method setting's
-    registry default): the setting was added to mixnb after the run was written, and that value is what the run
-    did (so adding a setting never orphans finished runs)."""
+def complete_identity(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded identity with the settings added to mixnb after it was written filled in at the value that run
+    had (``ADDED_SETTINGS``; a method setting's registry default): so adding a setting never orphans a run,
+    and the report pools it with the runs written since."""
     from mixnb.config import ADDED_SETTINGS
     from mixnb.mixups import REGISTRY
 
-    if key.startswith("method_args."):
-        name, spec = key.removeprefix("method_args."), REGISTRY.get(recorded.get("method", ""))
-        return (name not in recorded.get("method_args", {}) and spec is not None and name in spec.defaults
-                and change[1] == json.loads(json.dumps(spec.defaults[name])))
-    return key not in recorded and key in ADDED_SETTINGS and change[1] == ADDED_SETTINGS[key]
+    out = {**ADDED_SETTINGS, **recorded}
+    spec = REGISTRY.get(recorded.get("method", ""))
+    if spec is not None and isinstance(recorded.get("method_args"), dict):
+        out["method_args"] = {**json.loads(json.dumps(spec.defaults)), **recorded["method_args"]}
+    return out
 
 
 def mark_failed(run_dir: Path, reason: str, **details: Any) -> None:

@@ -195,5 +195,5 @@ def test_a_setting_added_later_at_its_default_does_not_orphan_a_finished_run(tmp
             del record["identity"]["method_args"][key]
         (tmp_path / name).write_text(json.dumps(record))
     assert fit(cfg, tmp_path, progress="none")["median_top1"] == summary["median_top1"]
-    with pytest.raises(RunConflict, match="method_args.decouple: None there, True now"):
+    with pytest.raises(RunConflict, match="method_args.decouple: False there, True now"):
         fit(RunConfig(method="cutmix", method_args={"decouple": True}, **TEST), tmp_path, progress="none")

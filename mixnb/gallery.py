@@ -464,7 +464,7 @@ def photo_galleries(run_dir: Path | None, *, seed: int = 0, n_images: int = 6,
         for title, method, settings in parts:
             try:
                 fig = method_gallery(method, x, y, classes=names, seed=seed, run_dir=run_dir, **settings)
-            except (FileNotFoundError, RuntimeError) as err:  # e.g. no AttentiveMix+ teacher on this machine
+            except (OSError, RuntimeError, ValueError) as err:  # e.g. no (readable) AttentiveMix+ teacher
                 out.append((title, str(err)))
                 continue
             plt.close(fig)

@@ -263,7 +263,8 @@ def _fake_vanilla_run(runs: Path, seed: int, *, finished: bool = True) -> torch.
         bn.running_mean.uniform_(-0.1, 0.1)
         bn.weight.data.uniform_(0.5, 1.5)
     cfg = RunConfig(method="vanilla", profile="test", seed=seed)
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict()}, run / "checkpoint.pt")
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "identity": {}, "rows": [], "epoch": 1},
+               run / "checkpoint.pt")
     if finished:
         (run / "metrics.csv").write_text("epoch,top1\n1,1.0\n")
         (run / "summary.json").write_text(json.dumps({"epochs": 1, "top1": 1.0}))

@@ -14,6 +14,7 @@ import torch
 import mixnb.train as t
 from mixnb.__main__ import main
 from mixnb.config import RunConfig
+from mixnb.gallery import photo_galleries
 from mixnb.io import HOST
 from mixnb.mixups import StepOutput
 from mixnb.mixups.attentivemix import vanilla_teacher
@@ -144,6 +145,11 @@ def test_the_sweep_survives_a_crashing_worker_and_the_report_a_broken_checkpoint
     mixup = tmp_path / "test" / "mixup-resnet18-s0-ep1"
     (mixup / "checkpoint.pt").write_bytes(b"")  # a 0-byte checkpoint of a finished run: still in the table
     assert list(load_runs("test").summaries["method"]) == ["mixup"]
+    vanilla = tmp_path / "test" / "vanilla-resnet18-s0"  # ... and a broken teacher: the gallery says why
+    fit(RunConfig(method="vanilla", **TEST), vanilla, progress="none")
+    (vanilla / "checkpoint.pt").write_bytes(b"")
+    [(_, why)] = photo_galleries(tmp_path / "test" / "gallery", methods=["attentivemix"], n_images=2)
+    assert isinstance(why, str) and "checkpoint.pt is corrupt" in why
 
 
 def test_rank_and_epoch_streams_are_distinct_and_seeds_fit_the_generator():

@@ -139,7 +139,13 @@ def vanilla_teacher(run: Path) -> Teacher:
     from mixnb.config import RunConfig
     from mixnb.models import build_model
 
-    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    from mixnb.train import load_checkpoint
+
+    ckpt = load_checkpoint(run / "checkpoint.pt")  # weights only; unreadable or foreign files fail naming the path
+    if ckpt is None:
+        raise RuntimeError(f"{run / 'checkpoint.pt'} is corrupt (truncated or not a checkpoint), so the Vanilla run "
+                           f"cannot be the AttentiveMix+ teacher; retrain it (delete {run}) or set "
+                           f"MIXNB_ATTENTIVEMIX_TEACHER")
     state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}  # torch.compile prefix
     cfg = RunConfig.from_dict(ckpt["config"])
     model = build_model(cfg.backbone, num_classes=state["fc.weight"].shape[0], width=cfg.model_width)

@@ -6,6 +6,7 @@ HTML report.
 
 import json
 import re
+from urllib.parse import unquote
 import subprocess
 import sys
 
@@ -79,6 +80,9 @@ def test_sweep_then_report_end_to_end():
     assert text.count("data:image/png;base64") >= 3  # curves + galleries embedded: self-contained
     assert "from mixnb" not in text  # no code cells
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", text) and "<script" not in text  # works offline
+    links = re.findall(r'href="(runs/[^"]+)"', text)
+    assert len(links) == 2 and all((html.parent / unquote(link)).is_file() for link in links)  # run pages, relative
+    assert (html.parent / "runs" / job.run_dir.name / "params.json").is_file()
     exported = pd.read_csv(html.parent / "benchmark.csv").set_index("method")["top1_mean"]
     summaries = load_runs("test").summaries.set_index("method")["median_top1"]
     assert exported["CutMix"] == round(summaries["cutmix"], 2) and exported["Vanilla"] == round(summaries["vanilla"], 2)
@@ -111,3 +115,15 @@ def _env() -> dict:
     import os
 
     return dict(os.environ)
+
+
+def test_report_commands_explain_themselves(tmp_path, monkeypatch):
+    """No runs: a page that says how to get some; an unknown profile: the valid names, no folder made."""
+    from mixnb.report import Runs, benchmark_table, header_html
+
+    empty = Runs(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), [])
+    assert "Runs: 0 finished" in header_html(empty, "sample") and benchmark_table(pd.DataFrame()).empty
+    monkeypatch.setenv("MIXNB_REPORTS", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown profile 'smaple'; valid: tiny-imagenet, sample, test"):
+        render_report("smaple")
+    assert not (tmp_path / "smaple").exists()

@@ -15,6 +15,7 @@ SET ?=
 ARGS ?=
 GRID ?=
 DRY_RUN ?=
+ANALYSIS ?= 1
 GPUS ?=
 GPUS_PER_RUN ?= 1
 RUNS_PER_GPU ?= 1
@@ -37,6 +38,7 @@ SWEEP_ARGS = --profile $(PROFILE) \
 	$(if $(ARGS),--arg $(ARGS)) \
 	$(if $(GRID),--grid $(GRID)) \
 	$(if $(filter-out 0,$(DRY_RUN)),--dry-run) \
+	$(if $(filter 0,$(ANALYSIS)),--no-analysis) \
 	$(if $(GPUS),--gpus $(GPUS)) \
 	--gpus-per-run $(GPUS_PER_RUN) --runs-per-gpu $(RUNS_PER_GPU) --executor $(EXECUTOR) --wait $(WAIT) \
 	$(if $(PARTITION),--partition $(PARTITION)) \
@@ -44,7 +46,7 @@ SWEEP_ARGS = --profile $(PROFILE) \
 	$(if $(QOS),--qos $(QOS)) \
 	$(if $(TIME),--time $(TIME))
 
-.PHONY: install sweep report test bench lab
+.PHONY: install sweep report analyze test bench lab
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -68,6 +70,9 @@ endif
 
 report: $(STAMP)
 	$(PY) -m mixnb report --profile $(PROFILE)
+
+analyze: $(STAMP)
+	$(PY) -m mixnb analyze --profile $(PROFILE)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     add_sweep_options(sub.add_parser("sweep", help="run a grid of configs, each through train.ipynb "
                                                    "(--dry-run lists it with its GPU-time estimate)"))
 
+    from mixnb.analysis import add_analyze_options
+
+    p = sub.add_parser("analyze", help="calibration, attacks, occlusion, corruptions, CAM localisation and FLOPs "
+                                       "of finished runs: analysis.json in each run folder")
+    add_analyze_options(p)
+    p.add_argument("--profile", default=None, help="every finished run of this profile (make analyze PROFILE=...)")
+
     p = sub.add_parser("report", help="execute analysis.ipynb and render reports/<profile>/benchmark.html")
     p.add_argument("--profile", default="sample", help="(default: sample)")
 
@@ -111,6 +118,16 @@ def _run(args: argparse.Namespace) -> int:
         from mixnb.sweep import sweep_from_args
 
         return sweep_from_args(args)
+    elif args.command == "analyze":
+        from mixnb.analysis import analyze_from_args
+        from mixnb.paths import runs_root
+        from mixnb.runs import is_finished
+
+        if args.profile:
+            args.run_dirs += sorted(str(d) for d in (runs_root() / args.profile).glob("*") if is_finished(d))
+        if not args.run_dirs:
+            raise ValueError("nothing to analyse: give RUN_DIR(s) or --profile with finished runs (make sweep first)")
+        return analyze_from_args(args)
     elif args.command == "report":
         from mixnb.report import render_report
 

@@ -116,31 +116,34 @@ def pooled(summaries: pd.DataFrame, value: str = "median_top1") -> pd.DataFrame:
     return out
 
 
-def best_alpha(summaries: pd.DataFrame, value: str = "median_top1") -> pd.DataFrame:
-    """Per method, backbone and other settings, the configuration whose mean ``value`` over seeds is best.
+def best_alpha(summaries: pd.DataFrame, value: str = "median_top1", *, by: str | None = None) -> pd.DataFrame:
+    """Per method, backbone and other settings, the configuration whose mean ``by`` (default: ``value``) over
+    seeds is best, with the mean, std and count of ``value``.
 
     Tiny-ImageNet has no labelled test split, so, as in the reference, alpha is chosen on the validation
     set, by the same read-out the table shows."""
-    rows = pooled(summaries, value)
+    by = by or value
+    rows = pooled(summaries, value).assign(_by=pooled(summaries, by)["mean"].to_numpy())
     published = rows["method"].map(lambda m: get_spec(m).defaults.get("alpha") if m in REGISTRY else None)
     rows = rows.assign(_tie=(rows["alpha"] != published)).sort_values("_tie", kind="stable")  # ties: published alpha
-    best = rows.loc[rows.groupby(["method", "backbone", "group_key"], sort=False)["mean"].idxmax()]
+    best = rows.loc[rows.groupby(["method", "backbone", "group_key"], sort=False)["_by"].idxmax()]
     return best.assign(candidates=rows.groupby(["method", "backbone", "group_key"], sort=False)["alpha"]
                        .transform("count").loc[best.index])
 
 
 def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, diverged: pd.DataFrame | None = None,
-                    reference: bool = True) -> pd.DataFrame:
+                    reference: bool = True, by: str | None = None) -> pd.DataFrame:
     """Rows = methods in protocol (registry) order, one per non-default setting; columns per backbone:
     top-1 (mean ± std over seeds) at the best alpha, that alpha, the number of seeds, and with ``reference``
     OpenMixup's published number and the difference. A configuration with only diverged runs reads "diverged".
+    ``by``: the read-out that picks the alpha (default ``value``; the best-epoch table shows the main table's).
 
     ``readout_top1`` reads every row as OpenMixup read it, so the difference compares like with like: the
     median of the last epochs, and for AutoMix/SAMix the best of their four heads' medians (marked †)."""
     if summaries.empty and (diverged is None or diverged.empty):
         return pd.DataFrame()
     value = value if value in summaries else "median_top1"
-    best = best_alpha(summaries, value) if not summaries.empty else pd.DataFrame(
+    best = best_alpha(summaries, value, by=by) if not summaries.empty else pd.DataFrame(
         columns=["method", "backbone", "settings", "alpha", "mean", "std", "count", "candidates"])
     rows = {(r.method, r.settings) for r in best.itertuples()}
     if diverged is not None and not diverged.empty:
@@ -182,6 +185,56 @@ def bold_best(table: pd.DataFrame) -> Any:
     top1 = [c for c in table.columns if c[-1] == "top-1"]
     styler = table.style.format(escape="html").format_index(escape="html", axis=0).format_index(escape="html", axis=1)
     return styler.apply(best, subset=top1)
+
+
+def beyond_accuracy(summaries: pd.DataFrame) -> pd.DataFrame:
+    """The "beyond accuracy" numbers (``mixnb.analysis``) per configuration, mean over its seeds, in protocol
+    order: one row per method, α and settings (runs of different settings never pool, as in the main table)."""
+    from mixnb.analysis import BEYOND_COLUMNS, read_analysis
+
+    rows = []
+    for r in _rows(summaries):
+        record = read_analysis(r.run_dir)
+        if record is None:
+            continue
+        values = {}
+        for column, path in BEYOND_COLUMNS.items():
+            value = record
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            values[column] = value
+        rows.append({"method": r.method, "backbone": r.backbone, "alpha": r.alpha, "settings": r.settings,
+                     "config_key": r.config_key, **values})
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    columns = list(BEYOND_COLUMNS)
+    df[columns] = df[columns].astype(float)
+    grouped = df.groupby(["method", "backbone", "settings", "config_key"], sort=False)
+    out = grouped[columns].mean().assign(seeds=grouped.size(), alpha=grouped["alpha"].first()).reset_index()
+    out["_o"] = out["method"].map(lambda m: list(REGISTRY).index(m) if m in REGISTRY else 99)
+    out = out.sort_values(["backbone", "_o", "alpha"], kind="stable")
+    out["α"] = out["alpha"].map(_alpha)
+    out["method"] = out["method"].map(method_label)
+    out["backbone"] = out["backbone"].map(lambda b: BACKBONE_LABELS.get(b, b))
+    return out.set_index(["backbone", "method", "α", "settings"])[["seeds", *columns]].round(2)
+
+
+def train_gflops(run_dir: str) -> float | None:
+    """GFLOPs of one training image through the method's step (forward + backward; analysis.json), or None."""
+    from mixnb.analysis import read_analysis
+
+    flops = ((read_analysis(run_dir) or {}).get("flops") or {}).get("train_step_per_image")
+    return flops / 1e9 if flops else None
+
+
+def definitions_html() -> str:
+    """Each analysis number's definition, one line each (``mixnb.analysis.definitions``), escaped."""
+    from html import escape
+
+    from mixnb.analysis import definitions
+
+    return "<ul>" + "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>" for k, v in definitions().items()) + "</ul>"
 
 
 def tidy_table(summaries: pd.DataFrame) -> pd.DataFrame:
@@ -230,6 +283,10 @@ def write_exports(summaries: pd.DataFrame, out_dir: Path) -> list[Path]:
            " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
     tex += [" & ".join(rf"\textbf{{{_tex(c)}}}" if bold else _tex(c) for c, bold in row) + r" \\" for row in rows]
     atomic_write_text(paths[2], "\n".join([*tex, r"\bottomrule", r"\end{tabular}"]) + "\n")
+    beyond = beyond_accuracy(summaries)
+    if not beyond.empty:
+        paths.append(out_dir / "beyond.csv")
+        atomic_write_text(paths[-1], beyond.reset_index().to_csv(index=False))
     return paths
 
 
@@ -318,19 +375,21 @@ def _fmt(mean: float | None, std: float | None, n: int) -> str:
 def cost_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """Training cost per configuration in protocol order: training seconds per epoch (the median over epochs,
     the first one left out as warm-up; evaluation not included), its ratio to Vanilla's with the same settings,
-    and peak memory."""
+    peak memory, and the FLOPs of one training image through the method's step (from analysis.json)."""
     df = pooled(summaries, TRAIN_SECONDS).rename(columns={"mean": "seconds"})
     df["peak MiB"] = pooled(summaries, "peak_mem_mb")["mean"].to_numpy()
     base = {(r.backbone, r.settings): r.seconds for r in df[df["method"] == "vanilla"].itertuples()}
     df["× Vanilla"] = [r.seconds / base[(r.backbone, r.settings)] if (r.backbone, r.settings) in base
                        else float("nan") for r in df.itertuples()]
     df["train s/epoch"] = df["seconds"]
+    flops = summaries.assign(f=[train_gflops(d) for d in summaries["run_dir"]]).groupby("config_key", sort=False)["f"]
+    df["train GFLOPs/image"] = df["config_key"].map(flops.mean())
     df["_order"] = [list(REGISTRY).index(m) if m in REGISTRY else 99 for m in df["method"]]
     df = df.sort_values(["backbone", "_order", "alpha"], kind="stable")
     df["method"] = df["method"].map(method_label)
     df["α"] = df["alpha"].map(_alpha)
     df["backbone"] = df["backbone"].map(lambda b: BACKBONE_LABELS.get(b, b))
-    df = df.set_index(["backbone", "method", "α", "settings"])[["train s/epoch", "× Vanilla", "peak MiB"]].round(2)
+    df = df.set_index(["backbone", "method", "α", "settings"])[["train s/epoch", "× Vanilla", "peak MiB", "train GFLOPs/image"]].round(2)
     return df.astype(object).where(df.notna(), "–")  # no Vanilla run with these settings: no ratio
 
 
@@ -518,7 +577,7 @@ def section_html(text: str, *, tag: str = "p") -> str:
     return f"<{tag}>" + "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts)) + f"</{tag}>"
 
 
-def as_jpeg(source: plt.Figure | Path, *, quality: int = 80, dpi: int = 90, width: int = 820) -> Any:
+def as_jpeg(source: plt.Figure | Path, *, quality: int = 72, dpi: int = 90, width: int = 780) -> Any:
     """A gallery (a figure, or a saved PNG) as an embeddable JPEG at most ``width`` px wide (about the report's
     column): photos compress ~5x better than as PNG, which keeps the self-contained report small."""
     import io
@@ -529,6 +588,7 @@ def as_jpeg(source: plt.Figure | Path, *, quality: int = 80, dpi: int = 90, widt
     buf = io.BytesIO()
     if isinstance(source, plt.Figure):
         source.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        plt.close(source)  # shown once, as this JPEG (an open figure would be shown again as a PNG)
         buf.seek(0)
     image = Image.open(buf if isinstance(source, plt.Figure) else source).convert("RGB")
     if image.width > width:

@@ -9,7 +9,8 @@ then SET/ARGS. ``DRY_RUN=1`` lists the runs, which are finished, and their GPU t
 seconds per epoch in BENCHMARKS.md.
 
 Each run is a papermill execution (kernel ``mixnb`` pinned) in its own process, writing into its
-run folder and given every RunConfig field. The dataset is checked once, before any run starts. A
+run folder and given every RunConfig field, then its analysis beyond accuracy (``mixnb analyze``,
+in the same GPU slot: analysis.json). The dataset is checked once, before any run starts. A
 finished run (``mixnb.runs.is_finished``, same identity) is skipped; a broken one is run again and
 resumes from its checkpoint; a folder holding another identity is reported, never overwritten.
 Failures do not stop the sweep; each is listed with its one-line reason at the end. Runs that need
@@ -245,6 +246,18 @@ def execute(job: Job, *, env: dict[str, str] | None = None, pass_fds: tuple[int,
         raise RuntimeError(failure_reason(job.run_dir))
 
 
+def analyze(job: Job, *, env: dict[str, str] | None = None) -> None:
+    """``python -m mixnb analyze`` on the job's finished run, in the job's slot (its GPU), output to the run's
+    ``analysis.log``; raises ``RuntimeError`` with the one-line reason. An analysed run is skipped quickly."""
+    cmd = [sys.executable, "-m", "mixnb", "analyze", str(job.run_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    log = job.run_dir / "analysis.log"
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        raise RuntimeError(f"analysis: {lines[-1] if lines else f'see {log}'}")
+
+
 def failure_reason(run_dir: Path) -> str:
     """One line: failed.json's reason, else the exception the executed notebook stopped on."""
     if (failed := failure(run_dir)) is not None:
@@ -308,9 +321,10 @@ def check_datasets(jobs: list[Job], *, strict: bool = True) -> dict[Path, str]:
 
 # ----------------------------------------------------------------------------- local slots
 def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: int = 1,
-              runs_per_gpu: int = 1) -> list[tuple[Job, str]]:
-    """Run every unfinished job, ``runs_per_gpu`` per GPU group at a time (or one at a time); returns the
-    failures (job, one-line reason). Every exception of a job is caught: the others are still tried."""
+              runs_per_gpu: int = 1, analysis: bool = True) -> list[tuple[Job, str]]:
+    """Run every unfinished job, ``runs_per_gpu`` per GPU group at a time (or one at a time), each followed by
+    its analysis unless ``analysis`` is False; returns the failures (job, one-line reason). Every exception
+    of a job is caught: the others are still tried."""
     profile = jobs[0].config.profile if jobs else "?"
     slots = gpu_slots(gpus, gpus_per_run, runs_per_gpu)
     status = check_datasets(jobs)
@@ -338,6 +352,8 @@ def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: i
             tqdm.write(f"done {job.config.run_name()}: {summary.get('median_label', 'median top-1')} "
                        f"{summary.get('median_top1', float('nan')):.2f}, {summary.get('seconds_per_epoch', 0):.1f} "
                        f"s/epoch", file=sys.stdout)
+            if analysis:
+                analyze(job, env=slot_env)
             return "ran"
 
     def worker(slot_env: dict[str, str]) -> None:
@@ -402,6 +418,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             if job.finished:
                 return "finished"
             execute(job, pass_fds=(fd,))
+            analyze(job)
             return "ran"
 
 
@@ -507,6 +524,8 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
                    help="method settings; without METHOD: every method that has the setting")
     p.add_argument("--grid", default=None, help="a TOML grid file, e.g. grids/alpha-search.toml")
     p.add_argument("--dry-run", action="store_true", help="list the runs, which are finished, and their GPU time")
+    p.add_argument("--no-analysis", dest="analysis", action="store_false",
+                   help="skip each run's analysis beyond accuracy (make analyze does it later)")
     p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one job per GPU (group) at a time")
     p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs (DDP processes) per run, through torchrun")
     p.add_argument("--runs-per-gpu", type=int, default=1, help="local-slots: jobs sharing each GPU (group) at once")
@@ -533,7 +552,7 @@ def sweep_from_args(args: argparse.Namespace) -> int:
         return 0
     if args.executor == "local-slots":
         failures = run_sweep(jobs, gpus=_split(args.gpus), gpus_per_run=args.gpus_per_run,
-                             runs_per_gpu=args.runs_per_gpu)
+                             runs_per_gpu=args.runs_per_gpu, analysis=args.analysis)
     else:
         submitted, failures = submit_sweep(jobs, executor=args.executor, gpus=_split(args.gpus),
                                            gpus_per_run=args.gpus_per_run, partition=args.partition,

@@ -303,7 +303,7 @@ def test_generated_set_is_seeded_and_cached(run: A.Run, monkeypatch: pytest.Monk
     first = A.generated_corruptions(run.data, s)
     assert first["x"].shape == (2, 2, 5, 3, 64, 64) and first["x"].dtype == torch.uint8
     assert first["names"] == ["gaussian_noise", "contrast"] and "ImageMagick" in first["skipped"]["motion_blur"]
-    monkeypatch.setattr(A, "corrupt", lambda *a, **k: pytest.fail("regenerated instead of reading the cache"))
+    monkeypatch.setattr(A.corruptions, "corrupt", lambda *a, **k: pytest.fail("regenerated instead of reading the cache"))
     second = A.generated_corruptions(run.data, s)
     assert second["cached"] and torch.equal(first["x"], second["x"]) and torch.equal(first["idx"], second["idx"])
     monkeypatch.undo()
@@ -437,7 +437,7 @@ def test_analyze_run_is_idempotent_and_rekeys_on_a_new_checkpoint(analysed: dict
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     path = run_dir / A.ANALYSIS
     before, stamp = path.read_bytes(), path.stat().st_mtime_ns
-    monkeypatch.setattr(A, "load_run", lambda *a, **k: pytest.fail("analysed again"))
+    monkeypatch.setattr(A.analyze, "load_run", lambda *a, **k: pytest.fail("analysed again"))
     assert A.analyze_run(run_dir, device="cpu") == json.loads(before)
     assert path.read_bytes() == before and path.stat().st_mtime_ns == stamp
     monkeypatch.undo()

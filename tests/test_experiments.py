@@ -175,9 +175,9 @@ def test_alphas_sweep_reports_the_better_alpha_and_runs_nothing_twice(tmp_path, 
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
     jobs = expand("test", ["mixup"], alphas=[0.5, 1], epochs=1)
     assert "2 to run" in dry_run(jobs)
-    assert run_sweep(jobs) == []
+    assert run_sweep(jobs, analysis=False) == []
     assert "done mixup-resnet18-s0-a0.5-ep1: median top-1" in capsys.readouterr().out
-    assert "2 finished, 0 to run" in dry_run(jobs) and run_sweep(jobs) == []
+    assert "2 finished, 0 to run" in dry_run(jobs) and run_sweep(jobs, analysis=False) == []
     runs = load_runs("test")
     s = runs.summaries.set_index("alpha")["median_top1"]
     better = 0.5 if s[0.5] > s[1.0] else 1.0  # ties: the published alpha, 1

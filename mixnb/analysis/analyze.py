@@ -1,0 +1,157 @@
+"""analyze_run: every section on a finished run, written to ``run_dir/analysis.json`` keyed on its checkpoint.
+
+Cost (2-core CPU VM, sample profile: 10 classes, 300 val images, a width-8 ResNet-18; cost.seconds of each
+run): 2.6-3.3 s per run with 2 threads on a quiet machine, 4.6-7.0 s with 1 thread; with another job busy
+on the VM, 1 thread stays at ~5-9 s while 2 threads took 33 s (OpenMP threads waiting on each other), hence
+``--threads``. The first run in a process adds ~1.2 s of imports; the corrupted set is generated once per
+dataset (1.0 s for the sample profile's 30 images x 16 corruptions x 3 severities; ~11 ms per image and
+severity for all 16 on one core, so ~2 min for tiny-imagenet's 2,000 x 5). Every pass runs in batches on
+the run's device with the data already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixnb.analysis.attacks import adversarial
+from mixnb.analysis.calibrate import calibration
+from mixnb.analysis.cam import gallery_indices, localisation
+from mixnb.analysis.corruptions import TINC_ENV, corruption_accuracy, official_corruptions
+from mixnb.analysis.flop_count import flops
+from mixnb.analysis.occlude import occlusion
+from mixnb.analysis.run import MEAN, STD, _images, _subset, load_run, predict
+from mixnb.analysis.settings import PROFILE_SETTINGS, AnalysisSettings, settings_for
+from mixnb.config import resolve_precision
+from mixnb.io import read_json, remove_stale_temps, write_json
+from mixnb.runs import CHECKPOINT, failure, is_finished
+
+ANALYSIS = "analysis.json"
+VERSION = 1  # bump when a number's definition changes: every run is analysed again
+
+
+def checkpoint_record(path: Path) -> dict[str, Any]:
+    """sha256, size and mtime of a checkpoint: what an analysis is keyed on."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    st = path.stat()
+    return {"file": path.name, "sha256": h.hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def analysis_key(ckpt: dict[str, Any], settings: AnalysisSettings, tinc: str | None) -> dict[str, Any]:
+    return {"checkpoint_sha256": ckpt["sha256"], "settings": settings.key(), "tinc": tinc, "version": VERSION}
+
+
+def read_analysis(run_dir: str | Path) -> dict[str, Any] | None:
+    """analysis.json of a run folder, or None when it is missing or unreadable."""
+    try:
+        record = read_json(Path(run_dir) / ANALYSIS)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None, device: str = "auto",
+                force: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Analyse a finished run; writes ``run_dir/analysis.json`` (atomically) and returns it.
+
+    Skipped (the file returned as it is) when it was made from the same checkpoint (sha256) with the same
+    settings, official-set folder and ``VERSION``, unless ``force``; a run whose checkpoint was deleted keeps
+    its analysis. ``settings``: None = ``settings_for(the run's profile)``. ``device``: "auto" | "cpu" |
+    "cuda[:N]". ``progress``: called with a line per section (None: quiet).
+
+    Raises:
+        FileNotFoundError: no checkpoint.pt (and no analysis).
+        ValueError: the run is not finished or diverged; its checkpoint or dataset cannot be used.
+    """
+    run_dir = Path(run_dir)
+    out = run_dir / ANALYSIS
+    remove_stale_temps(out)  # left by a killed write
+    ckpt_path = run_dir / CHECKPOINT
+    old = read_analysis(run_dir)
+    if not ckpt_path.is_file():
+        if old is not None and not force:
+            return old
+        raise FileNotFoundError(f"{ckpt_path} not found: nothing to analyse")
+    if (failed := failure(run_dir)) is not None:
+        raise ValueError(f"{run_dir} diverged ({failed.get('reason')}); it has nothing to analyse")
+    if not is_finished(run_dir):
+        raise ValueError(f"{run_dir} is not finished (no complete summary.json and metrics.csv); analyse it once "
+                         f"it has finished")
+    record = checkpoint_record(ckpt_path)
+    tinc = os.environ.get(TINC_ENV) or None
+    if settings is None:
+        profile = (read_json(run_dir / "summary.json") or {}).get("profile")
+        settings = settings_for(profile) if profile in PROFILE_SETTINGS else None
+    if old is not None and not force and settings is not None and old.get("key") == analysis_key(record, settings, tinc):
+        return old
+
+    say = progress or (lambda line: None)
+    seconds: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        result = fn()
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        seconds[name] = time.perf_counter() - t0
+        say(f"{run_dir.name}: {name} {seconds[name]:.1f}s")
+        return result
+
+    t0 = time.perf_counter()
+    run = load_run(run_dir, device)
+    if settings is None:
+        settings = settings_for(run.cfg.profile)
+    seconds["load"] = time.perf_counter() - t0
+    s, data, dev = settings, run.data, run.device
+    x = _images(data.x_val, dev)  # (N, 3, 64, 64) uint8, on the device once
+    y = data.y_val.to(dev)
+    boxes = data.val_boxes.to(dev)
+    gallery = gallery_indices(data.y_val, s.gallery_images).to(dev)
+    # one forward for the CAMs and the clean logits (the reported head is model(x): _reported_head checked)
+    localization, logits = timed("clean + CAM", lambda: localisation(run.model, x, y, boxes, s, gallery))
+    if run.logits is not run.model:
+        logits = timed("clean", lambda: predict(run.logits, x, batch_size=s.batch_size))
+    autocast = resolve_precision(run.cfg, dev) == torch.bfloat16
+    result: dict[str, Any] = {
+        "version": VERSION, "key": analysis_key(record, s, tinc), "checkpoint": {**record, "epoch": run.ckpt["epoch"]},
+        "run": run.cfg.run_name(), "run_dir": str(run_dir), "method": run.cfg.method, "backbone": run.cfg.backbone,
+        "seed": run.cfg.seed, "profile": run.cfg.profile, "settings": s.to_dict(), "device": str(dev),
+        "precision": "fp32 (the run evaluated in bf16 autocast)" if autocast else "fp32",
+        "head": run.head, "setup_error": run.setup_error, "normalisation": {"mean": MEAN, "std": STD},
+        "clean": {"top1": 100 * float((logits.argmax(1) == y).double().mean()), "images": len(y)},
+    }
+    result["calibration"] = timed("calibration", lambda: calibration(logits, y, n_bins=s.n_bins))
+    sub = _subset(len(y), s.attack_images, s.seed, "attack-images").to(dev)
+    result["adversarial"] = timed("adversarial", lambda: adversarial(run.logits, x[sub], y[sub], s))
+    occ = _subset(len(y), s.occlusion_images, s.seed, "occlusion-images").to(dev)
+    result["occlusion"] = timed("occlusion", lambda: occlusion(run.logits, x[occ], y[occ], s))
+    result["corruptions"] = {"generated": timed("corruptions", lambda: corruption_accuracy(run.logits, data, s, dev)),
+                             "official": None}
+    if tinc:
+        result["corruptions"]["official"] = timed("official", lambda: official_corruptions(run.logits, tinc, data, s, dev))
+    result["localization"] = localization
+    result["flops"] = timed("flops", lambda: flops(run)) if s.flops else None
+    seconds["total"] = time.perf_counter() - t_all
+    n_att = len(sub)
+    result["cost"] = {
+        "seconds": seconds, "device": str(dev),
+        "forward_images": len(y) * (1 + (run.logits is not run.model)) + len(occ) * len(s.occlusion_fractions) + n_att * (2 + s.pgd_restarts)
+        + result["corruptions"]["generated"]["images"] * len(result["corruptions"]["generated"]["top1"]) * len(
+            s.corruption_severities),
+        "forward_backward_images": n_att * (1 + s.pgd_restarts * s.pgd_steps),
+        "note": "image passes of the model: forward (clean, CAM (its backward stops at layer4), occlusion, attack "
+                "read-outs, generated corruptions) and forward + backward to the input (FGSM, PGD); the FLOPs "
+                "step and the generation of the corrupted set (once per dataset) are not counted",
+    }
+    write_json(out, result)
+    return result

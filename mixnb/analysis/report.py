@@ -1,0 +1,218 @@
+"""Report helpers, read from analysis.json files: the beyond-accuracy table, mCE, the reliability and occlusion
+plots, the CAM gallery and ``definitions()`` (one line per reported number)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixnb.analysis.analyze import ANALYSIS, read_analysis
+from mixnb.analysis.cam import upsample_cam
+from mixnb.analysis.corruptions import CORRUPTIONS
+from mixnb.analysis.settings import AnalysisSettings
+from mixnb.config import RunConfig
+from mixnb.io import read_json
+
+
+def _records(rows: Any) -> list[dict[str, Any]]:
+    """analysis.json dicts from dicts, run folders, or a DataFrame with a run_dir column."""
+    import pandas as pd
+
+    if isinstance(rows, pd.DataFrame):
+        rows = list(rows["run_dir"]) if "run_dir" in rows else rows.to_dict("records")
+    out = []
+    for r in rows:
+        if isinstance(r, (str, Path)):
+            rec = read_analysis(r)
+            if rec is None:
+                raise FileNotFoundError(f"{Path(r) / ANALYSIS} is missing or unreadable: run `python -m mixnb analyze {r}`")
+            out.append(rec)
+        else:
+            out.append(r)
+    return out
+
+
+BEYOND_COLUMNS = {  # column -> path in analysis.json
+    "ECE": ("calibration", "ece"), "NLL": ("calibration", "nll"), "FGSM": ("adversarial", "fgsm_top1"),
+    "PGD": ("adversarial", "pgd_top1"), "occlusion AUC": ("occlusion", "auc"),
+    "corruption": ("corruptions", "generated", "mean_top1"), "localization": ("localization", "top1_loc"),
+}
+
+
+def _get(rec: dict[str, Any], path: Sequence[str]) -> Any:
+    for k in path:
+        rec = rec.get(k) if isinstance(rec, dict) else None
+    return rec
+
+
+def beyond_table(rows: Any) -> Any:
+    """One row per (method, backbone): ECE (%), NLL, FGSM / PGD top-1 (%), occlusion AUC (%), generated-corruption
+    mean top-1 (%) and top-1 localisation (%) (``definitions()``), the mean over the seeds in ``rows`` (a list of
+    analysis.json dicts or run folders, or a DataFrame with a run_dir column); ``n`` = seeds pooled, and the
+    official Tiny-ImageNet-C mean top-1 when any run has it. Index: the method name."""
+    import pandas as pd
+
+    recs = _records(rows)
+    cols = {**BEYOND_COLUMNS, "corruption (official)": ("corruptions", "official", "mean_top1")}
+    table = pd.DataFrame([{"method": r["method"], "backbone": r["backbone"],
+                           **{c: _get(r, p) for c, p in cols.items()}} for r in recs],
+                         columns=["method", "backbone", *cols])
+    table[list(cols)] = table[list(cols)].astype(float)
+    if table["corruption (official)"].isna().all():
+        table = table.drop(columns="corruption (official)")
+    grouped = table.groupby(["method", "backbone"], sort=False)
+    out = grouped.mean()
+    out.insert(0, "n", grouped.size())
+    return out.reset_index().set_index("method")
+
+
+def _errors(rec: dict[str, Any], source: str) -> dict[str, float]:
+    """{corruption: sum over severities of top-1 error (%)} of one analysis (``source``: official | generated)."""
+    per = _get(rec, ("corruptions", source, "top1")) or {}
+    return {c: sum(100 - a for a in (v.values() if isinstance(v, dict) else v)) for c, v in per.items()}
+
+
+def mce_table(rows: Any, *, reference: str = "vanilla", source: str = "official") -> Any:
+    """Corruption errors normalised by the reference method's (Hendrycks & Dietterich, §4.4): per (method, backbone)
+    and corruption, CE_c = 100 x sum_s E_{s,c} / sum_s E_{s,c}^{reference} with E = top-1 error (%), each the mean
+    over seeds; mCE = the mean of CE_c over the 15 common corruptions present. ``source``: "official"
+    (``$MIXNB_TINC``) or "generated". Methods without a reference run of their backbone are left out."""
+    import pandas as pd
+
+    seeds: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for r in _records(rows):
+        seeds.setdefault((r["method"], r["backbone"]), []).append(_errors(r, source))
+    err = {k: pd.DataFrame(v).mean().to_dict() for k, v in seeds.items()}
+    out = []
+    for (method, backbone), e in err.items():
+        ref = err.get((reference, backbone))
+        if ref is None:
+            continue
+        ce = {c: 100 * v / ref[c] for c, v in e.items() if ref.get(c)}
+        common = [v for c, v in ce.items() if c in CORRUPTIONS and CORRUPTIONS[c][2]]
+        out.append({"method": method, "backbone": backbone, "mCE": float(np.mean(common)) if common else None, **ce})
+    return pd.DataFrame(out, columns=None if out else ["method", "backbone", "mCE"]).set_index("method")
+
+
+def plot_reliability(rows: Any, *, cols: int = 4) -> Any:
+    """Reliability diagrams, one panel per analysis (``rows``: analysis.json dicts or run folders): per confidence
+    bin its accuracy (blue bar) and mean confidence (hatched red outline; the gap between them is the bin's
+    calibration error) against the diagonal, and each bin's share of images (grey step line)."""
+    import matplotlib.pyplot as plt
+
+    recs = _records(rows if isinstance(rows, (list, tuple)) or not isinstance(rows, dict) else [rows])
+    n = max(len(recs), 1)
+    cols = min(cols, n)
+    fig, axes = plt.subplots(-(-n // cols), cols, figsize=(2.6 * cols, 2.6 * -(-n // cols)), squeeze=False)
+    for ax in axes.flat[len(recs):]:
+        ax.axis("off")
+    for ax, r in zip(axes.flat, recs):
+        bins = r["calibration"]["bins"]
+        lo = np.array([b["lo"] for b in bins])
+        width = np.array([b["hi"] - b["lo"] for b in bins])
+        acc = np.array([b["accuracy"] for b in bins])
+        conf = np.array([b["confidence"] for b in bins])
+        count = np.array([b["count"] for b in bins], dtype=float)
+        has = count > 0
+        ax.bar(lo[has], acc[has], width[has], align="edge", color="tab:blue", edgecolor="white", label="accuracy")
+        ax.bar(lo[has], conf[has], width[has], align="edge", fill=False, edgecolor="tab:red", hatch="///", lw=0.6,
+               label="mean confidence")
+        ax.step(np.r_[lo, 1.0], np.r_[count / max(count.sum(), 1), 0], where="post", color="grey", lw=0.8,
+                label="share of images")
+        ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", title=f"{r['run']}\n"
+               f"ECE {r['calibration']['ece']:.1f}%  MCE {r['calibration']['mce']:.1f}%")
+        ax.title.set_fontsize(8)
+    axes.flat[0].set_ylabel("accuracy")
+    axes.flat[0].legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_occlusion(rows: Any) -> Any:
+    """Top-1 (%) against the share of 8x8 patches zeroed, one line per analysis, AUC in the legend."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for r in _records(rows if not isinstance(rows, dict) else [rows]):
+        o = r["occlusion"]
+        ax.plot(o["fractions"], o["top1"], marker=".", label=f"{r['run']} AUC {o['auc']:.1f}")
+    ax.set(xlabel="share of 8x8 patches zeroed", ylabel="top-1 (%)", title="Occlusion robustness")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def cam_gallery(run_dir: str | Path) -> Any:
+    """The CAM gallery of an analysed run: each gallery image (one per class), then its Grad-CAM over it with
+    the CAM's box (red) and the val box (green), titled with the class, the prediction and the IoU. Read from
+    analysis.json and the run's val images (the checkpoint is not needed)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from mixnb.train import load_data
+
+    run_dir = Path(run_dir)
+    rec = read_analysis(run_dir)
+    if rec is None:
+        raise FileNotFoundError(f"{run_dir / ANALYSIS} is missing or unreadable: run `python -m mixnb analyze {run_dir}`")
+    cfg = RunConfig.from_dict({**read_json(run_dir / "params.json")["config"], "device": "cpu"})
+    data = load_data(cfg)
+    items = rec["localization"]["gallery"]
+    n = max(len(items), 1)
+    fig, axes = plt.subplots(2, n, figsize=(1.25 * n, 2.9), squeeze=False)
+    for k, it in enumerate(items):
+        img = data.x_val[it["index"]].numpy()
+        cam = upsample_cam(torch.tensor(it["cam"])[None], img.shape[0])[0].numpy()
+        axes[0, k].imshow(img)
+        axes[1, k].imshow(img)
+        axes[1, k].imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        for box, colour in ((it["gt_box"], "lime"), (it["box"], "red")):
+            x0, y0, x1, y1 = box
+            axes[1, k].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color=colour, lw=1))
+        name = lambda c: data.words.get(data.wnids[c], data.wnids[c]).split(",")[0][:14]
+        axes[0, k].set_title(name(it["label"]), fontsize=6)
+        axes[1, k].set_title(f"pred {name(it['pred'])}\nIoU {it['iou']:.2f}", fontsize=6)
+    for ax in axes.flat:
+        ax.axis("off")
+    loc = rec["localization"]
+    fig.suptitle(f"{rec['run']}: Grad-CAM at layer4, box of the largest region >= "
+                 f"{loc['threshold']:g} of max (red), val box (green); top-1 loc {loc['top1_loc']:.1f}%", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def definitions() -> dict[str, str]:
+    """One line per reported number: how it is computed here."""
+    s = AnalysisSettings()
+    return {
+        "ECE": (f"expected calibration error (%): sum over {s.n_bins} equal-width, right-closed confidence bins of "
+                "(bin share) x |accuracy - mean confidence|; confidence = max softmax of the reported head; bins "
+                "paired as they are (OpenMixup sorts them first, under-reporting)"),
+        "MCE": "maximum calibration error (%): the largest |accuracy - mean confidence| over the bins (empty bins 0)",
+        "NLL": "negative log-likelihood of the true class (nats), mean over the val images",
+        "Brier": "Brier score: mean over images of sum over classes (p_c - 1[c = y])^2 (range 0-2; not divided by K)",
+        "FGSM": (f"top-1 (%) under FGSM: one step of {s.eps * 255:g}/255 x sign(gradient) in pixel space, through the "
+                 "run's ImageNet normalisation, clamped to [0, 1]; eval-mode model"),
+        "PGD": (f"top-1 (%) under PGD-{s.pgd_steps}: eps {s.eps * 255:g}/255, step {s.pgd_step * 255:g}/255, uniform "
+                "random start, projected onto the eps-box around the clean image and [0, 1], pixel space"),
+        "occlusion AUC": ("area under top-1 (%) vs share of 8x8 patches zeroed (0, 0.1, ..., 0.9; seeded random patch "
+                          "order per image; zero = the mean colour in normalised input), trapezoid / 0.9: a mean "
+                          "top-1"),
+        "corruption": ("mean top-1 (%) over the generated corruptions x severities (Tiny-ImageNet-C 64-px constants, "
+                       "JPEG q85, seeded, from this val set; motion blur and snow skipped: they need ImageMagick; "
+                       "frost only with its pictures); not the official release"),
+        "corruption (official)": "mean top-1 (%) over every corruption x severity of the official Tiny-ImageNet-C folder",
+        "mCE": ("sum over severities of top-1 error / the same for the reference (Vanilla), mean over the 15 common "
+                "corruptions present, x 100 (Hendrycks & Dietterich, with Vanilla in AlexNet's place)"),
+        "localization": (f"top-1 localisation (%): top-1 correct and IoU >= {s.iou_threshold} between the val box and "
+                         f"the box of the largest 8-connected region >= {s.cam_threshold} x max of the Grad-CAM "
+                         "(layer4, 8x8, ground-truth class, bilinear to 64 px); inclusive pixel boxes"),
+        "GT-known loc": f"localisation (%) with IoU >= {s.iou_threshold} alone, whatever the prediction",
+        "FLOPs": ("FlopCounterMode FLOPs (2 x MACs, convs and matmuls) of one training step of the method (forward + "
+                  "backward at the run's batch size) and of one 64 px image's forward"),
+    }

@@ -1,0 +1,128 @@
+"""The run: a finished run rebuilt for evaluation (``load_run``) and the batched helpers every pass uses."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mixnb.config import RunConfig, resolve_device
+from mixnb.data import DeviceLoader, normalize
+from mixnb.runs import CHECKPOINT
+
+# The normalisation every run trains with: fit's DeviceLoader uses its defaults (ImageNet mean and std),
+# read from the loader itself so that a change there reaches the attacks (§2: OpenMixup's default 'cifar'
+# statistics give a pixel eps of ~9/255 on Tiny-ImageNet).
+_LOADER = inspect.signature(DeviceLoader).parameters
+MEAN, STD = tuple(_LOADER["mean"].default), tuple(_LOADER["std"].default)
+
+
+@dataclass
+class Run:
+    """A finished run rebuilt for evaluation: model and method in eval mode on ``device``."""
+
+    run_dir: Path
+    cfg: RunConfig
+    ckpt: dict[str, Any]
+    data: Any  # TinyImageNetTensors
+    model: nn.Module
+    method: Any  # MixMethod
+    device: torch.device
+    head: str  # how the reported head is computed
+    logits: Callable[[Tensor], Tensor]  # normalised (N, 3, H, W) -> (N, K) logits of the reported head
+    setup_error: str | None = None
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> Run:
+    """Model + method of ``run_dir``'s checkpoint (``weights_only``) on ``device``, in eval mode, and its data."""
+    from mixnb.mixups import get_method
+    from mixnb.models import build_model
+    from mixnb.train import load_checkpoint, load_data
+
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(path, "cpu")
+    if ckpt is None:
+        raise FileNotFoundError(f"{path} not found: nothing to analyse (a run folder keeps its last checkpoint "
+                                f"unless it was deleted to save space)")
+    try:
+        cfg = RunConfig.from_dict({**ckpt["config"], "device": str(dev)})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its config cannot be read by this mixnb ({err})") from None
+    data = load_data(cfg)
+    trained_on = ckpt.get("identity", {}).get("dataset", {}).get("manifest_key")
+    if trained_on is not None and trained_on != data.manifest_key:
+        raise ValueError(f"{path} was trained on another version of the dataset at {data.root} (manifest key "
+                         f"{trained_on[:12]}, now {data.manifest_key[:12]}); analyse it with the data it trained on")
+    model = build_model(cfg.backbone, num_classes=len(data.wnids), width=cfg.model_width)
+    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})  # compile prefix
+    model = model.to(dev, memory_format=_layout(dev)).eval()
+    method, setup_error = get_method(cfg.method, **cfg.method_args), None
+    try:
+        method.setup(model, cfg=cfg, run_dir=run_dir)
+        method.load_state_dict(ckpt["method"])
+    except (FileNotFoundError, RuntimeError) as err:  # AttentiveMix+ without its teacher: evaluation needs none
+        method, setup_error = get_method(cfg.method, **cfg.method_args), f"{type(err).__name__}: {err}"
+    method = method.to(dev).eval()
+    run = Run(run_dir, cfg, ckpt, data, model, method, dev, "", model, setup_error)
+    run.head, run.logits = _reported_head(run)
+    return run
+
+
+def _reported_head(run: Run) -> tuple[str, Callable[[Tensor], Tensor]]:
+    """The logits the run reports (``eval_logits``'s "" head). Every method's is ``model(x)`` today (AutoMix:
+    its backbone's fc), checked here on 8 val images; a method whose head differs is evaluated through
+    ``eval_logits`` (all its heads computed, the "" one kept)."""
+    x = _normalise(run.data.x_val[:8].to(run.device).permute(0, 3, 1, 2).float() / 255)
+    with torch.no_grad():
+        own = run.method.eval_logits(run.model, x)[""]
+        if torch.allclose(own, run.model(x), rtol=1e-4, atol=1e-5):
+            return "model(x), equal to the method's reported head", run.model
+    return "method.eval_logits(model, x)[''] (not model(x))", lambda x: run.method.eval_logits(run.model, x)[""]
+
+
+def _layout(device: torch.device) -> torch.memory_format:
+    """channels_last on CUDA (as training: +20-50% for convs); the default on the CPU, where torch 2.14's conv
+    backward crashed on channels_last in train mode here (a double free) and was no faster."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def _normalise(x: Tensor) -> Tensor:
+    """(N, 3, H, W) pixels in [0, 1] -> the model's input (the run's mean/std) in the device's layout."""
+    return normalize(x * 255, MEAN, STD).contiguous(memory_format=_layout(x.device))
+
+
+def _images(x_uint8: Tensor, device: torch.device) -> Tensor:
+    """(N, H, W, 3) uint8 (the data's layout) -> (N, 3, H, W) uint8 on ``device``, moved once."""
+    return x_uint8.to(device).permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def predict(logits: Callable[[Tensor], Tensor], x: Tensor, *, batch_size: int) -> Tensor:
+    """(N, K) float32 logits of (N, 3, H, W) uint8 or [0, 1] float images, ``batch_size`` at a time."""
+    out = []
+    for s in range(0, len(x), batch_size):
+        xb = x[s:s + batch_size]
+        xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb
+        out.append(logits(_normalise(xb)).float())
+    return torch.cat(out)
+
+
+def _subset(n: int, k: int | None, seed: int, stream: str) -> Tensor:
+    """(k,) sorted int64 indices: a seeded subset of range(n) (all of it when k is None or >= n)."""
+    if k is None or k >= n:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(_seed(seed, stream))
+    return torch.randperm(n, generator=gen)[:k].sort().values
+
+
+def _seed(seed: int, *parts: Any) -> int:
+    """A 32-bit seed for one stream: distinct parts give unrelated seeds (as mixnb.train.stream_seed)."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, (seed, *parts))).encode()).digest()[:4], "little")

@@ -161,7 +161,9 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
         cols[(label, "seeds")] = [str(cells[k].count) if k in cells else "–" for k in order]
         if reference:
             ref = [get_spec(m).published.get(backbone) if m in REGISTRY else None for m, _ in order]
-            cols[(label, "OpenMixup")] = [f"{r:.2f}" if r is not None else "–" for r in ref]
+            book = [m in REGISTRY and not get_spec(m).reproduced for m, _ in order]  # 📖: the authors' number
+            cols[(label, "OpenMixup")] = [f"{r:.2f}{' 📖' if b else ''}" if r is not None else "–"
+                                          for r, b in zip(ref, book)]
             cols[(label, "Δ")] = [f"{cells[k].mean - r:+.2f}" if r is not None and k in cells else "–"
                                   for k, r in zip(order, ref)]
     heads = set(summaries.loc[summaries.get("readout", pd.Series(dtype=str)) == "best of 4 heads", "method"]) \
@@ -256,7 +258,8 @@ def tidy_table(summaries: pd.DataFrame) -> pd.DataFrame:
 
 def write_exports(summaries: pd.DataFrame, out_dir: Path) -> list[Path]:
     """benchmark.csv (tidy), benchmark.md and benchmark.tex (the table's layout: a row per method, ours beside
-    OpenMixup's per backbone, the best of each of our columns in bold) next to the report."""
+    OpenMixup's per backbone, the best of each of our columns in bold) next to the report; beyond.csv/.md/.tex
+    (the beyond-accuracy table) when runs were analysed."""
     from mixnb.io import atomic_write_text
 
     tidy = tidy_table(summaries)  # read as the main table reads
@@ -283,10 +286,17 @@ def write_exports(summaries: pd.DataFrame, out_dir: Path) -> list[Path]:
            " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
     tex += [" & ".join(rf"\textbf{{{_tex(c)}}}" if bold else _tex(c) for c, bold in row) + r" \\" for row in rows]
     atomic_write_text(paths[2], "\n".join([*tex, r"\bottomrule", r"\end{tabular}"]) + "\n")
-    beyond = beyond_accuracy(summaries)
+    beyond = beyond_accuracy(summaries).reset_index()
     if not beyond.empty:
-        paths.append(out_dir / "beyond.csv")
-        atomic_write_text(paths[-1], beyond.reset_index().to_csv(index=False))
+        paths += [out_dir / f"beyond.{ext}" for ext in ("csv", "md", "tex")]
+        atomic_write_text(paths[-3], beyond.to_csv(index=False))
+        cells = [[str(v) for v in row] for row in beyond.itertuples(index=False)]
+        atomic_write_text(paths[-2], "\n".join(["| " + " | ".join(beyond.columns) + " |", "|" + "---|" * len(beyond.columns),
+                                              *("| " + " | ".join(c) + " |" for c in cells)]) + "\n")
+        atomic_write_text(paths[-1], "\n".join([r"\begin{tabular}{" + "l" * 4 + "r" * (len(beyond.columns) - 4) + "}",
+                                              r"\toprule", " & ".join(_tex(c) for c in beyond.columns) + r" \\",
+                                              r"\midrule", *(" & ".join(_tex(v) for v in c) + r" \\" for c in cells),
+                                              r"\bottomrule", r"\end{tabular}"]) + "\n")
     return paths
 
 
@@ -505,7 +515,7 @@ def write_run_pages(run_dirs: list[Path], out_dir: Path) -> None:
     for run_dir in run_dirs:
         page = out_dir / "runs" / run_dir.name
         page.mkdir(parents=True, exist_ok=True)
-        for name in (PARAMS, METRICS, "summary.json", "failed.json"):
+        for name in (PARAMS, METRICS, "summary.json", "failed.json", "analysis.json"):  # analysis: per corruption
             if (run_dir / name).exists():
                 shutil.copyfile(run_dir / name, page / name)
         if (run_dir / "train.ipynb").exists():

@@ -448,11 +448,13 @@ def method_gallery(name: str, x: Tensor, y: Tensor, *, classes: list[str], seed:
 
 
 def photo_galleries(run_dir: Path | None, *, seed: int = 0, n_images: int = 6,
-                    methods: list[str] | None = None) -> list[tuple[str, plt.Figure | str]]:
+                    methods: list[str] | str | None = None) -> list[tuple[str, plt.Figure | str]]:
     """(name, figure) for every registered method (or ``methods``) on ``n_images`` photos, or (name,
     why it was skipped): AttentiveMix+ without a teacher. ``run_dir``: a folder in the profile's runs
     (AttentiveMix+ looks for the Vanilla run beside it). The figures are closed to pyplot (no second
     copy at the end of a notebook cell): show them with ``IPython.display.display(fig)``."""
+    if isinstance(methods, str):  # papermill -p passes text: "mixup,cutmix" or '["mixup", "cutmix"]'
+        methods = [m.strip(" '\"") for m in methods.strip("[]").split(",") if m.strip(" '\"")]
     x, y, names = photo_batch(n_images)
     out: list[tuple[str, plt.Figure | str]] = []
     for name in methods or list(REGISTRY):

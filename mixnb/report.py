@@ -132,11 +132,12 @@ def best_alpha(summaries: pd.DataFrame, value: str = "median_top1", *, by: str |
 
 
 def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, diverged: pd.DataFrame | None = None,
-                    reference: bool = True, by: str | None = None) -> pd.DataFrame:
+                    reference: bool = True, by: str | None = None, links: bool = False) -> pd.DataFrame:
     """Rows = methods in protocol (registry) order, one per non-default setting; columns per backbone:
     top-1 (mean ± std over seeds) at the best alpha, that alpha, the number of seeds, and with ``reference``
     OpenMixup's published number and the difference. A configuration with only diverged runs reads "diverged".
     ``by``: the read-out that picks the alpha (default ``value``; the best-epoch table shows the main table's).
+    ``links``: a "runs" column per backbone with HTML links to the row's run pages (for ``bold_best``).
 
     ``readout_top1`` reads every row as OpenMixup read it, so the difference compares like with like: the
     median of the last epochs, and for AutoMix/SAMix the best of their four heads' medians (marked †)."""
@@ -159,6 +160,8 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
                                   else "diverged" if k in failed else "–" for k in order]
         cols[(label, "α")] = [_alpha(cells[k].alpha, cells[k].candidates) if k in cells else "–" for k in order]
         cols[(label, "seeds")] = [str(cells[k].count) if k in cells else "–" for k in order]
+        if links:
+            cols[(label, "runs")] = [_run_links(summaries, cells[k].config_key) if k in cells else "" for k in order]
         if reference:
             ref = [get_spec(m).published.get(backbone) if m in REGISTRY else None for m, _ in order]
             book = [m in REGISTRY and not get_spec(m).reproduced for m, _ in order]  # 📖: the authors' number
@@ -178,14 +181,26 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
     return table
 
 
+def _run_links(summaries: pd.DataFrame, config_key: str) -> str:
+    """HTML links to the run pages of one configuration's seeds (run names escaped)."""
+    from html import escape
+
+    runs = summaries[summaries["config_key"] == config_key].sort_values("seed")
+    return " ".join(f'<a href="{escape(run_page(r.run))}">s{r.seed}</a>' for r in runs.itertuples())
+
+
 def bold_best(table: pd.DataFrame) -> Any:
-    """``benchmark_table`` as an HTML Styler: the best number of each top-1 column in bold, every cell escaped."""
+    """``benchmark_table`` as an HTML Styler: the best number of each top-1 column in bold, every cell escaped
+    but the "runs" columns, which ``benchmark_table(links=True)`` builds from escaped names."""
     def best(col: pd.Series) -> list[str]:
         values = pd.to_numeric(col.str.split(" ").str[0], errors="coerce")
         return ["font-weight: bold" if v == values.max() else "" for v in values]
 
     top1 = [c for c in table.columns if c[-1] == "top-1"]
     styler = table.style.format(escape="html").format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+    link_columns = [c for c in table.columns if c[-1] == "runs"]
+    if link_columns:
+        styler = styler.format(str, subset=link_columns, escape=None)
     return styler.apply(best, subset=top1)
 
 

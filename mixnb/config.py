@@ -352,7 +352,7 @@ def _typed(name: str, value: Any, default: Any) -> Any:
 
 # ----------------------------------------------------------------------------- notebook parameters
 # The train notebook's parameters beyond RunConfig's fields (tests check the parameters cell against both).
-NOTEBOOK_ONLY: dict[str, Any] = {"world_size": 1, "run_dir": None, "progress": "epoch"}
+NOTEBOOK_ONLY: dict[str, Any] = {"world_size": 1, "run_dir": None, "progress": "epoch", "analysis": True}
 _KERNEL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
 
 

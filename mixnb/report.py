@@ -245,6 +245,14 @@ def train_gflops(run_dir: str) -> float | None:
     return flops / 1e9 if flops else None
 
 
+def corruption_table(record: dict[str, Any]) -> pd.DataFrame:
+    """One run's generated-corruption top-1 (%) per corruption and severity, from its analysis.json record."""
+    generated = record["corruptions"]["generated"]
+    table = pd.DataFrame(generated["top1"], index=[f"severity {s}" for s in generated["severities"]]).T.round(1)
+    table.index.name = "corruption"
+    return table
+
+
 def definitions_html() -> str:
     """Each analysis number's definition, one line each (``mixnb.analysis.definitions``), escaped."""
     from html import escape

@@ -9,8 +9,8 @@ then SET/ARGS. ``DRY_RUN=1`` lists the runs, which are finished, and their GPU t
 seconds per epoch in BENCHMARKS.md.
 
 Each run is a papermill execution (kernel ``mixnb`` pinned) in its own process, writing into its
-run folder and given every RunConfig field, then its analysis beyond accuracy (``mixnb analyze``,
-in the same GPU slot: analysis.json). The dataset is checked once, before any run starts. A
+run folder and given every RunConfig field; the notebook ends with the run's analysis beyond
+accuracy (analysis.json) on the run's device. The dataset is checked once, before any run starts. A
 finished run (``mixnb.runs.is_finished``, same identity) is skipped; a broken one is run again and
 resumes from its checkpoint; a folder holding another identity is reported, never overwritten.
 Failures do not stop the sweep; each is listed with its one-line reason at the end. Runs that need
@@ -76,6 +76,7 @@ class Job:
     config: RunConfig
     world_size: int = 1  # processes (GPUs) for this run; > 1 trains through torchrun (DDP)
     runs: Path = field(default_factory=runs_root)  # the runs/ folder, fixed when the job is made
+    analysis: bool = True  # the notebook analyses the finished run (analysis.json) on the run's device
 
     @property
     def run_dir(self) -> Path:
@@ -87,7 +88,8 @@ class Job:
 
     def parameters(self) -> dict[str, Any]:
         """The train notebook's parameters: every RunConfig field, so the run is exactly this config."""
-        params = {**self.config.to_dict(), "run_dir": str(self.run_dir), "progress": "epoch"}
+        params = {**self.config.to_dict(), "run_dir": str(self.run_dir), "progress": "epoch",
+                  "analysis": self.analysis}
         if self.world_size > 1:
             params["world_size"] = self.world_size
         return params
@@ -105,13 +107,14 @@ Axes = dict[str, list[Any]]  # setting -> its values; a RunConfig field, or a me
 def expand(profile: str, methods: list[str] | None = None, backbones: list[str] | None = None,
            seeds: list[int] | None = None, epochs: int | None = None, *, sets: Axes | None = None,
            args: dict[str | None, Axes] | None = None, alphas: list[float] | None = None,
-           grid: dict[str, Axes] | None = None, gpus_per_run: int = 1) -> list[Job]:
+           grid: dict[str, Axes] | None = None, gpus_per_run: int = 1, analysis: bool = True) -> list[Job]:
     """The grid in registry order (Vanilla first), backbones outermost; configs are validated here.
 
     ``sets``: RunConfig field -> values, for every run. ``args``: method (None = every method that has
     the setting) -> setting -> values. ``alphas``: alpha values for every method with an alpha. ``grid``:
     a grid file's tables (``read_grid``): "all" and method names -> setting or field -> values.
-    Precedence: grid file < alphas < sets/args. Identical configs are one job.
+    Precedence: grid file < alphas < sets/args. Identical configs are one job. ``analysis``: each run's
+    notebook ends with its analysis beyond accuracy (False: ``make analyze`` does it later).
     """
     if gpus_per_run < 1:
         raise ValueError(f"gpus_per_run must be >= 1, got {gpus_per_run}")
@@ -131,7 +134,7 @@ def expand(profile: str, methods: list[str] | None = None, backbones: list[str] 
                                            "method_args": {**fields.get("method_args", {}), **method_args}})
             except (ValueError, TypeError) as err:
                 raise ValueError(f"sweep: {m} with {overrides}: {err}") from None
-            job = Job(cfg, gpus_per_run)
+            job = Job(cfg, gpus_per_run, analysis=analysis)
             jobs.setdefault(str(job.run_dir), job)
     return list(jobs.values())
 
@@ -246,18 +249,6 @@ def execute(job: Job, *, env: dict[str, str] | None = None, pass_fds: tuple[int,
         raise RuntimeError(failure_reason(job.run_dir))
 
 
-def analyze(job: Job, *, env: dict[str, str] | None = None) -> None:
-    """``python -m mixnb analyze`` on the job's finished run, in the job's slot (its GPU), output to the run's
-    ``analysis.log``; raises ``RuntimeError`` with the one-line reason. An analysed run is skipped quickly."""
-    cmd = [sys.executable, "-m", "mixnb", "analyze", str(job.run_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    log = job.run_dir / "analysis.log"
-    log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode:
-        lines = [line for line in proc.stderr.splitlines() if line.strip()]
-        raise RuntimeError(f"analysis: {lines[-1] if lines else f'see {log}'}")
-
-
 def failure_reason(run_dir: Path) -> str:
     """One line: failed.json's reason, else the exception the executed notebook stopped on."""
     if (failed := failure(run_dir)) is not None:
@@ -321,10 +312,9 @@ def check_datasets(jobs: list[Job], *, strict: bool = True) -> dict[Path, str]:
 
 # ----------------------------------------------------------------------------- local slots
 def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: int = 1,
-              runs_per_gpu: int = 1, analysis: bool = True) -> list[tuple[Job, str]]:
-    """Run every unfinished job, ``runs_per_gpu`` per GPU group at a time (or one at a time), each followed by
-    its analysis unless ``analysis`` is False; returns the failures (job, one-line reason). Every exception
-    of a job is caught: the others are still tried."""
+              runs_per_gpu: int = 1) -> list[tuple[Job, str]]:
+    """Run every unfinished job, ``runs_per_gpu`` per GPU group at a time (or one at a time); returns the
+    failures (job, one-line reason). Every exception of a job is caught: the others are still tried."""
     profile = jobs[0].config.profile if jobs else "?"
     slots = gpu_slots(gpus, gpus_per_run, runs_per_gpu)
     status = check_datasets(jobs)
@@ -352,8 +342,6 @@ def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: i
             tqdm.write(f"done {job.config.run_name()}: {summary.get('median_label', 'median top-1')} "
                        f"{summary.get('median_top1', float('nan')):.2f}, {summary.get('seconds_per_epoch', 0):.1f} "
                        f"s/epoch", file=sys.stdout)
-            if analysis:
-                analyze(job, env=slot_env)
             return "ran"
 
     def worker(slot_env: dict[str, str]) -> None:
@@ -418,7 +406,6 @@ class TrainJob(submitit.helpers.Checkpointable):
             if job.finished:
                 return "finished"
             execute(job, pass_fds=(fd,))
-            analyze(job)
             return "ran"
 
 
@@ -546,13 +533,14 @@ def sweep_from_args(args: argparse.Namespace) -> int:
     jobs = expand(args.profile, _split(args.methods), _split(args.backbones),
                   [int(s) for s in args.seeds.split(",")], args.epochs, sets=parse_axes(args.set),
                   args=parse_method_axes(args.arg), alphas=[float(a) for a in _split(args.alphas) or []] or None,
-                  grid=read_grid(args.grid) if args.grid else None, gpus_per_run=args.gpus_per_run)
+                  grid=read_grid(args.grid) if args.grid else None, gpus_per_run=args.gpus_per_run,
+                  analysis=args.analysis)
     if args.dry_run:
         print(dry_run(jobs))
         return 0
     if args.executor == "local-slots":
         failures = run_sweep(jobs, gpus=_split(args.gpus), gpus_per_run=args.gpus_per_run,
-                             runs_per_gpu=args.runs_per_gpu, analysis=args.analysis)
+                             runs_per_gpu=args.runs_per_gpu)
     else:
         submitted, failures = submit_sweep(jobs, executor=args.executor, gpus=_split(args.gpus),
                                            gpus_per_run=args.gpus_per_run, partition=args.partition,

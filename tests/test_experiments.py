@@ -173,11 +173,11 @@ def test_best_alpha_selection_and_no_pooling_across_settings():
 
 def test_alphas_sweep_reports_the_better_alpha_and_runs_nothing_twice(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
-    jobs = expand("test", ["mixup"], alphas=[0.5, 1], epochs=1)
+    jobs = expand("test", ["mixup"], alphas=[0.5, 1], epochs=1, analysis=False)
     assert "2 to run" in dry_run(jobs)
-    assert run_sweep(jobs, analysis=False) == []
+    assert run_sweep(jobs) == []
     assert "done mixup-resnet18-s0-a0.5-ep1: median top-1" in capsys.readouterr().out
-    assert "2 finished, 0 to run" in dry_run(jobs) and run_sweep(jobs, analysis=False) == []
+    assert "2 finished, 0 to run" in dry_run(jobs) and run_sweep(jobs) == []
     runs = load_runs("test")
     s = runs.summaries.set_index("alpha")["median_top1"]
     better = 0.5 if s[0.5] > s[1.0] else 1.0  # ties: the published alpha, 1

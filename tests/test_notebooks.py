@@ -92,7 +92,7 @@ def test_sweep_then_report_end_to_end():
 
 def test_sweep_keeps_going_and_reports_failures(monkeypatch, tmp_path):
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))  # no Vanilla run here: AttentiveMix+ has no teacher
-    failures = run_sweep(expand("test", ["attentivemix", "mixup"], epochs=1), analysis=False)
+    failures = run_sweep(expand("test", ["attentivemix", "mixup"], epochs=1, analysis=False))
     assert [j.config.method for j, _ in failures] == ["attentivemix"]
     assert "MIXNB_ATTENTIVEMIX_TEACHER" in failures[0][1]  # the one-line reason names the fix
     assert (expand("test", ["mixup"], epochs=1)[0].run_dir / "summary.json").exists()

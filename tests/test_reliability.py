@@ -73,8 +73,8 @@ def test_non_finite_loss_stops_the_run_at_its_first_bad_step(tmp_path, monkeypat
 
 def test_a_diverged_sweep_run_is_failed_with_its_reason_and_shown_as_diverged(tmp_path, monkeypatch):
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
-    jobs = expand("test", ["mixup"], epochs=2, sets={"lr": [1e6]})
-    [(job, reason)] = run_sweep(jobs, analysis=False)
+    jobs = expand("test", ["mixup"], epochs=2, sets={"lr": [1e6]}, analysis=False)
+    [(job, reason)] = run_sweep(jobs)
     assert "diverged" in reason and "non-finite" in reason
     runs = load_runs("test")
     assert runs.summaries.empty and list(runs.diverged["run"]) == [job.config.run_name()]
@@ -135,7 +135,7 @@ def test_the_sweep_survives_a_crashing_worker_and_the_report_a_broken_checkpoint
         fit(job.config, job.run_dir, progress="none")
 
     monkeypatch.setattr(s, "execute", execute)
-    failures = run_sweep(expand("test", ["vanilla", "mixup"], epochs=1), analysis=False)
+    failures = run_sweep(expand("test", ["vanilla", "mixup"], epochs=1, analysis=False))
     assert tried == ["vanilla", "mixup"]  # the crash did not end the sweep
     assert [(j.config.method, r) for j, r in failures] == [("vanilla", "OSError: [Errno 30] Read-only file system: "
                                                            f"'{tmp_path}/test/vanilla-resnet18-s0-ep1/.lock'")]

@@ -159,7 +159,7 @@ LOCK_SWEEP = textwrap.dedent("""
         with open(sys.argv[1], "a") as log:
             log.write(f"end {job.config.run_name()} {time.time()}\\n")
     s.execute = fake
-    s.run_sweep(s.expand("test", sys.argv[2].split(","), epochs=1), analysis=False)
+    s.run_sweep(s.expand("test", sys.argv[2].split(","), epochs=1))
 """)
 
 

@@ -15,7 +15,7 @@ from mixnb.mixups import alignmix as alignmix_module
 from mixnb.mixups.alignmix import (AlignMix, AlignMixDraw, FeatureAlign, alignmix, sample_alignmix, sinkhorn_plan,
                                    transport_mix)
 from mixnb.mixups.manifoldmix import sample_manifoldmix
-from mixnb.models import FeatureMix
+from mixnb.models import FeatureMix, build_model
 from mixnb.train import fit
 
 from test_mixups_manifold_fmix_resize import K, batch, gen, tiny_model
@@ -320,3 +320,12 @@ def test_captured_graph_matches_eager():
     for g, p in zip(grads, model.parameters()):
         torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
     torch._dynamo.reset()
+
+
+def test_preview_under_bf16_autocast():
+    """make bench and the galleries call preview under the run's autocast (bf16 on CUDA and AMX CPUs)."""
+    model = build_model("resnet18", num_classes=4, width=8).eval()
+    x, y = torch.randn(4, 3, 64, 64), torch.arange(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        batch = get_method("alignmix").preview(model, x, y, gen=torch.Generator().manual_seed(0))
+    assert batch.x.dtype == torch.float32 and torch.isfinite(batch.x).all()

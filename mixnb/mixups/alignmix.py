@@ -194,7 +194,8 @@ class AlignMix(MixMethod):
         a trained input: each layer-4 position sees far more than its cell. The direction comes from ``gen``."""
         draw = sample_alignmix(x.shape[0], gen=gen, cpu_gen=gen, alpha=self.alpha)
         with torch.no_grad():
-            feat = model.forward_stages(x)[-1]  # (N, C, h, w) layer-4 map
+            feat = model.forward_stages(x)[-1]  # (N, C, h, w) layer-4 map (under the caller's autocast)
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):  # the plan and the blend in float32
             cell = (x.shape[-2] // feat.shape[-2], x.shape[-1] // feat.shape[-1])  # (8, 8) px at 64 px
             pts = feat.float().flatten(2).transpose(1, 2)  # (N, P, C) with P = h * w
             plan = sinkhorn_plan(pts, pts[draw.perm], eps=self.eps, max_iter=self.max_iter, tol=self.tol)  # (N, P, P)

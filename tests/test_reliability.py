@@ -16,6 +16,7 @@ from mixnb.__main__ import main
 from mixnb.config import RunConfig
 from mixnb.gallery import photo_galleries
 from mixnb.io import HOST
+from mixnb.paths import NOTEBOOKS
 from mixnb.mixups import StepOutput
 from mixnb.mixups.attentivemix import vanilla_teacher
 from mixnb.mixups.vanilla import Vanilla
@@ -38,7 +39,7 @@ class _Payload:
 
 
 def test_a_malicious_checkpoint_runs_no_code(tmp_path):
-    run = tmp_path / "run"
+    run = tmp_path / "vanilla-resnet18-s0"  # where AttentiveMix+ looks for its teacher
     fit(RunConfig(method="vanilla", **TEST), run, progress="none")
     marker = tmp_path / "pwned"
     torch.save({"model": _Payload(marker)}, run / "checkpoint.pt")
@@ -46,6 +47,12 @@ def test_a_malicious_checkpoint_runs_no_code(tmp_path):
         t.load_checkpoint(run / "checkpoint.pt")
     with pytest.raises(Exception):  # the AttentiveMix+ teacher lookup reads the same file
         vanilla_teacher(run)
+    [(_, why)] = photo_galleries(tmp_path / "gallery", methods=["attentivemix"], n_images=2)  # the report's teacher
+    assert "holds Python objects" in why
+    notebook = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOKS / "train.ipynb"), str(tmp_path / "o.ipynb"),
+                               "-k", "mixnb", "-p", "profile", "test", "-p", "epochs", "1", "-p", "device", "cpu",
+                               "-p", "run_dir", str(run), "--no-progress-bar"], capture_output=True, text=True)
+    assert notebook.returncode != 0 and "holds Python objects" in notebook.stdout + notebook.stderr  # re-executed
     (run / "summary.json").unlink()  # resume: the checkpoint is read
     with pytest.raises(ValueError, match="holds Python objects"):
         fit(RunConfig(method="vanilla", **TEST), run, progress="none")

@@ -85,7 +85,7 @@ def check_world_size(cfg: RunConfig, world: int, device: torch.device, n_train: 
     if cfg.batchnorm_groups > 1 and world > 1 and cfg.batchnorm_groups % world:
         raise ValueError(f"bn_groups {cfg.batchnorm_groups} does not split over {world} processes: with per-process "
                          f"BN each process is at least one group; use a process count that divides it")
-    groups = max(cfg.batchnorm_groups // world, 1)
+    groups = rank_bn_groups(cfg, world)
     if groups > 1 and (n_train % cfg.batch_size) // world % groups:
         raise ValueError(f"the last batch ({n_train % cfg.batch_size} images) does not split into bn_groups="
                          f"{cfg.batchnorm_groups} equal groups; use a batch size that leaves a divisible last batch")
@@ -94,6 +94,11 @@ def check_world_size(cfg: RunConfig, world: int, device: torch.device, n_train: 
     if world > 1 and (0 < n_train % cfg.batch_size < world or n_val < world):
         raise ValueError(f"{world} processes need every batch, the last one included, and the val set to "
                          f"have at least {world} images; got {n_train} train and {n_val} val images")
+
+
+def rank_bn_groups(cfg: RunConfig, world: int) -> int:
+    """BatchNorm groups of one process's slice: its per-process BN is already one of ``cfg``'s groups."""
+    return max(cfg.batchnorm_groups // world, 1)
 
 
 @contextmanager

@@ -207,21 +207,14 @@ def bold_best(table: pd.DataFrame) -> Any:
 def beyond_accuracy(summaries: pd.DataFrame) -> pd.DataFrame:
     """The "beyond accuracy" numbers (``mixnb.analysis``) per configuration, mean over its seeds, in protocol
     order: one row per method, α and settings (runs of different settings never pool, as in the main table)."""
-    from mixnb.analysis import BEYOND_COLUMNS, read_analysis
+    from mixnb.analysis import BEYOND_COLUMNS, read_analysis, value_at
 
     rows = []
     for r in _rows(summaries):
         record = read_analysis(r.run_dir)
-        if record is None:
-            continue
-        values = {}
-        for column, path in BEYOND_COLUMNS.items():
-            value = record
-            for key in path:
-                value = value.get(key) if isinstance(value, dict) else None
-            values[column] = value
-        rows.append({"method": r.method, "backbone": r.backbone, "alpha": r.alpha, "settings": r.settings,
-                     "config_key": r.config_key, **values})
+        if record is not None:
+            rows.append({"method": r.method, "backbone": r.backbone, "alpha": r.alpha, "settings": r.settings,
+                         "config_key": r.config_key, **{c: value_at(record, p) for c, p in BEYOND_COLUMNS.items()}})
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
@@ -239,9 +232,9 @@ def beyond_accuracy(summaries: pd.DataFrame) -> pd.DataFrame:
 
 def train_gflops(run_dir: str) -> float | None:
     """GFLOPs of one training image through the method's step (forward + backward; analysis.json), or None."""
-    from mixnb.analysis import read_analysis
+    from mixnb.analysis import read_analysis, value_at
 
-    flops = ((read_analysis(run_dir) or {}).get("flops") or {}).get("train_step_per_image")
+    flops = value_at(read_analysis(run_dir) or {}, ("flops", "train_step_per_image"))
     return flops / 1e9 if flops else None
 
 
@@ -302,24 +295,29 @@ def write_exports(summaries: pd.DataFrame, out_dir: Path) -> list[Path]:
             row += [(ours, r is not None and r.top1_mean == best[b]),
                     (f"{r.openmixup:.2f}" if r is not None and pd.notna(r.openmixup) else "–", False)]
         rows.append([(c, False) if isinstance(c, str) else c for c in row])
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(f"**{c}**" if bold else c for c, bold in row) + " |" for row in rows]
-    atomic_write_text(paths[1], "\n".join(md) + "\n")
-    tex = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
-           " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
-    tex += [" & ".join(rf"\textbf{{{_tex(c)}}}" if bold else _tex(c) for c, bold in row) + r" \\" for row in rows]
-    atomic_write_text(paths[2], "\n".join([*tex, r"\bottomrule", r"\end{tabular}"]) + "\n")
+    paths[1:] = _table_files(out_dir / "benchmark", header, rows, text_columns=1)
     beyond = beyond_accuracy(summaries).reset_index()
     if not beyond.empty:
-        paths += [out_dir / f"beyond.{ext}" for ext in ("csv", "md", "tex")]
-        atomic_write_text(paths[-3], beyond.to_csv(index=False))
-        cells = [[str(v) for v in row] for row in beyond.itertuples(index=False)]
-        atomic_write_text(paths[-2], "\n".join(["| " + " | ".join(beyond.columns) + " |", "|" + "---|" * len(beyond.columns),
-                                              *("| " + " | ".join(c) + " |" for c in cells)]) + "\n")
-        atomic_write_text(paths[-1], "\n".join([r"\begin{tabular}{" + "l" * 4 + "r" * (len(beyond.columns) - 4) + "}",
-                                              r"\toprule", " & ".join(_tex(c) for c in beyond.columns) + r" \\",
-                                              r"\midrule", *(" & ".join(_tex(v) for v in c) + r" \\" for c in cells),
-                                              r"\bottomrule", r"\end{tabular}"]) + "\n")
+        paths.append(out_dir / "beyond.csv")
+        atomic_write_text(paths[-1], beyond.to_csv(index=False))
+        cells = [[(str(v), False) for v in row] for row in beyond.itertuples(index=False)]
+        paths += _table_files(out_dir / "beyond", list(beyond.columns), cells, text_columns=4)
+    return paths
+
+
+def _table_files(stem: Path, header: list[str], rows: list[list[tuple[str, bool]]], *, text_columns: int) -> list[Path]:
+    """``stem``.md and ``stem``.tex of ``rows`` (cells as (text, bold)); the first ``text_columns`` left-aligned."""
+    from mixnb.io import atomic_write_text
+
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(f"**{c}**" if bold else c for c, bold in row) + " |" for row in rows]
+    tex = [r"\begin{tabular}{" + "l" * text_columns + "r" * (len(header) - text_columns) + "}", r"\toprule",
+           " & ".join(_tex(h) for h in header) + r" \\", r"\midrule",
+           *(" & ".join(rf"\textbf{{{_tex(c)}}}" if bold else _tex(c) for c, bold in row) + r" \\" for row in rows),
+           r"\bottomrule", r"\end{tabular}"]
+    paths = [stem.with_suffix(".md"), stem.with_suffix(".tex")]
+    for path, lines in zip(paths, (md, tex)):
+        atomic_write_text(path, "\n".join(lines) + "\n")
     return paths
 
 

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from mixnb.config import PROFILES, RunConfig, default_cache_dir, resolve_precision
 from mixnb.data import DeviceLoader, TinyImageNetTensors, load_tiny_imagenet, make_sample_dataset
 from mixnb.distributed import (DistributedModel, all_reduce_, average_buffers_, average_gradients_, broadcast_,
-                               check_world_size, distributed, gather_objects, main_first)
+                               check_world_size, distributed, gather_objects, main_first, rank_bn_groups)
 from mixnb.io import atomic_torch_save, atomic_write_text, environment, git_state, remove_stale_temps, write_json
 from mixnb.mixups import MixMethod, StepContext, StepOutput, get_method, get_spec
 from mixnb.models import build_model
@@ -182,23 +182,22 @@ def train_one_epoch(
     method.train()
     sums: dict[str, Tensor] = {}
     first_step = ctx.step
-    health = None  # (2,) float32 on the device: [non-finite steps, steps before the first one]
+    bad_steps = clean_steps = 0  # device scalars after the first step: non-finite steps, steps before the first
     for i, (x, y) in enumerate(loader):
         out = train_step(model, method, x, y, optimizer, ctx, autocast=autocast, own_params=own_params)
-        bad = (~torch.isfinite(out.loss.detach())).float()
-        health = torch.stack([bad, 1 - bad]) if health is None else \
-            health + torch.stack([bad, (health[0] + bad == 0).float()])
+        bad_steps = bad_steps + (~torch.isfinite(out.loss.detach())).float()
+        clean_steps = clean_steps + (bad_steps == 0).float()
         for k, v in out.logs.items():  # device-side running sums: no host sync here
             sums[k] = sums[k] + v.float() if k in sums else v.float().clone()
         if (i + 1) % log_every == 0 and not dist.is_initialized():  # the only host reads inside the epoch
-            _check_finite(health, first_step, ctx)
+            _check_finite(torch.stack([bad_steps, clean_steps]), first_step, ctx)
             if bar is not None:
                 bar.set_postfix(loss=f"{sums['loss'].item() / (i + 1):.3f}")
         if bar is not None:
             bar.update(1)
     if not sums:
         return {}
-    means = all_reduce_(torch.stack([*sums.values(), *health]), mean=True)  # one sync per epoch
+    means = all_reduce_(torch.stack([*sums.values(), bad_steps, clean_steps]), mean=True)  # one sync per epoch
     _check_finite(means[-2:], first_step, ctx)
     return {f"train_{k}": v / max(len(loader), 1) for k, v in zip(sums, means[:-2].tolist())}
 
@@ -276,7 +275,7 @@ def build_parts(
     model = build_model(cfg.backbone, num_classes=num_classes, width=cfg.model_width, init=cfg.init)
     if cfg.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    groups = max(cfg.batchnorm_groups // world, 1)  # BN groups of this rank's slice (its own BN is one of them)
+    groups = rank_bn_groups(cfg, world)
     group_batchnorm_(model, groups)
     model = model.to(device)
     if on_cuda:

@@ -74,6 +74,7 @@ from mixnb.analysis.flop_count import count_flops, flops
 from mixnb.analysis.occlude import curve_auc, occlusion, occlusion_masks, patch_mask
 from mixnb.analysis.report import (
     BEYOND_COLUMNS,
+    value_at,
     beyond_table,
     cam_gallery,
     definitions,
@@ -104,7 +105,7 @@ __all__ = [
     "box_iou", "gallery_indices", "grad_cam", "largest_region_boxes", "localisation", "upsample_cam", "count_flops",
     "flops",
     # analyze, report, cli
-    "ANALYSIS", "VERSION", "analysis_key", "analyze_run", "checkpoint_record", "read_analysis", "BEYOND_COLUMNS",
+    "ANALYSIS", "VERSION", "analysis_key", "analyze_run", "checkpoint_record", "read_analysis", "BEYOND_COLUMNS", "value_at",
     "beyond_table", "cam_gallery", "definitions", "mce_table", "plot_occlusion", "plot_reliability",
     "add_analyze_options", "analyze_from_args",
 ]

@@ -30,7 +30,7 @@ from mixnb.analysis.run import MEAN, STD, _images, _subset, load_run, predict
 from mixnb.analysis.settings import PROFILE_SETTINGS, AnalysisSettings, settings_for
 from mixnb.config import resolve_precision
 from mixnb.io import read_json, remove_stale_temps, write_json
-from mixnb.runs import CHECKPOINT, failure, is_finished
+from mixnb.runs import CHECKPOINT, failure, is_finished, read_summary
 
 ANALYSIS = "analysis.json"
 VERSION = 1  # bump when a number's definition changes: every run is analysed again
@@ -89,7 +89,7 @@ def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
     record = checkpoint_record(ckpt_path)
     tinc = os.environ.get(TINC_ENV) or None
     if settings is None:
-        profile = (read_json(run_dir / "summary.json") or {}).get("profile")
+        profile = (read_summary(run_dir) or {}).get("profile")
         settings = settings_for(profile) if profile in PROFILE_SETTINGS else None
     if old is not None and not force and settings is not None and old.get("key") == analysis_key(record, settings, tinc):
         return old

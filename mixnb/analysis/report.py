@@ -43,7 +43,8 @@ BEYOND_COLUMNS = {  # column -> path in analysis.json
 }
 
 
-def _get(rec: dict[str, Any], path: Sequence[str]) -> Any:
+def value_at(rec: dict[str, Any], path: Sequence[str]) -> Any:
+    """The value at ``path`` (keys) in a nested analysis.json record, or None where a key is missing."""
     for k in path:
         rec = rec.get(k) if isinstance(rec, dict) else None
     return rec
@@ -59,7 +60,7 @@ def beyond_table(rows: Any) -> Any:
     recs = _records(rows)
     cols = {**BEYOND_COLUMNS, "corruption (official)": ("corruptions", "official", "mean_top1")}
     table = pd.DataFrame([{"method": r["method"], "backbone": r["backbone"],
-                           **{c: _get(r, p) for c, p in cols.items()}} for r in recs],
+                           **{c: value_at(r, p) for c, p in cols.items()}} for r in recs],
                          columns=["method", "backbone", *cols])
     table[list(cols)] = table[list(cols)].astype(float)
     if table["corruption (official)"].isna().all():
@@ -72,7 +73,7 @@ def beyond_table(rows: Any) -> Any:
 
 def _errors(rec: dict[str, Any], source: str) -> dict[str, float]:
     """{corruption: sum over severities of top-1 error (%)} of one analysis (``source``: official | generated)."""
-    per = _get(rec, ("corruptions", source, "top1")) or {}
+    per = value_at(rec, ("corruptions", source, "top1")) or {}
     return {c: sum(100 - a for a in (v.values() if isinstance(v, dict) else v)) for c, v in per.items()}
 
 

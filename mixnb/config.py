@@ -7,7 +7,7 @@ wd 1e-4, batch 100, 400 epochs) come from protocol.md §1.5.
 
 A run is identified by what changes its result (``RunConfig.identity``): method and its resolved
 arguments, backbone, seed, resolved epochs and width, optimiser settings, precision, device type
-and the dataset. Compile mode, GPU index, ``log_every``, ``eval_batch_size`` and progress change
+and the dataset. Compile mode and capture, GPU index, ``log_every``, ``eval_batch_size`` and progress change
 nothing beyond float reassociation and never block a resume.
 """
 
@@ -39,7 +39,11 @@ PROTOCOL = {"epochs": 400, "width": 64}  # protocol.md §1.5: what a run off the
 
 # torch.compile settings: "auto" resolves per device (mixnb.train.resolve_compile); the others are
 # torch.compile modes, or "off". Compiling changes no maths beyond float reassociation (performance.md §8.5).
-COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# What a compile captures (mixnb.train.build_parts): "model" = the model's forward and backward (the measured
+# CUDA default); "step" = the method's whole training step as well (mixing, every forward, the loss and their
+# backward), its random draws and host solvers left eager (mixnb.mixups._helpers.eager).
+CAPTURES = ("model", "step")
 # Autocast precision: bf16 keeps fp32 master weights, optimizer state and BN statistics (performance.md §8.1);
 # "auto" resolves per device (resolve_precision).
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -75,6 +79,9 @@ class RunConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     compile: str = _f("auto", "torch.compile mode; auto = the measured best on CUDA, off on the CPU",
                       choices=COMPILE_MODES)
+    capture: str = _f("model", "with compile on: model = the model's passes (measured on an H100) | step = the "
+                               "method's whole training step (mixing, every forward, the loss; draws stay eager)",
+                      choices=CAPTURES)
     precision: str = _f("auto", "autocast; auto = bf16 where the device computes it natively (CUDA, AMX CPUs)",
                         choices=PRECISIONS)
     sync_bn: bool = _f(False, "multi-GPU runs: BatchNorm over the global batch; False = per GPU (the reference)")
@@ -99,7 +106,8 @@ class RunConfig:
         for name in ("epochs", "width", "bn_groups"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or None for the profile's), got {getattr(self, name)}")
-        for name, valid in (("compile", COMPILE_MODES), ("precision", PRECISIONS), ("init", INITS)):
+        for name, valid in (("compile", COMPILE_MODES), ("capture", CAPTURES), ("precision", PRECISIONS),
+                            ("init", INITS)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
         for name in ("lr", "momentum", "weight_decay", "min_lr"):

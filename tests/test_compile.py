@@ -1,24 +1,26 @@
-"""Compiled training (RunConfig.compile) against eager: the same loss, gradients and checkpoints.
+"""Compiled training (RunConfig.compile, RunConfig.capture) against eager: the same loss, gradients and checkpoints.
 
-On the CPU, inductor compiles the model as the Trainer does on CUDA (``build_parts``), in fp32 so
-the comparison is tight. Tolerance: float reassociation only, so the loss agrees to 1e-5 relative
-and every gradient to 1e-4 of the largest gradient entry (measured: 0 and 5e-7 with
-inductor, exactly 0 with aot_eager). Methods that
-call the model in other ways (ManifoldMix's feature hook, PuzzleMix's input-gradient pass, AutoMix's
-two encoders) are checked through the ``aot_eager`` backend: the same capture and autograd graphs
-without inductor's code generation, in seconds rather than a minute. CUDA graphs (compile mode
-"reduce-overhead") need a GPU: ``test_cuda_graphs_match_eager`` runs in scripts/gpu_check.sh.
+On the CPU, inductor compiles as the Trainer does on CUDA (``build_parts``), in fp32 so the comparison
+is tight. Tolerance: float reassociation only, so the loss agrees to 1e-5 relative and every gradient
+to 1e-4 of the largest gradient entry (measured: 0 and 5e-7 with inductor, 0 with aot_eager).
+Inductor runs once (a minute on two cores): the whole captured step (``capture="step"``: MixUp's mixing,
+the forward, the loss and their backward in one graph) and the compiled model's eval, two epochs. The
+other captures go through the ``aot_eager`` backend: the same dynamo capture and autograd graphs without
+inductor's code generation, in seconds, so several Trainer steps must match to float rounding; with a
+low recompile limit that fails on a hit, they also show that no frame recompiles every step.
+CUDA graphs (compile mode "reduce-overhead") need a GPU: ``test_cuda_graphs_match_eager`` runs in
+scripts/gpu_check.sh.
 """
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
 
-from mixnb.config import RunConfig
-from mixnb.config import resolve_precision
-from mixnb.train import Generators, build_parts, fit, resolve_compile
+from mixnb.config import RunConfig, resolve_precision
 from mixnb.mixups import StepContext
+from mixnb.train import Generators, build_parts, fit, resolve_compile, train_step
 
 LOSS_RTOL = 1e-5
 GRAD_TOL = 1e-4  # of the largest |gradient| entry
@@ -69,9 +71,10 @@ def test_compile_and_precision_resolve_per_device():
 
 
 def test_inductor_compiled_run_matches_eager(tmp_path):
-    """The Trainer's compiled path end to end: one step's loss and gradients, then two epochs
-    (train, eval, checkpoint) against the eager run."""
-    cfg = RunConfig(method="vanilla", profile="test", epochs=2, device="cpu", precision="fp32", compile="default")
+    """The Trainer's compiled path end to end, the whole step captured: one step's loss and gradients,
+    then two epochs (train, eval through the compiled model, checkpoint) against the eager run."""
+    cfg = RunConfig(method="mixup", profile="test", epochs=2, device="cpu", precision="fp32", compile="default",
+                    capture="step")
     eager = replace(cfg, compile="off")
     cpu = torch.device("cpu")
     assert_same_step(one_step(eager, cpu), one_step(cfg, cpu))
@@ -93,6 +96,66 @@ def test_captured_graphs_match_eager(method):
     cfg = RunConfig(method=method, profile="test", device="cpu", precision="fp32", compile="off")
     cpu = torch.device("cpu")
     assert_same_step(one_step(cfg, cpu), one_step(cfg, cpu, backend="aot_eager"))
+
+
+def train_steps(cfg: RunConfig, n: int, backend: Any = None) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The losses of ``n`` Trainer steps (``train_step``: SGD and ``on_step_end`` included) on fixed batches and
+    the method's and model's state after them; ``backend`` replaces inductor in every torch.compile call."""
+    if backend is None:
+        parts = build_parts(cfg, torch.device("cpu"), num_classes=4, run_dir=None)
+    else:
+        compile_ = torch.compile
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: compile_(fn, backend=backend,
+                                                                                         dynamic=dynamic))
+            parts = build_parts(cfg, torch.device("cpu"), num_classes=4, run_dir=None)
+    model, method, optimizer, autocast = parts
+    gens = Generators.from_seed(cfg.seed, torch.device("cpu"))
+    ctx = StepContext(gen=gens.mix, cpu_gen=gens.host, total_steps=10)
+    losses = []
+    for i in range(n):
+        x = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(i))  # (N, C, H, W)
+        y = torch.arange(16) % 4
+        losses.append(train_step(model, method, x, y, optimizer, ctx, autocast=autocast).loss.item())
+    return losses, {**model.state_dict(), **{f"method.{k}": v for k, v in method.state_dict().items()}}
+
+
+# one method per shape of step: a draw then tensor code (MixUp; FMix, GridMix, SmoothMix, ResizeMix alike); a
+# box read on the host (CutMix's CPU paste); the mixing layer drawn on the host (ManifoldMix: one graph per
+# layer); graph cuts in numpy between two model passes (PuzzleMix); four passes of two encoders and the MixBlock
+# with its value neck (SAMix; AutoMix is the same step without the neck). AdAutoMix is left out: 50 s here.
+@pytest.mark.parametrize("method", ["mixup", "cutmix", "manifoldmix", "puzzlemix", "samix"])
+def test_captured_step_matches_eager(method):
+    """capture="step": five Trainer steps give eager's losses and weights (the draws stay eager, so they are the
+    same numbers; measured: losses equal, weights equal but SAMix's, within 1e-7: autograd's order of summing
+    the gradients of a weight used twice), and no frame of the step recompiles on every step (limit 3, failing)."""
+    cfg = RunConfig(method=method, profile="test", device="cpu", precision="fp32", compile="default", capture="step")
+    eager_losses, eager_state = train_steps(replace(cfg, compile="off"), 5)
+    graphs = []
+
+    def recorded(gm: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> Any:
+        graphs.append(gm.code)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, inputs)
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=3, fail_on_recompile_limit_hit=True):
+        losses, state = train_steps(cfg, 5, backend=recorded)
+    # the step is captured: a forward pass and its loss in one graph (the model's own capture has no loss)
+    assert any("conv2d" in code and "log_softmax" in code for code in graphs), f"{len(graphs)} graphs, none with both"
+    assert losses == pytest.approx(eager_losses, rel=LOSS_RTOL, abs=0)
+    assert state.keys() == eager_state.keys()  # compiled in place: no "_orig_mod." anywhere
+    for key, value in state.items():
+        torch.testing.assert_close(value, eager_state[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_step_capture_is_opt_in():
+    """compile="auto" keeps the measured capture (the model's passes); "step" is chosen by name only."""
+    assert RunConfig().capture == "model"
+    model, method, _, _ = build_parts(RunConfig(profile="test", device="cpu", compile="off", capture="step"),
+                                      torch.device("cpu"), num_classes=4, run_dir=None)
+    assert "training_step" not in vars(method)  # compile off: nothing is captured
+    with pytest.raises(ValueError, match="capture must be one of model, step"):
+        RunConfig(capture="all")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (scripts/gpu_check.sh runs this)")

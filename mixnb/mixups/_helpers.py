@@ -6,8 +6,21 @@ step never waits on the host (performance.md §8.4).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch import Tensor
+
+Fn = TypeVar("Fn", bound=Callable)
+
+
+def eager(fn: Fn) -> Fn:
+    """Keep ``fn`` out of a compiled training step (``RunConfig.capture="step"``), for every method's draws
+    (``sample_*``) and host solvers. Dynamo cannot trace a ``torch.Generator`` and would split the step at each
+    draw inside ``fn``; marked, a draw function is one split, runs as in eager (the same numbers, bit for bit)
+    and the tensor code around it is captured whole. No effect outside compile."""
+    return torch.compiler.disable(fn)
 
 _GAMMA_TRIES = 16  # Marsaglia-Tsang accepts >95% per try: P(16 rejections) < 1e-20
 
@@ -30,6 +43,7 @@ def sample_gamma(shape: tuple[int, ...], conc: float, *, gen: torch.Generator) -
     return g
 
 
+@eager
 def sample_beta(alpha: float, beta: float, *, gen: torch.Generator, shape: tuple[int, ...] = ()) -> Tensor:
     """Beta(alpha, beta) as a float32 tensor on ``gen``'s device."""
     if alpha == beta == 1:  # Beta(1, 1) is U(0, 1): one kernel instead of the ~50 of two gamma draws
@@ -45,6 +59,7 @@ def sample_beta(alpha: float, beta: float, *, gen: torch.Generator, shape: tuple
 NO_REPEAT_TRIES = 11
 
 
+@eager
 def random_partner(n: int, *, gen: torch.Generator, tries: int = 1) -> Tensor:
     """A uniform random permutation (N,); with ``tries`` > 1 the first of ``tries`` draws
     without a fixed point, else the last one (OpenMixup's ``_no_repeat_shuffle_idx``)."""

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mixnb.mixups._helpers import eager
+
 try:
     import gco  # gco-wrapper: only PuzzleMix's graph cut needs it, so the other methods import without it
 except ImportError:
@@ -281,6 +283,7 @@ def shutdown_pool() -> None:
 atexit.register(shutdown_pool)
 
 
+@eager
 def solve_cuts(terms: CutTerms, *, workers: int = 0) -> np.ndarray:
     """α-β-swap labels (N, B, B) int32 from gco, one grid per sample: ``swap_cuts`` in this
     process when ``workers`` is 0, else ``gco.cut_grid_graph`` on the persistent pool."""

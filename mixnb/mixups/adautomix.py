@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixnb.mixups._automix_ops import head_median_readout, pool, reference_readout, training_forward
-from mixnb.mixups._helpers import gather_rows, sample_beta
+from mixnb.mixups._helpers import eager, gather_rows, sample_beta
 from mixnb.mixups.automix import AutoMix
 from mixnb.mixups.base import MixedBatch, StepContext, StepOutput
 
@@ -159,6 +159,7 @@ class AdAutoMixDraw:
         return torch.cat([self.lam.view(1), (1 - self.lam) * self.rest])
 
 
+@eager
 def sample_adautomix(n: int, *, gen: torch.Generator, alpha: float, k: int = 3) -> AdAutoMixDraw:
     """lam_i = b_i / sum(b), b ~ Beta(alpha, alpha)^K (as lam and rest); 2K uniform permutations."""
     b = sample_beta(alpha, alpha, gen=gen, shape=(k,))  # (K,)

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mixnb.mixups._helpers import gather_rows, mixed_cross_entropy, random_partner, sample_beta
+from mixnb.mixups._helpers import eager, gather_rows, mixed_cross_entropy, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
 from mixnb.mixups.manifoldmix import DEFAULT_LAYERS, ManifoldMix
 
@@ -57,6 +57,7 @@ class AlignMixDraw:
     direction: int  # 0: the partner's map moves onto the image's positions; 1: the image's onto the partner's (host)
 
 
+@eager
 def sample_alignmix(n: int, *, gen: torch.Generator, cpu_gen: torch.Generator, alpha: float) -> AlignMixDraw:
     lam = sample_beta(alpha, alpha, gen=gen)
     perm = random_partner(n, gen=gen)

@@ -36,7 +36,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mixnb.mixups._helpers import mix_with_mask, random_partner, sample_beta
+from mixnb.mixups._helpers import eager, mix_with_mask, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 
 TEACHER_ENV = "MIXNB_ATTENTIVEMIX_TEACHER"
@@ -51,6 +51,7 @@ class AttentiveMixDraw:
     features: Tensor  # (N, C, G, G) teacher feature map of the un-mixed batch
 
 
+@eager
 def sample_attentivemix(features: Tensor, *, gen: torch.Generator, alpha: float) -> AttentiveMixDraw:
     lam = sample_beta(alpha, alpha, gen=gen)
     return AttentiveMixDraw(lam, random_partner(features.shape[0], gen=gen), features)

@@ -54,7 +54,7 @@ from mixnb.mixups._automix_ops import (
     reference_readout,
     training_forward,
 )
-from mixnb.mixups._helpers import mix_with_mask, mixed_cross_entropy, random_partner, sample_beta
+from mixnb.mixups._helpers import eager, mix_with_mask, mixed_cross_entropy, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
 
 
@@ -65,6 +65,7 @@ class AutoMixDraw:
     perm_bb: Tensor  # (N,) int64, partner for the backbone branch
 
 
+@eager
 def sample_automix(n: int, *, gen: torch.Generator, alpha: float) -> AutoMixDraw:
     lam = sample_beta(alpha, alpha, gen=gen, shape=(2,))
     return AutoMixDraw(lam, random_partner(n, gen=gen), random_partner(n, gen=gen))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mixnb.mixups._helpers import (
-    NO_REPEAT_TRIES, box_from_lam, box_mask, gather_rows, lam_from_box, random_partner, sample_beta,
+    NO_REPEAT_TRIES, box_from_lam, box_mask, eager, gather_rows, lam_from_box, random_partner, sample_beta,
 )
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 
@@ -29,6 +29,7 @@ class CutMixDraw:
     center: Tensor  # (2,) int64 (row, col)
 
 
+@eager
 def sample_cutmix(n: int, h: int, w: int, *, gen: torch.Generator, alpha: float) -> CutMixDraw:
     lam = sample_beta(alpha, alpha, gen=gen)
     perm = random_partner(n, gen=gen, tries=NO_REPEAT_TRIES)

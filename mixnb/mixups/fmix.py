@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import NO_REPEAT_TRIES, gather_rows, random_partner, sample_beta
+from mixnb.mixups._helpers import NO_REPEAT_TRIES, eager, gather_rows, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 
 SPECTRA = ("openmixup", "paper")
@@ -80,6 +80,7 @@ def fmix_field(noise: Tensor, h: int, w: int, *, decay_power: float, spectrum: s
     return torch.fft.irfft(rows, n=w, dim=1)  # (H, W) float32
 
 
+@eager
 def sample_fmix(
     n: int, h: int, w: int, *, gen: torch.Generator, alpha: float, decay_power: float, spectrum: str = "openmixup"
 ) -> FMixDraw:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import gather_rows, random_partner, sample_beta
+from mixnb.mixups._helpers import eager, gather_rows, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 
 
@@ -50,6 +50,7 @@ class GridMixDraw:
     corner: Tensor  # (2,) float32 in [0, 1): the crop's (row, col) offset as a share of H - ch, W - cw
 
 
+@eager
 def sample_gridmix(
     n: int, h: int, w: int, *, gen: torch.Generator, alpha: float, n_holes: tuple[int, int],
     hole_aspect_ratio: tuple[float, float], cut_area_ratio: tuple[float, float], cut_aspect_ratio: tuple[float, float],

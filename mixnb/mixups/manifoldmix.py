@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mixnb.mixups._helpers import mixed_cross_entropy, random_partner, sample_beta
+from mixnb.mixups._helpers import eager, mixed_cross_entropy, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
 from mixnb.models.resnet import STAGES, FeatureMix
 
@@ -34,6 +34,7 @@ class ManifoldMixDraw:
     stage: str  # where to mix, one of STAGES (a host value: it picks the code path)
 
 
+@eager
 def sample_manifoldmix(
     n: int, *, gen: torch.Generator, cpu_gen: torch.Generator, alpha: float, layers: Sequence[str] = DEFAULT_LAYERS
 ) -> ManifoldMixDraw:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import gather_rows, random_partner, sample_beta
+from mixnb.mixups._helpers import eager, gather_rows, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 
 
@@ -23,6 +23,7 @@ class MixUpDraw:
     perm: Tensor  # (N,) int64
 
 
+@eager
 def sample_mixup(n: int, *, gen: torch.Generator, alpha: float) -> MixUpDraw:
     lam = sample_beta(alpha, alpha, gen=gen)
     return MixUpDraw(lam, random_partner(n, gen=gen))

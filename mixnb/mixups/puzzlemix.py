@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
 from mixnb.mixups import _puzzlemix_ops as ops
-from mixnb.mixups._helpers import mixed_cross_entropy, random_partner, sample_beta
+from mixnb.mixups._helpers import eager, mixed_cross_entropy, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
 
 BLOCK_NUMS = (2, 4, 8)  # protocol.md §2.10: 2 ** randint(1, 4)
@@ -87,6 +87,7 @@ class PuzzleMixArgs:
             )
 
 
+@eager
 def sample_puzzlemix(
     n: int, *, gen: torch.Generator, cpu_gen: torch.Generator, alpha: float, block_nums: Sequence[int] = BLOCK_NUMS
 ) -> PuzzleMixDraw:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import box_around, gather_rows, lam_from_box, random_partner, sample_beta
+from mixnb.mixups._helpers import box_around, eager, gather_rows, lam_from_box, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 
 
@@ -37,6 +37,7 @@ class ResizeMixDraw:
     center: Tensor  # (2,) int64 (row, col)
 
 
+@eager
 def sample_resizemix(
     n: int, h: int, w: int, *, gen: torch.Generator, alpha: float, scope: tuple[float, float], use_alpha: bool
 ) -> ResizeMixDraw:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import random_partner, sample_beta
+from mixnb.mixups._helpers import eager, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 from mixnb.mixups.cutmix import CutMixDraw, cutmix
 
@@ -70,6 +70,7 @@ def map_peak(sal: np.ndarray) -> tuple[int, int]:
     return int(row), int(col)
 
 
+@eager
 def sample_saliencymix(x: Tensor, *, gen: torch.Generator, alpha: float) -> SaliencyMixDraw:
     """lam, then perm, then the box centre from the saliency of the first partner x[perm[0]]."""
     lam = sample_beta(alpha, alpha, gen=gen)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import gather_rows, random_partner
+from mixnb.mixups._helpers import eager, gather_rows, random_partner
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 
 LABEL_WEIGHTS = ("openmixup", "paper")
@@ -43,6 +43,7 @@ class SmoothMixDraw:
     sigma: Tensor  # () float32, the Gaussian's standard deviation in px
 
 
+@eager
 def sample_smoothmix(n: int, h: int, w: int, *, gen: torch.Generator) -> SmoothMixDraw:
     perm = random_partner(n, gen=gen)
     center = torch.empty(2, dtype=torch.int64, device=gen.device)  # (2,) int64 (row, col)

@@ -99,8 +99,9 @@ def test_captured_graphs_match_eager(method):
 
 
 def train_steps(cfg: RunConfig, n: int, backend: Any = None) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """The losses of ``n`` Trainer steps (``train_step``: SGD and ``on_step_end`` included) on fixed batches and
-    the method's and model's state after them; ``backend`` replaces inductor in every torch.compile call."""
+    """The losses of ``n`` Trainer steps (``train_step``: SGD and ``on_step_end`` included) on fixed batches, and
+    the method's and model's state after them with the eval logits of each head on the last batch (key
+    "logits.<head>"); ``backend`` replaces inductor in every torch.compile call."""
     if backend is None:
         parts = build_parts(cfg, torch.device("cpu"), num_classes=4, run_dir=None)
     else:
@@ -117,7 +118,11 @@ def train_steps(cfg: RunConfig, n: int, backend: Any = None) -> tuple[list[float
         x = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(i))  # (N, C, H, W)
         y = torch.arange(16) % 4
         losses.append(train_step(model, method, x, y, optimizer, ctx, autocast=autocast).loss.item())
-    return losses, {**model.state_dict(), **{f"method.{k}": v for k, v in method.state_dict().items()}}
+    model.eval()
+    method.eval()
+    with torch.inference_mode():
+        logits = {f"logits.{head}": v for head, v in method.eval_logits(model, x).items()}
+    return losses, {**model.state_dict(), **{f"method.{k}": v for k, v in method.state_dict().items()}, **logits}
 
 
 # one method per shape of step: a draw then tensor code (MixUp; FMix, GridMix, SmoothMix, ResizeMix alike); a
@@ -126,7 +131,7 @@ def train_steps(cfg: RunConfig, n: int, backend: Any = None) -> tuple[list[float
 # with its value neck (SAMix; AutoMix is the same step without the neck). AdAutoMix is left out: 50 s here.
 @pytest.mark.parametrize("method", ["mixup", "cutmix", "manifoldmix", "puzzlemix", "samix"])
 def test_captured_step_matches_eager(method):
-    """capture="step": five Trainer steps give eager's losses and weights (the draws stay eager, so they are the
+    """capture="step": five Trainer steps give eager's losses, weights and eval logits (the draws stay eager, so they are the
     same numbers; measured: losses equal, weights equal but SAMix's, within 1e-7: autograd's order of summing
     the gradients of a weight used twice), and no frame of the step recompiles on every step (limit 3, failing)."""
     cfg = RunConfig(method=method, profile="test", device="cpu", precision="fp32", compile="default", capture="step")
@@ -153,7 +158,9 @@ def test_step_capture_is_opt_in():
     assert RunConfig().capture == "model"
     model, method, _, _ = build_parts(RunConfig(profile="test", device="cpu", compile="off", capture="step"),
                                       torch.device("cpu"), num_classes=4, run_dir=None)
-    assert "training_step" not in vars(method)  # compile off: nothing is captured
+    assert "training_step" not in vars(method) and "eval_logits" not in vars(method)  # compile off: no capture
+    step = RunConfig(capture="step", compile="reduce-overhead")
+    assert (step.maths(), step.run_name()) == (RunConfig().maths(), RunConfig().run_name())  # not the run's identity
     with pytest.raises(ValueError, match="capture must be one of model, step"):
         RunConfig(capture="all")
 

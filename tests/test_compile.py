@@ -166,11 +166,12 @@ def test_step_capture_is_opt_in():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (scripts/gpu_check.sh runs this)")
-@pytest.mark.parametrize("method", ["vanilla", "manifoldmix", "automix"])
-def test_cuda_graphs_match_eager(method):
-    """On CUDA in bf16, as trained: the CUDA-graph step (compile "reduce-overhead") against eager
-    (bf16 rounding: looser tolerance, 2e-2 of the largest gradient)."""
-    cfg = RunConfig(method=method, profile="test", device="cuda", compile="reduce-overhead")
+@pytest.mark.parametrize(("method", "capture"), [("vanilla", "model"), ("manifoldmix", "model"), ("automix", "model"),
+                                               ("cutmix", "step"), ("manifoldmix", "step"), ("samix", "step")])
+def test_cuda_graphs_match_eager(method, capture):
+    """On CUDA in bf16, as trained: the CUDA-graph step (compile "reduce-overhead", either capture) against
+    eager (bf16 rounding: looser tolerance, 2e-2 of the largest gradient)."""
+    cfg = RunConfig(method=method, profile="test", device="cuda", compile="reduce-overhead", capture=capture)
     cuda = torch.device("cuda")
     (loss_a, grads_a), (loss_b, grads_b) = one_step(replace(cfg, compile="off"), cuda), one_step(cfg, cuda)
     torch.testing.assert_close(loss_a, loss_b, rtol=2e-2, atol=0)

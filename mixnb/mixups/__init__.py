@@ -108,8 +108,9 @@ REGISTRY: dict[str, MethodSpec] = {
                            reproduced=False,
                            note="the authors' number (their README; official code, PreAct ResNet-18, 1200 epochs, best "
                                 "epoch: the median of its last 10 is 65.24), another protocol; not run in OpenMixup"),
-    # auto_compile False: only ``model(x)`` is compiled, their encoder-k and forward_stages passes stay eager, and
-    # with CUDA graphs the R-18 step measured 34.8 ms (AutoMix) against 29.0 ms eager (H100, BENCHMARKS.md)
+    # auto_compile False: with capture="model" only ``model(x)`` is compiled, their encoder-k and forward_stages
+    # passes stay eager, and with CUDA graphs the R-18 step measured 34.8 ms (AutoMix) against 29.0 ms eager (H100,
+    # BENCHMARKS.md); capture="step" graphs all of them and is not measured on a GPU yet
     "automix": MethodSpec(AutoMix, dict(_AUTOMIX), min_lr=0.05, label="AutoMix", auto_compile=False, bn_groups=_2X50,
                           published=_tiny(67.33, 70.72), published_alpha=2.0, note=_HEADS),
     "samix": MethodSpec(SAMix, {**_AUTOMIX, "lam_mul_k": "auto"}, min_lr=0.05, label="SAMix*", auto_compile=False,

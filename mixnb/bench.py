@@ -11,7 +11,13 @@ them): an OpenMixup-style naive pipeline (JPEGs, PIL + torchvision transforms in
 DataLoader, fp32, NCHW, eager, one ``.item()`` per step) on the same model, and the MixUp/CutMix
 ops of timm and torchvision v2 against ours on one batch. ``--sync-check`` instead runs each
 method's step under ``torch.cuda.set_sync_debug_mode("error")`` and names its first host sync.
-bench.json and bench.md (sync.json/.md) in ``--out`` are rewritten after every row.
+Each row also keeps its warm-up's seconds (the compile; cudnn autotune in a backbone's first row).
+
+Other modes: ``--concurrent 1,2,3`` runs K bench processes at once on the device for each K and reports
+their training img/s and its sum (``make sweep RUNS_PER_GPU=K``'s aggregate); ``--profile-kernels``
+groups the device time of a few training steps by kernel kind (``KERNEL_CATEGORIES``);
+``--summarize DIR`` prints one summary of every result file under DIR (``scripts/gpu_check.sh``'s last table).
+bench.json and bench.md (sync, concurrent, kernels .json/.md) in ``--out`` are rewritten after every row.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,12 +39,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from mixnb.config import COMPILE_MODES, PRECISIONS, PROFILES, RunConfig, resolve_device, resolve_precision
+from mixnb.config import CAPTURES, COMPILE_MODES, PRECISIONS, PROFILES, RunConfig, resolve_device, resolve_precision
 from mixnb.data import DeviceLoader, IMAGENET_MEAN, IMAGENET_STD, TinyImageNetTensors
 from mixnb.io import atomic_write_text, environment, git_state, write_json
 from mixnb.mixups import REGISTRY, MixMethod, StepContext, get_method
@@ -51,6 +58,21 @@ EXPECTED_SYNC = {  # methods whose step must meet the host, and why
     "puzzlemix": "the graph-cut terms go to gco on the host and the labels come back",
 }
 NO_MIX_PROBE = {"manifoldmix": "mixes hidden features inside the forward"}
+BARRIER_TIMEOUT_S = 300  # --concurrent: how long a warm process waits for the others' warm-up
+PROFILE_STEPS, TOP_KERNELS = 5, 15  # --profile-kernels: training steps profiled, kernels listed
+# --profile-kernels: a kernel (CPU: an op) belongs to the first category with a fragment in its lower-cased name;
+# batch norm before convolution (cudnn's own BN kernels), copies before the generic elementwise/reduction names
+KERNEL_CATEGORIES = (
+    ("batch norm", ("batch_norm", "batchnorm", "bn_fw", "bn_bw")),
+    ("convolution / gemm", ("conv", "gemm", "mm", "xmma", "cudnn", "cutlass", "wgrad", "dgrad", "fprop", "matmul")),
+    ("optimizer", ("sgd", "foreach", "multi_tensor")),
+    ("copies / layout", ("copy", "contiguous", "permute", "transpose", "clone", "cat", "memcpy", "memset", "fill")),
+    ("reductions", ("reduce", "sum", "mean", "max", "softmax", "nll", "cross_entropy", "topk", "triton_red",
+                    "triton_per")),
+    ("elementwise / activation", ("elementwise", "relu", "threshold", "clamp", "add", "mul", "sub", "div", "where",
+                                  "sigmoid", "exp", "triton_poi")),
+)
+OTHER = "other"
 
 
 # ----------------------------------------------------------------------------- timing
@@ -84,27 +106,32 @@ def time_window(run: Callable[[int], object], n: int, device: torch.device) -> f
     return (time.perf_counter() - t0) / n
 
 
-def measure(runs: Sequence[Callable[[int], object]], opts: argparse.Namespace, *, seconds: float | Sequence[float],
-            steps: int | None = None, warmup: int | None = None) -> list[tuple[list[float], int]]:
-    """Per-unit seconds of each window and the units per window, for each of ``runs``.
+class Timed(NamedTuple):
+    seconds: list[float]  # per unit, one value per window
+    size: int  # units per window
+    warmup_s: float  # the warm-up call: compile, cudnn autotune, allocator, DataLoader workers
 
-    Each run is warmed up with ``run(warmup)`` and its windows sized as ``steps`` units or, by a
-    timed warm-up, to last about ``seconds`` (one value, or one per run). Windows of the runs
-    alternate round by round, so a load change on a shared machine hits every run alike and
-    their ratios stay fair.
+
+def measure(runs: Sequence[Callable[[int], object]], opts: argparse.Namespace, *, seconds: float | Sequence[float],
+            steps: int | None = None, warmup: int | None = None, barrier: Callable[[], None] | None = None) -> list[Timed]:
+    """Each of ``runs`` warmed up (timed) with ``run(warmup)``, then its windows sized as ``steps`` units or,
+    by a timed call, to last about ``seconds`` (one value, or one per run), then timed.
+
+    Windows of the runs alternate round by round, so a load change on a shared machine hits every
+    run alike and their ratios stay fair. ``barrier`` is called between the warm-ups and the sizing
+    (``--concurrent``: every process is warm before any window is sized or timed).
     """
     warmup = warmup or opts.warmup
     spans = [seconds] * len(runs) if isinstance(seconds, (int, float)) else seconds
-    sizes = []
-    for run, span in zip(runs, spans):
-        run(warmup)  # cudnn autotune, compile, allocator, DataLoader workers
-        per = time_window(run, warmup, opts.device) if steps is None else 0
-        sizes.append(steps or max(1, math.ceil(span / per)))
+    warm = [warmup * time_window(run, warmup, opts.device) for run in runs]
+    if barrier is not None:
+        barrier()
+    sizes = [steps or max(1, math.ceil(span / time_window(run, warmup, opts.device))) for run, span in zip(runs, spans)]
     times: list[list[float]] = [[] for _ in runs]
     for _ in range(opts.windows):
         for run, n, out in zip(runs, sizes, times):
             out.append(time_window(run, n, opts.device))
-    return list(zip(times, sizes))
+    return [Timed(*timed) for timed in zip(times, sizes, warm)]
 
 
 # ----------------------------------------------------------------------------- the Trainer's pieces
@@ -157,7 +184,7 @@ def build_rig(spec: str, backbone: str, data: TinyImageNetTensors, opts: argpars
         overrides["teacher_weights"] = random_teacher(tmp)  # same cost as the ImageNet teacher; timing only
     dev, on_cuda = opts.device, opts.device.type == "cuda"
     cfg = RunConfig(method=name, backbone=backbone, width=opts.width, batch_size=opts.batch_size, device=str(dev),
-                    method_args=overrides, compile=opts.compile, precision=opts.precision)
+                    method_args=overrides, compile=opts.compile, capture=opts.capture, precision=opts.precision)
     model, method, optimizer, autocast = build_parts(cfg, dev, num_classes=NUM_CLASSES, run_dir=None)
     gens = Generators.from_seed(cfg.seed, dev)
     x, y = tile(data.x_train, data.y_train, max(len(data.x_train), 10 * cfg.batch_size))
@@ -203,7 +230,9 @@ def mix_probe(name: str, rig: Rig) -> tuple[str, Callable[[Tensor, Tensor], obje
 
 # ----------------------------------------------------------------------------- one method
 def bench_method(spec: str, backbone: str, data: TinyImageNetTensors, opts: argparse.Namespace, tmp: Path,
-                 eval_cache: dict[str, Stat]) -> dict[str, Any]:
+                 eval_cache: dict[str, Stat], barrier: Callable[[], float] | None = None) -> dict[str, Any]:
+    """One row. With ``barrier`` (a ``--concurrent`` process; returns the seconds it waited) only the training
+    windows, timed in step with the other processes' (no mixing probe, no eval)."""
     row: dict[str, Any] = {"backbone": backbone, "method": spec}
     try:
         rig = build_rig(spec, backbone, data, opts, tmp)
@@ -222,21 +251,27 @@ def bench_method(spec: str, backbone: str, data: TinyImageNetTensors, opts: argp
             for i in range(k):
                 probe(*batches[i % len(batches)])  # type: ignore[misc]
 
-    runs, spans = ([rig.epoch, mix], [opts.seconds, opts.seconds / 4]) if probe else ([rig.epoch], [opts.seconds])
-    (step_s, n), *mixing = measure(runs, opts, seconds=spans, steps=opts.steps)  # windows alternate
-    row.update(status="ok", label=REGISTRY[rig.cfg.method].label, steps_per_window=n,
+    alone, waited = barrier is None, []
+    runs, spans = ([rig.epoch, mix], [opts.seconds, opts.seconds / 4]) if probe and alone else ([rig.epoch], [opts.seconds])
+    train, *mixing = measure(runs, opts, seconds=spans, steps=opts.steps,  # windows alternate
+                             barrier=barrier and (lambda: waited.append(barrier())))
+    step_s = train.seconds
+    row.update(status="ok", label=REGISTRY[rig.cfg.method].label, compile=resolve_compile(rig.cfg, dev) or "off",
+               steps_per_window=train.size, warmup_s=train.warmup_s,
                step_ms=Stat.of([1e3 * s for s in step_s]), img_s=Stat.of([bs / s for s in step_s]),
                peak_mem_mb=(torch.cuda.max_memory_allocated(dev) - base) / 2**20 if dev.type == "cuda"
                else peak_memory_mb(dev))  # before eval, whose batch of 1000 would dominate
+    if not alone:
+        return {**row, "barrier_wait_s": waited[0]}  # for the other processes' warm-up
     if mixing:
-        row["mix_ms"] = Stat.of([1e3 * s for s in mixing[0][0]])
-        row["mix_share"] = statistics.median(m / s for m, s in zip(mixing[0][0], step_s))  # per round: load-fair
+        row["mix_ms"] = Stat.of([1e3 * s for s in mixing[0].seconds])
+        row["mix_share"] = statistics.median(m / s for m, s in zip(mixing[0].seconds, step_s))  # per round: load-fair
     shared = type(rig.method).eval_logits is MixMethod.eval_logits  # the plain model: time it once per backbone
     row["eval_s"] = eval_cache.get(backbone) if shared else None
     if row["eval_s"] is None:
-        ((per_pass, _),) = measure([lambda k: [evaluate(rig.model, rig.method, rig.val, autocast=rig.autocast)
-                                               for _ in range(k)]], opts, seconds=0, steps=1, warmup=1)
-        row["eval_s"] = Stat.of([s * EVAL_IMAGES / opts.eval_images for s in per_pass])  # scaled to 10,000
+        (passes,) = measure([lambda k: [evaluate(rig.model, rig.method, rig.val, autocast=rig.autocast)
+                                        for _ in range(k)]], opts, seconds=0, steps=1, warmup=1)
+        row["eval_s"] = Stat.of([s * EVAL_IMAGES / opts.eval_images for s in passes.seconds])  # scaled to 10,000
         eval_cache.update({backbone: row["eval_s"]} if shared else {})
     row["epoch_s"] = EPOCH_IMAGES / row["img_s"].median + row["eval_s"].median
     if teacher := getattr(rig.method, "teacher_label", ""):  # AttentiveMix+
@@ -318,8 +353,8 @@ def bench_ops(data: TinyImageNetTensors, opts: argparse.Namespace, tmp: Path) ->
                 notes.append(f"{lib} {op} failed: {type(e).__name__}: {e}")
                 del impls[lib]
         runs = [partial(call_times, call) for call in impls.values()]
-        for lib, (per_call, _) in zip(impls, measure(runs, opts, seconds=opts.seconds / 4)):
-            row[lib] = Stat.of([1e3 * s for s in per_call])
+        for lib, timed in zip(impls, measure(runs, opts, seconds=opts.seconds / 4)):
+            row[lib] = Stat.of([1e3 * s for s in timed.seconds])
         rows.append(row)
     return rows, notes
 
@@ -333,28 +368,52 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return ["", f"| {' | '.join(header)} |", "|---" * len(header) + "|", *(f"| {' | '.join(map(str, r))} |" for r in rows)]
 
 
+def relative(r: dict[str, Any], vanilla_ms: float | None) -> str:
+    """A row's step time over Vanilla's (the "× Vanilla" column)."""
+    return f"{r['step_ms'].median / vanilla_ms:.2f}" if vanilla_ms else "n/a"
+
+
+def epoch_cell(r: dict[str, Any]) -> str:
+    """The "s / epoch" column: EPOCH_IMAGES at the median rate + an eval pass (absent for --concurrent processes)."""
+    return f"{r['epoch_s']:,.1f}" if r.get("epoch_s") is not None else "n/a"
+
+
+def vanilla_ms(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Vanilla's median step ms per backbone among ``rows``."""
+    return {r["backbone"]: r["step_ms"].median for r in rows if r["method"] == "vanilla" and r.get("status") == "ok"}
+
+
 def method_cells(r: dict[str, Any], vanilla: dict[str, float]) -> list[Any]:
     if r["status"] != "ok":
-        return [r["backbone"], r["method"], *[""] * 8, r["status"]]
-    rel = f"{r['step_ms'].median / vanilla[r['backbone']]:.2f}" if r["backbone"] in vanilla else "n/a"
+        return [r["backbone"], r["method"], *[""] * 9, r["status"]]
     share = f"{100 * r['mix_share']:.1f} %" if "mix_share" in r else r["mix_probe"]
-    return [r["backbone"], r["method"], fmt(r["img_s"], 0), fmt(r["step_ms"], 2), rel, fmt(r.get("mix_ms"), 3), share,
-            fmt(r["eval_s"], 2), f"{r['epoch_s']:,.1f}", f"{r['peak_mem_mb']:,.0f}", r.get("note", "")]
+    return [r["backbone"], r["method"], fmt(r["img_s"], 0), fmt(r["step_ms"], 2), relative(r, vanilla.get(r["backbone"])),
+            fmt(r.get("mix_ms"), 3), share, fmt(r.get("eval_s"), 2), epoch_cell(r), f"{r['peak_mem_mb']:,.0f}",
+            f"{r['warmup_s']:.1f}", r.get("note", "")]
+
+
+def header(m: dict[str, Any], title: str, how: str) -> list[str]:
+    """The title and settings lines every .md starts with; ``how``: what was timed."""
+    settings = (f"commit {m['git']['commit'][:12]}{' (dirty)' if m['git']['dirty'] else ''}; width {m['width']}, "
+                f"batch {m['batch_size']}, compile {m['compile']}, capture {m.get('capture', 'model')}, autocast "
+                f"{m.get('precision', 'n/a')}, {how}; {m['threads']} CPU threads.")
+    return [f"## mixnb {title}: {m['device_name']} ({m['device']}), torch {m['torch']}, {m['date']}", "", settings]
+
+
+def windows_text(m: dict[str, Any]) -> str:
+    window = f"{m['steps']} steps" if m["steps"] else f"~{m['seconds']} s"
+    return f"{m['windows']} windows of {window} each, median (min–max) over windows"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
     m, sync = report["meta"], "result" in next(iter(report["methods"]), {})
-    window = f"{m['steps']} steps" if m["steps"] else f"~{m['seconds']} s"
-    lines = [f"## mixnb {'sync check' if sync else 'bench'}: {m['device_name']} ({m['device']}), torch {m['torch']}, "
-             f"{m['date']}", "", f"commit {m['git']['commit'][:12]}{' (dirty)' if m['git']['dirty'] else ''}; width "
-             f"{m['width']}, batch {m['batch_size']}, compile {m['compile']}, autocast {m.get('precision', 'n/a')}, {m['windows']} windows of {window} each, "
-             f"median (min–max) over windows; {m['threads']} CPU threads."]
+    lines = header(m, "sync check" if sync else "bench", windows_text(m))
     if sync:
         rows = [[r["backbone"], r["method"], r["result"], r.get("where", "")] for r in report["methods"]]
         return "\n".join(lines + table(["backbone", "method", "result", "where"], rows)) + "\n"
-    vanilla = {r["backbone"]: r["step_ms"].median for r in report["methods"] if r["method"] == "vanilla" and "step_ms" in r}
+    vanilla = vanilla_ms(report["methods"])
     lines += table(["backbone", "method", "img/s", "step ms", "× Vanilla", "mix ms", "mix share", "eval s / 10k",
-                    "s / epoch", "peak MiB", "note"], [method_cells(r, vanilla) for r in report["methods"]])
+                    "s / epoch", "peak MiB", "warm-up s", "note"], [method_cells(r, vanilla) for r in report["methods"]])
     if report["naive"]:
         lines += table(["backbone", "ours (Vanilla) img/s", "naive pipeline img/s", "ours / naive"],
                        [[r["backbone"], fmt(r["ours_img_s"], 0), fmt(r["img_s"], 0), f"{r['ratio']:.2f}×"]
@@ -370,11 +429,130 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], out: Path, stem: str = "bench") -> str:
-    md = to_markdown(report)
+def concurrent_table(report: dict[str, Any]) -> list[str]:
+    """Per backbone x method x K: each process's median img/s, their sum, and the sum over K=1's."""
+    def cells(r: dict[str, Any]) -> list[Any]:
+        rates = " / ".join(f"{p['img_s']:,.0f}" if p["error"] is None else "failed" for p in r["processes"])
+        total = f"{r['aggregate_img_s']:,.0f}" if r["ok"] else "n/a"
+        return [r["backbone"], r["method"], r["k"], rates, total, f"{r['vs_k1']:.2f}×" if r["vs_k1"] else "n/a",
+                process_errors(r)]
+
+    return table(["backbone", "method", "K", "img/s per process", "aggregate img/s", "vs K=1", "errors"],
+                 [cells(r) for r in report["rows"]])
+
+
+def process_errors(r: dict[str, Any]) -> str:
+    """A concurrent row's failed processes, each with its one-line error."""
+    return "; ".join(f"p{p['index']}: {p['error']}" for p in r["processes"] if p["error"] is not None)
+
+
+def concurrent_markdown(report: dict[str, Any]) -> str:
+    how = f"K processes at once on one device, each {windows_text(report['meta'])} after all K are warm"
+    return "\n".join(header(report["meta"], "concurrent bench", how) + concurrent_table(report)) + "\n"
+
+
+def configuration(m: dict[str, Any]) -> str:
+    """A result file's compile setting as asked (``--compile``; "auto" resolves per method), with the capture."""
+    option = m.get("compile_option", m["compile"])
+    return f"{option}, step capture" if m.get("capture") == "step" and option != "off" else option
+
+
+def kernel_share_table(rows: Sequence[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """One line per (meta, row) of --profile-kernels: device time per step and each category's share."""
+    names = [c for c, _ in KERNEL_CATEGORIES] + [OTHER]
+
+    def cells(m: dict[str, Any], r: dict[str, Any]) -> list[Any]:
+        if r["status"] != "ok":
+            return [r["backbone"], r["method"], configuration(m), r["status"], *[""] * (len(names) + 2)]
+        return [r["backbone"], r["method"], configuration(m), r["time_base"], f"{r['total_ms']:,.2f}",
+                f"{r['wall_ms']:,.2f}", *(f"{100 * r['categories'][c]['share']:.1f} %" for c in names)]
+
+    return table(["backbone", "method", "configuration", "time", "ms / step", "wall ms / step", *names],
+                 [cells(m, r) for m, r in rows])
+
+
+def kernels_markdown(report: dict[str, Any]) -> str:
+    m = report["meta"]
+    lines = header(m, "kernel profile", f"torch.profiler over {PROFILE_STEPS} training steps after {m['warmup']} "
+                                        "warm-up steps") + kernel_share_table([(m, r) for r in report["rows"]])
+    for r in report["rows"]:
+        if r["status"] == "ok":
+            lines += ["", f"### {r['backbone']} {r['method']}: top {TOP_KERNELS} of {r['kernels']} ({r['time_base']})"]
+            lines += table(["kernel", "category", "ms / step", "share", "calls / step"],
+                           [[short(k["name"]), k["category"], f"{k['ms']:,.3f}", f"{100 * k['share']:.1f} %",
+                             f"{k['calls']:g}"] for k in r["top"]])
+    return "\n".join(lines) + "\n"
+
+
+def short(name: str, width: int = 100) -> str:
+    """A kernel name for a table cell: cut to ``width``, pipes escaped."""
+    return (name if len(name) <= width else name[:width - 1] + "…").replace("|", "\\|")
+
+
+def write_report(report: dict[str, Any], out: Path, stem: str = "bench",
+                 render: Callable[[dict[str, Any]], str] = to_markdown) -> str:
+    md = render(report)
     write_json(out / f"{stem}.json", json.loads(json.dumps(report, default=asdict)))
     atomic_write_text(out / f"{stem}.md", md)
     return md
+
+
+def read_report(path: Path) -> dict[str, Any]:
+    """A result file, its rows' {median, low, high} fields as Stat again."""
+    def revive(v: Any) -> Any:
+        return Stat(**v) if isinstance(v, dict) and set(v) == {"median", "low", "high"} else v
+
+    report = json.loads(path.read_text())
+    for rows in (v for k, v in report.items() if k != "meta"):
+        rows[:] = [{k: revive(v) for k, v in r.items()} if isinstance(r, dict) else r for r in rows]
+    return report
+
+
+def summarize(root: Path) -> str:
+    """Every bench.json, concurrent.json and kernels.json under ``root`` as one markdown summary: per backbone
+    each method's img/s, s/epoch, × Vanilla and warm-up per configuration (a later file's row replaces an
+    earlier one's of the same configuration unless it failed), then the concurrent rows, then the kernel categories."""
+    found = {stem: [read_report(p) for p in sorted(root.rglob(f"{stem}.json"))] for stem in ("bench", "concurrent", "kernels")}
+    benches = sorted((r for r in found["bench"] if not r["meta"].get("barrier")), key=lambda r: r["meta"]["date"])
+    everything = [*benches, *found["concurrent"], *found["kernels"]]
+    if not everything:
+        return f"## mixnb summary: no bench.json, concurrent.json or kernels.json under {root}\n"
+    m = everything[0]["meta"]
+    title = (f"## mixnb summary of {root}: {m['device_name']} ({m['device']}), torch {m['torch']}, commit "
+             f"{m['git']['commit'][:12]}{' (dirty)' if m['git']['dirty'] else ''}")
+    legend = (f"s / epoch: {EPOCH_IMAGES:,} images at the median img/s + one eval pass of {EVAL_IMAGES:,} (the bench's "
+              "column); × Vanilla: step time over Vanilla's in the same configuration; warm-up s: the training "
+              "warm-up, compile included (and cudnn autotune in a backbone's first row).")
+    lines = [title, "", legend]
+    merged: dict[tuple[str, str, str], dict[str, Any]] = {}  # (backbone, method, configuration) -> row
+    for report in benches:
+        for r in report["methods"]:
+            key = (r["backbone"], r["method"], configuration(report["meta"]))
+            if key not in merged or r.get("status") == "ok":
+                merged[key] = r
+    methods = list(dict.fromkeys(method for _, method, _ in merged))
+    configs = list(dict.fromkeys(config for _, _, config in merged))
+    for backbone in dict.fromkeys(b for b, _, _ in merged):
+        keys = sorted((k for k in merged if k[0] == backbone), key=lambda k: (methods.index(k[1]), configs.index(k[2])))
+        vanilla = {c: vanilla_ms([merged[k] for k in keys if k[2] == c]).get(backbone) for c in configs}
+        rows = []
+        for key in keys:
+            r, config = merged[key], key[2]
+            if r.get("status") != "ok":
+                rows.append([key[1], config, *[""] * 5, r.get("status", "")])
+                continue
+            warm = f"{r['warmup_s']:.1f}" if "warmup_s" in r else "n/a"
+            rows.append([key[1], config, r.get("compile", ""), f"{r['img_s'].median:,.0f}", epoch_cell(r),
+                         relative(r, vanilla.get(config)), warm, r.get("note", "")])
+        lines += ["", f"### {backbone}"] + table(["method", "configuration", "compiled", "img/s", "s / epoch",
+                                                  "× Vanilla", "warm-up s", "note"], rows)
+    for report in found["concurrent"]:
+        lines += ["", f"### concurrent processes on one device ({configuration(report['meta'])})"]
+        lines += concurrent_table(report)
+    if found["kernels"]:
+        lines += ["", "### device time by kernel category"]
+        lines += kernel_share_table([(report["meta"], r) for report in found["kernels"] for r in report["rows"]])
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- modes
@@ -407,8 +585,163 @@ def sync_check(spec: str, backbone: str, data: TinyImageNetTensors, opts: argpar
     return row
 
 
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    return next((category for category, parts in KERNEL_CATEGORIES if any(p in low for p in parts)), OTHER)
+
+
+def profile_kernels(spec: str, backbone: str, data: TinyImageNetTensors, opts: argparse.Namespace,
+                    tmp: Path) -> dict[str, Any]:
+    """torch.profiler over PROFILE_STEPS training steps after warm-up: the CUDA kernels' device time on a
+    GPU (the CPU ops' self time otherwise), per kernel and per KERNEL_CATEGORIES category."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    row: dict[str, Any] = {"backbone": backbone, "method": spec}
+    try:
+        rig = build_rig(spec, backbone, data, opts, tmp)
+    except (ImportError, RuntimeError, FileNotFoundError) as e:
+        return {**row, "status": f"skipped: {type(e).__name__}: {e}"}
+    on_cuda = opts.device.type == "cuda"
+    rig.epoch(opts.warmup)  # compile, CUDA-graph recording, cudnn autotune: not in the profile
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_cuda else [])]) as prof:
+        wall_s = time_window(rig.epoch, PROFILE_STEPS, opts.device)
+    kind = DeviceType.CUDA if on_cuda else DeviceType.CPU
+    events = sorted(((e.key, e.self_device_time_total if on_cuda else e.self_cpu_time_total, e.count)
+                     for e in prof.key_averages() if e.device_type == kind), key=lambda e: -e[1])  # µs
+    total = sum(t for _, t, _ in events) or 1.0
+    per_step = 1e3 * PROFILE_STEPS  # µs in all -> ms per step
+    spent = dict.fromkeys([c for c, _ in KERNEL_CATEGORIES] + [OTHER], 0.0)
+    for name, t, _ in events:
+        spent[kernel_category(name)] += t
+    return {**row, "status": "ok", "compile": resolve_compile(rig.cfg, opts.device) or "off", "steps": PROFILE_STEPS,
+            "time_base": "CUDA kernels' device time" if on_cuda else "CPU ops' self time", "kernels": len(events),
+            "total_ms": sum(spent.values()) / per_step, "wall_ms": 1e3 * wall_s,
+            "categories": {c: {"ms": t / per_step, "share": t / total} for c, t in spent.items()},
+            "top": [{"name": name, "category": kernel_category(name), "ms": t / per_step, "share": t / total,
+                     "calls": calls / PROFILE_STEPS} for name, t, calls in events[:TOP_KERNELS]]}
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """``--concurrent``'s rendezvous through files in ``folder``: process ``index`` of ``k`` touches
+    ``ready-<row>-<index>`` once warm for row ``row`` (or done with it, warm or not); the parent touches
+    ``exit-<index>`` when that process ends, so no process waits for a dead one."""
+
+    folder: Path
+    k: int
+    index: int
+
+    def arrive(self, row: int) -> None:
+        (self.folder / f"ready-{row}-{self.index}").touch()
+
+    def exited(self) -> None:
+        (self.folder / f"exit-{self.index}").touch()
+
+    def wait(self, row: int, timeout: float = BARRIER_TIMEOUT_S) -> float:
+        """Arrive at ``row``, then wait until every process has arrived there or ended; the seconds waited."""
+        self.arrive(row)
+        start = time.monotonic()
+        deadline = start + timeout
+        while missing := [i for i in range(self.k) if not (self.folder / f"ready-{row}-{i}").exists()
+                          and not (self.folder / f"exit-{i}").exists()]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"--concurrent: process(es) {', '.join(map(str, missing))} of {self.k} not warm "
+                                   f"{timeout:.0f} s after this one (barrier files in {self.folder})")
+            time.sleep(0.01)
+        return time.monotonic() - start
+
+
+def without(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` less ``option`` and its value (``--option v`` or ``--option=v``)."""
+    out, drop_next = [], False
+    for arg in argv:
+        if drop_next:
+            drop_next = False
+        elif arg == option:
+            drop_next = True
+        elif not arg.startswith(f"{option}="):
+            out.append(arg)
+    return out
+
+
+def run_together(cmds: Sequence[Sequence[str]], outs: Sequence[Path], folder: Path) -> list[int]:
+    """Start every command at once (output to ``<out>/bench.log``), mark each one's end in the barrier
+    ``folder`` as it happens, and return the exit codes."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for cmd, out in zip(cmds, outs):
+            out.mkdir(parents=True, exist_ok=True)
+            with open(out / "bench.log", "wb") as log:
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        running = dict(enumerate(procs))
+        while running:
+            for i, proc in list(running.items()):
+                if proc.poll() is not None:
+                    Barrier(folder, len(procs), i).exited()
+                    del running[i]
+            time.sleep(0.05)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:  # the parent is failing: no orphan keeps the device busy
+                proc.kill()
+    return [proc.wait() for proc in procs]
+
+
+def process_results(out: Path, code: int) -> tuple[dict[tuple[str, str], dict[str, Any]], str]:
+    """One --concurrent process's rows by (backbone, method), and why a row may be missing: its exit code
+    with the last line of its log (a traceback's error line)."""
+    lines = [line for line in (out / "bench.log").read_text(errors="replace").splitlines() if line.strip()]
+    why = f"exit {code}: {lines[-1].strip() if lines else 'no output'}" if code else "no row written"
+    rows = read_report(out / "bench.json")["methods"] if (out / "bench.json").exists() else []
+    return {(r["backbone"], r["method"]): r for r in rows}, why
+
+
+def concurrent_row(backbone: str, spec: str, k: int, results: Sequence[tuple[dict[tuple[str, str], dict[str, Any]], str]],
+                   k1: dict[str, Any] | None) -> dict[str, Any]:
+    """Per process its median training img/s or its one-line error; their sum over the processes that ran,
+    and that sum over K=1's (``k1``: the K=1 row of the same backbone and method; for K=1 the row itself)."""
+    processes = []
+    for i, (rows, why) in enumerate(results):
+        r = rows.get((backbone, spec), {"status": why})
+        ok = r["status"] == "ok"
+        processes.append({"index": i, "img_s": r["img_s"].median if ok else None, "error": None if ok else r["status"]})
+    rates = [p["img_s"] for p in processes if p["error"] is None]
+    total = sum(rates)
+    one = total if k == 1 else k1["aggregate_img_s"] if k1 and k1["ok"] else 0
+    return {"backbone": backbone, "method": spec, "k": k, "processes": processes, "ok": len(rates),
+            "aggregate_img_s": total, "vs_k1": total / one if rates and one else None}
+
+
+def run_concurrent(opts: argparse.Namespace, argv: Sequence[str], report: dict[str, Any],
+                   seconds_left: Callable[[], float], log: Callable[[str], None]) -> None:
+    """For each K of ``--concurrent``: K bench processes of the same options (``--no-peers``, own ``--out``
+    folder ``k<K>/p<i>``) at once on the device; rows into ``report["rows"]``, concurrent.json/.md after each K."""
+    base = [sys.executable, "-m", "mixnb.bench", *without(argv, "--concurrent"), "--no-peers"]
+    pairs = list(itertools.product(opts.backbones, opts.methods))
+    for k in opts.concurrent:
+        if opts.budget and seconds_left() <= 0:
+            results: list[tuple[dict[tuple[str, str], dict[str, Any]], str]] = [({}, "skipped: time budget")] * k
+        else:
+            outs = [Path(opts.out) / f"k{k}" / f"p{i}" for i in range(k)]
+            budget = ["--budget", f"{max(1.0, seconds_left()):.0f}"] if opts.budget else []  # the rest of ours
+            with tempfile.TemporaryDirectory(prefix="mixnb-barrier-") as folder:
+                codes = run_together([[*base, "--out", str(out), *budget, "--barrier", folder, str(k), str(i)]
+                                      for i, out in enumerate(outs)], outs, Path(folder))
+            results = [process_results(out, code) for out, code in zip(outs, codes)]
+        k1 = {(r["backbone"], r["method"]): r for r in report["rows"] if r["k"] == 1}
+        rows = [concurrent_row(b, m, k, results, k1.get((b, m))) for b, m in pairs]
+        for r in rows:
+            errors = process_errors(r)
+            log(f"{r['backbone']} {r['method']} K={k}: {r['ok']} of {k} ran, aggregate {r['aggregate_img_s']:,.0f} "
+                f"img/s{'; ' + errors if errors else ''}")
+        report["rows"] += rows
+        write_report(report, Path(opts.out), "concurrent", concurrent_markdown)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mixnb.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mixnb.bench", description=__doc__.split("\n")[0],
+                                allow_abbrev=False)  # --concurrent hands its argv on: options by their full names
     p.add_argument("--methods", help="comma-separated registry names, each with optional :key=value overrides "
                                      "(e.g. puzzlemix:workers=8); default: all")
     p.add_argument("--backbones", help="comma-separated; default resnet18 (CPU), resnet18,resnext50 (CUDA)")
@@ -429,10 +762,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--compile", default="auto", choices=COMPILE_MODES,
                    help="RunConfig.compile: torch.compile mode of the model, as the Trainer (auto: its default)")
+    p.add_argument("--capture", default="model", choices=CAPTURES,
+                   help="RunConfig.capture: with compile on, model = the model's passes, step = the method's whole "
+                        "training_step as well")
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help="RunConfig.precision, as the Trainer")
     p.add_argument("--budget", type=float, default=0, help="seconds; rows not started by then are skipped (0: none)")
-    p.add_argument("--sync-check", action="store_true", help="check every method's step for host syncs, then exit")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--sync-check", action="store_true", help="check every method's step for host syncs, then exit")
+    mode.add_argument("--concurrent", type=counts, metavar="K,...",
+                      help="for each K, K bench processes at once on the device (training img/s only): each one's "
+                           "rate, their sum and the sum over K=1's in concurrent.json/.md")
+    mode.add_argument("--profile-kernels", action="store_true",
+                      help=f"torch.profiler over {PROFILE_STEPS} training steps: device time by kernel category and "
+                           f"the top {TOP_KERNELS} kernels in kernels.json/.md")
+    mode.add_argument("--summarize", metavar="DIR", help="print one summary of every bench/concurrent/kernels .json "
+                                                         "under DIR, then exit")
+    p.add_argument("--barrier", nargs=3, metavar=("FOLDER", "K", "INDEX"),
+                   help="set by --concurrent for its processes: after warm-up, wait for the other K-1 in FOLDER")
     opts = p.parse_args(argv)
+    opts.barrier = opts.barrier and Barrier(Path(opts.barrier[0]), int(opts.barrier[1]), int(opts.barrier[2]))
     opts.device = resolve_device(opts.device)
     on_cuda = opts.device.type == "cuda"
     opts.width = opts.width or (64 if on_cuda else PROFILES["sample"]["width"])
@@ -443,13 +791,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return opts
 
 
+def counts(text: str) -> list[int]:
+    """``--concurrent``'s "1,2,3"."""
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated process counts >= 1, got {text!r}")
+    return ks
+
+
 def bench_naive(backbone: str, data: TinyImageNetTensors, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """The naive pipeline and our Vanilla step in alternating windows; the ratio is the median of
     the rounds' ratios (robust to load changes on a shared machine)."""
     rig, naive = build_rig("vanilla", backbone, data, opts, tmp), NaivePipeline(Path(data.root), backbone, opts)
     try:
-        (ours, _), (slow, _) = measure([rig.epoch, naive], opts, seconds=opts.seconds, steps=opts.steps,
-                                       warmup=2 * opts.warmup)
+        ours, slow = (timed.seconds for timed in measure([rig.epoch, naive], opts, seconds=opts.seconds,
+                                                          steps=opts.steps, warmup=2 * opts.warmup))
     finally:
         naive.close()
     bs = opts.batch_size
@@ -459,13 +818,20 @@ def bench_naive(backbone: str, data: TinyImageNetTensors, opts: argparse.Namespa
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.summarize:
+        print(summarize(Path(opts.summarize)), end="")
+        return 0
+    argv = sys.argv[1:] if argv is None else argv
     out, t0, dev = Path(opts.out), time.perf_counter(), opts.device
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
 
+    def seconds_left() -> float:
+        return opts.budget - (time.perf_counter() - t0)
+
     def over_budget() -> bool:
-        return bool(opts.budget) and time.perf_counter() - t0 > opts.budget
+        return bool(opts.budget) and seconds_left() < 0
 
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as fit: fixed shapes
@@ -474,14 +840,21 @@ def main(argv: list[str] | None = None) -> int:
     compiled = resolve_compile(settings, dev) or "off"
     precision = str(resolve_precision(settings, dev)).removeprefix("torch.")
     log(f"{env['device_name']} ({dev}), torch {env['torch']}, width {opts.width}, batch {opts.batch_size}, "
-        f"compile {compiled}, autocast {precision}, methods {','.join(opts.methods)}, backbones {','.join(opts.backbones)}")
-    data = load_data(RunConfig(profile=opts.profile))  # a generated set is made once, under $MIXNB_CACHE
+        f"compile {compiled}, capture {opts.capture}, autocast {precision}, methods {','.join(opts.methods)}, "
+        f"backbones {','.join(opts.backbones)}")
+    data = load_data(RunConfig(profile=opts.profile))  # made once, under $MIXNB_CACHE (before --concurrent's processes)
     meta = {**env, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git": git_state(),
-            "width": opts.width, "batch_size": opts.batch_size, "compile": compiled, "precision": precision, "windows": opts.windows,
-            "seconds": opts.seconds, "steps": opts.steps, "eval_images": opts.eval_images, "profile": opts.profile,
+            "width": opts.width, "batch_size": opts.batch_size, "compile": compiled, "compile_option": opts.compile,
+            "capture": opts.capture, "precision": precision, "windows": opts.windows, "seconds": opts.seconds,
+            "steps": opts.steps, "warmup": opts.warmup, "eval_images": opts.eval_images, "profile": opts.profile,
             "train_images": len(data.y_train), "threads": torch.get_num_threads(), "workers": opts.workers,
-            "argv": sys.argv[1:] if argv is None else argv}
-    report: dict[str, Any] = {"meta": meta, "methods": [], "naive": [], "ops": [], "notes": []}
+            "barrier": opts.barrier and {"k": opts.barrier.k, "index": opts.barrier.index}, "argv": argv}
+    if opts.concurrent:
+        report: dict[str, Any] = {"meta": meta, "rows": []}
+        run_concurrent(opts, argv, report, seconds_left, log)
+        print(concurrent_markdown(report))
+        return 0
+    report = {"meta": meta, "methods": [], "naive": [], "ops": [], "notes": []}
     with tempfile.TemporaryDirectory(prefix="mixnb-bench-") as tmp:
         if opts.sync_check:
             for backbone, spec in itertools.product(opts.backbones, opts.methods):
@@ -489,6 +862,18 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{backbone} {spec}: {row['result']} {row.get('where', '')}")
             print(write_report(report, out, "sync"))
             return int(any(r.get("unexpected") for r in report["methods"]))
+        if opts.profile_kernels:
+            report = {"meta": meta, "rows": []}
+            for backbone, spec in itertools.product(opts.backbones, opts.methods):
+                try:
+                    row = profile_kernels(spec, backbone, data, opts, Path(tmp))
+                except Exception as e:  # one broken method must not lose the others' rows
+                    row = {"backbone": backbone, "method": spec, "status": f"error: {type(e).__name__}: {e}"}
+                report["rows"].append(row)
+                log(f"{backbone} {spec}: {row['status']}")
+                write_report(report, out, "kernels", kernels_markdown)
+            print(kernels_markdown(report))
+            return 0
         if not opts.no_peers:  # first: seconds, and the op targets need them
             report["ops"], notes = bench_ops(data, opts, Path(tmp))
             report["notes"] += notes
@@ -497,12 +882,16 @@ def main(argv: list[str] | None = None) -> int:
         for backbone in opts.backbones:
             for spec in opts.methods:
                 row = {"backbone": backbone, "method": spec, "status": "skipped: time budget"}
+                n, barrier = len(report["methods"]), opts.barrier  # n: the row's place, the same in every process
                 try:
-                    row = row if over_budget() else bench_method(spec, backbone, data, opts, Path(tmp), eval_cache)
+                    row = row if over_budget() else bench_method(spec, backbone, data, opts, Path(tmp), eval_cache,
+                                                                 barrier and partial(barrier.wait, n))
                 except ImportError as e:  # an optional package missing only at the first step
                     row["status"] = f"skipped: ImportError: {e}"
                 except Exception as e:  # one broken method must not lose the others' rows
                     row["status"] = f"error: {type(e).__name__}: {e}"
+                if barrier:
+                    barrier.arrive(n)  # done with the row: no other process waits for this one there
                 report["methods"].append(row)
                 log(f"{backbone} {spec}: {row['status']} {fmt(row.get('img_s'), 0)} img/s")
                 write_report(report, out)

@@ -51,8 +51,8 @@ def test_papermill_runs_what_its_parameters_say(tmp_path):
     """`-p lr 0.1` trains at 0.1 (it was dropped); `-p epoch 1` fails naming `epochs` (it started 400)."""
     def papermill(*params: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOKS / "train.ipynb"), str(tmp_path / "o.ipynb"),
-                               "-k", "mixnb", "--no-progress-bar", "-p", "profile", "test", "-p", "run_dir",
-                               str(tmp_path / "run"), *params], capture_output=True, text=True)
+                               "-k", "mixnb", "--no-progress-bar", "-p", "profile", "test", "-p", "analysis", "False",
+                               "-p", "run_dir", str(tmp_path / "run"), *params], capture_output=True, text=True)
 
     proc = papermill("-p", "epochs", "1", "-p", "lr", "0.1", "-p", "method", "mixup", "-p", "method_args",
                      '{"alpha": 0.2}', "-p", "eval_batch_size", "7")

@@ -269,7 +269,7 @@ def build_parts(
 
     With compile on, the model is compiled in place (``nn.Module.compile``: its ``__call__``), after
     the method's ``setup``, so state dicts and checkpoints are the same with and without it. With
-    ``capture="step"`` the method's ``training_step`` and ``eval_logits`` are compiled too: mixing, every
+    ``capture="step"`` the method's ``training_step`` and ``eval_logits`` are compiled instead: mixing, every
     forward pass (AutoMix's EMA encoder, ``forward_stages``, the MixBlock), the loss and their backward become
     graphs (CUDA graphs under "reduce-overhead"), split only where a draw or a host solver runs eagerly
     (``mixups._helpers.eager``); SGD and ``on_step_end`` (one fused foreach lerp) stay as they are.
@@ -301,10 +301,11 @@ def build_parts(
             import torch._inductor.config as inductor_config
 
             inductor_config.layout_optimization = False
-        model.compile(mode=mode, dynamic=False)  # one static graph per shape: no dynamic-shape kernels
-        if cfg.capture == "step":  # instance attributes, so state dicts are unchanged
+        if cfg.capture == "step":  # instance attributes, so state dicts are unchanged; the model is traced inside
             method.training_step = torch.compile(method.training_step, mode=mode, dynamic=False)
             method.eval_logits = torch.compile(method.eval_logits, mode=mode, dynamic=False)
+        else:
+            model.compile(mode=mode, dynamic=False)  # one static graph per shape: no dynamic-shape kernels
     dtype = resolve_precision(cfg, device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     return model, method, optimizer, autocast

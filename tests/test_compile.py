@@ -4,7 +4,7 @@ On the CPU, inductor compiles as the Trainer does on CUDA (``build_parts``), in 
 is tight. Tolerance: float reassociation only, so the loss agrees to 1e-5 relative and every gradient
 to 1e-4 of the largest gradient entry (measured: 0 and 5e-7 with inductor, 0 with aot_eager).
 Inductor runs once (a minute on two cores): the whole captured step (``capture="step"``: MixUp's mixing,
-the forward, the loss and their backward in one graph) and the compiled model's eval, two epochs. The
+the forward, the loss and their backward in one graph) and its compiled eval, two epochs. The
 other captures go through the ``aot_eager`` backend: the same dynamo capture and autograd graphs without
 inductor's code generation, in seconds, so several Trainer steps must match to float rounding; with a
 low recompile limit that fails on a hit, they also show that no frame recompiles every step.
@@ -72,7 +72,7 @@ def test_compile_and_precision_resolve_per_device():
 
 def test_inductor_compiled_run_matches_eager(tmp_path):
     """The Trainer's compiled path end to end, the whole step captured: one step's loss and gradients,
-    then two epochs (train, eval through the compiled model, checkpoint) against the eager run."""
+    then two epochs (train, eval through the compiled ``eval_logits``, checkpoint) against the eager run."""
     cfg = RunConfig(method="mixup", profile="test", epochs=2, device="cpu", precision="fp32", compile="default",
                     capture="step")
     eager = replace(cfg, compile="off")

@@ -356,24 +356,14 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
         rows: list[dict[str, Any]] = []
         start_epoch = 0
         with main_first(rank, world):  # rank 0 moves a corrupt checkpoint aside before the others look
-            ckpt = load_checkpoint(ckpt_path, device, progress=progress if main else "none", move_corrupt=main)
+            ckpt = load_checkpoint(ckpt_path, progress=progress if main else "none", move_corrupt=main)
         if ckpt is not None:
             if ckpt.get("identity") != identity:
                 raise RunConflict(f"{ckpt_path} was written for another run; move it away or train into another "
                                   f"folder")
-            model.load_state_dict(ckpt["model"])
-            method.load_state_dict(ckpt["method"])
-            optimizer.load_state_dict(ckpt["optimizer"])
             rows, start_epoch = ckpt["rows"], ckpt["epoch"]
-            saved = ckpt["rank_generators"]  # one state per rank that wrote it
-            if len(saved) == world:
-                gens.load(saved[rank])
-            else:  # another rank count: partners come from other batches anyway, so new mix streams
-                gens.data.set_state(saved[0]["data"])  # the shared data stream continues exactly
-                gens.seed_rank_streams(cfg.seed, rank, start_epoch)
-            torch.set_rng_state(ckpt["torch_rng"])
-            if on_cuda and ckpt.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+            restore_(ckpt, model=model, method=method, optimizer=optimizer, gens=gens, seed=cfg.seed, rank=rank,
+                     world=world, device=device)
 
         # Several processes: DDP averages the model's gradients, we average the method's own.
         train_model: nn.Module = model
@@ -491,10 +481,30 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu", *, progress: str = "none",
-                    move_corrupt: bool = False) -> dict[str, Any] | None:
-    """A run's checkpoint as plain tensors and containers (``weights_only=True``: a checkpoint is data, and
-    nothing in a shared run folder may run code), or None when there is none.
+def restore_(ckpt: dict[str, Any], *, model: nn.Module, method: MixMethod, optimizer: torch.optim.Optimizer,
+             gens: Generators, seed: int, rank: int, world: int, device: torch.device) -> None:
+    """Put a run back where ``ckpt`` (loaded to the CPU) left it, on any device: weights and optimizer state reach
+    the device through ``load_state_dict`` (it copies into the live tensors), every RNG state is set from the
+    CPU byte tensor the setters require (a CUDA generator too). With another rank count the shared data stream
+    continues exactly and the per-rank mix/host streams are re-seeded from (seed, rank, epoch)."""
+    model.load_state_dict(ckpt["model"])
+    method.load_state_dict(ckpt["method"])
+    optimizer.load_state_dict(ckpt["optimizer"])  # moves each state tensor to its parameter's device
+    saved = ckpt["rank_generators"]  # one state per rank that wrote it
+    if len(saved) == world:
+        gens.load(saved[rank])
+    else:  # another rank count: partners come from other batches anyway, so new mix streams
+        gens.data.set_state(saved[0]["data"])
+        gens.seed_rank_streams(seed, rank, ckpt["epoch"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+
+
+def load_checkpoint(path: Path, *, progress: str = "none", move_corrupt: bool = False) -> dict[str, Any] | None:
+    """A run's checkpoint as plain CPU tensors and containers (``weights_only=True``: a checkpoint is data, and
+    nothing in a shared run folder may run code), or None when there is none. Always to the CPU, whatever
+    device the run uses: RNG states must stay CPU byte tensors, and ``restore_`` moves the rest.
 
     Unreadable (permissions, I/O) or holding Python objects beyond tensors and containers: stops with the
     path and the error, the file untouched. Corrupt (truncated, not a checkpoint): moved aside under a name
@@ -504,7 +514,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", *, progress:
         return None
     try:
         with open(path, "rb") as f:
-            ckpt = torch.load(f, map_location=device, weights_only=True)
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except OSError as err:
         raise OSError(err.errno, f"{path} cannot be read ({err.strerror}); fix its permissions "
                                  f"(chmod a+r) or the disk, then run again. Nothing was changed") from None

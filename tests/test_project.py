@@ -29,9 +29,20 @@ def test_environment_yml_agrees_with_pyproject():
     assert f"python{project['requires-python']}" in (ROOT / "environment.yml").read_text()
 
 
-def test_torch_has_a_floor_not_a_pin():
+# torch APIs mixnb's package uses -> the first torch release that has them (torch's release notes)
+TORCH_API_SINCE = {"recompile_limit": (2, 7), "cudagraph_mark_step_begin": (2, 1), ".compile(mode=": (2, 2),
+                   "fused=": (2, 3)}
+
+
+def test_torch_has_a_floor_not_a_pin_and_the_floor_has_every_api_used():
     deps = _names(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
     assert deps["torch"].startswith(">=") and deps["torchvision"].startswith(">=")
+    floor = tuple(int(v) for v in deps["torch"][2:].split(".")[:2])
+    source = "\n".join(p.read_text() for p in (ROOT / "mixnb").rglob("*.py"))
+    used = {api: since for api, since in TORCH_API_SINCE.items() if api in source}
+    assert "recompile_limit" in used  # the table is read against the code, not against itself
+    too_new = {api: since for api, since in used.items() if since > floor}
+    assert not too_new, f"torch>={deps['torch'][2:]} lacks {too_new}: raise the floor in pyproject.toml and environment.yml"
 
 
 def test_ci_runs_make_test_only():

@@ -31,6 +31,30 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
 
 
 
+def test_a_resume_restores_through_the_device_path(tmp_path, monkeypatch):
+    """CUDA proxy: a checkpoint loaded with ``map_location=<the run's device>`` puts the RNG byte tensors on the
+    device, and ``Generator.set_state`` / ``torch.set_rng_state`` accept only CPU ones (every CUDA resume
+    crashed). Here a load that names the run's device lands on ``meta``, as a CUDA one lands on the GPU: the
+    resume must not depend on it and still end where the uninterrupted run ends."""
+    cfg = RunConfig(method="cutmix", profile="test", epochs=2, device="cpu")
+    fit(cfg, tmp_path / "straight", progress="none")
+    killed = tmp_path / "killed"
+    run_until_killed(cfg, killed, 1)
+    real_load = torch.load
+
+    def device_load(f, map_location=None, **kwargs):
+        return real_load(f, map_location="meta" if isinstance(map_location, torch.device) else map_location, **kwargs)
+
+    monkeypatch.setattr(torch, "load", device_load)
+    fit(cfg, killed, progress="none")
+    monkeypatch.setattr(torch, "load", real_load)
+    a = pd.read_csv(tmp_path / "straight" / "metrics.csv")[MATH_COLUMNS]
+    pd.testing.assert_frame_equal(a, pd.read_csv(killed / "metrics.csv")[MATH_COLUMNS])
+    wa = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    wb = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])
+    assert all(s.device.type == "cpu" for g in wb["rank_generators"] for s in g.values())
+
 
 def test_summary_and_metrics_files(tmp_path):
     summary = fit(RunConfig(method="cutmix", profile="test", epochs=2, device="cpu"), tmp_path, progress="none")

@@ -48,7 +48,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT
     dev = resolve_device(device)
-    ckpt = load_checkpoint(path, "cpu")
+    ckpt = load_checkpoint(path)
     if ckpt is None:
         raise FileNotFoundError(f"{path} not found: nothing to analyse (a run folder keeps its last checkpoint "
                                 f"unless it was deleted to save space)")

@@ -51,7 +51,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e .
+	$(PY) -m pip install -e ".[test]"
 	$(PY) -m ipykernel install --sys-prefix --name mixnb --display-name "Python (mixnb)" >/dev/null
 	@# the kernel's own log at ERROR: papermill runs it on loopback TCP, whose "without encryption" warning is noise
 	$(PY) -m mixnb.paths --quiet-kernel

@@ -55,6 +55,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name mixnb --display-name "Python (mixnb)" >/dev/null
 	@# the kernel's own log at ERROR: papermill runs it on loopback TCP, whose "without encryption" warning is noise
 	$(PY) -m mixnb.paths --quiet-kernel
+	@# .gitattributes names the filter; git needs its command (a clone has no local config)
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+		git config filter.nbstripout.clean "$(abspath $(VENV))/bin/nbstripout --keep-id" && \
+		git config filter.nbstripout.smudge cat && git config filter.nbstripout.required true && \
+		git config diff.ipynb.textconv "$(abspath $(VENV))/bin/nbstripout --keep-id -t"; fi
 	@rm -f $(VENV)/.stamp-*
 	@touch $@
 
@@ -83,5 +88,10 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m mixnb.bench $(BENCH_ARGS)
 
+LAB_PORT ?= 8888
+# Rooted at the repo (notebooks/, runs/ and reports/ in reach); no browser, so it works on a remote GPU box:
+# open the printed URL, through `ssh -L $(LAB_PORT):localhost:$(LAB_PORT) HOST` from your machine.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+	@echo "JupyterLab on port $(LAB_PORT): open the http://localhost:$(LAB_PORT)/lab?token=... URL printed below"
+	$(VENV)/bin/jupyter lab --notebook-dir=. --no-browser --port=$(LAB_PORT) \
+		$(if $(filter 0,$(shell id -u)),--allow-root)

@@ -25,13 +25,33 @@ def test_there_are_notebooks():
     assert {p.name for p in NOTEBOOK_FILES} >= {"train.ipynb", "analysis.ipynb", "explore.ipynb"}
 
 
+def stored_form(path) -> str:
+    """A notebook as a commit stores it: through the nbstripout filter that ``make install`` configures
+    (.gitattributes), so running one in JupyterLab leaves git clean; the file itself without that filter."""
+    clean = subprocess.run(["git", "config", "--get", "filter.nbstripout.clean"], cwd=NOTEBOOKS, capture_output=True,
+                           text=True).stdout.split()
+    text = path.read_text()
+    return subprocess.run(clean, input=text, capture_output=True, text=True, check=True).stdout if clean else text
+
+
+def test_make_install_configures_the_notebook_filter():
+    attributes = (NOTEBOOKS.parent / ".gitattributes").read_text()
+    assert "*.ipynb filter=nbstripout" in attributes
+    if subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=NOTEBOOKS, capture_output=True).returncode:
+        pytest.skip("not a git work tree: there is no commit to keep clean")
+    clean = subprocess.run(["git", "config", "--get", "filter.nbstripout.clean"], cwd=NOTEBOOKS, capture_output=True,
+                           text=True).stdout
+    assert "nbstripout --keep-id" in clean, "run make install: it points git's notebook filter at the venv"
+
+
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.name)
 def test_notebooks_are_committed_clean(path):
     """The committed .ipynb files are the notebooks' only source: valid, without outputs, with stable cell ids
     and the metadata the kernel writes (opening one in JupyterLab changes nothing but the Python version)."""
     from ipykernel.ipkernel import IPythonKernel
 
-    nb = nbformat.read(path, as_version=4)
+    text = stored_form(path)
+    nb = nbformat.reads(text, as_version=4)
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -40,7 +60,7 @@ def test_notebooks_are_committed_clean(path):
     assert nb.metadata.kernelspec.name == "mixnb"
     kernel = {k: v for k, v in IPythonKernel.language_info.items() if k != "version"}
     assert {k: v for k, v in nb.metadata.language_info.items() if k != "version"} == kernel
-    assert path.read_text() == nbformat.writes(nb) + "\n"  # nbformat's own layout: a save rewrites nothing
+    assert text == nbformat.writes(nb) + "\n"  # nbformat's own layout: a save rewrites nothing
 
 
 def test_report_and_explore_parameters_are_declared():
@@ -120,10 +140,12 @@ def _env() -> dict:
 
 def test_report_commands_explain_themselves(tmp_path, monkeypatch):
     """No runs: a page that says how to get some; an unknown profile: the valid names, no folder made."""
-    from mixnb.report import Runs, benchmark_table, header_html
+    from mixnb.report import Runs, benchmark_table, header_html, write_exports
 
     empty = Runs(pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), [])
     assert "Runs: 0 finished" in header_html(empty, "sample") and benchmark_table(pd.DataFrame()).empty
+    exports = write_exports(pd.DataFrame(), tmp_path)  # every run diverged, or none yet: the exports still come
+    assert [p.name for p in exports] == ["benchmark.csv", "benchmark.md", "benchmark.tex"]
     monkeypatch.setenv("MIXNB_REPORTS", str(tmp_path))
     with pytest.raises(ValueError, match="unknown profile 'smaple'; valid: tiny-imagenet, sample, test"):
         render_report("smaple")

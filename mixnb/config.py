@@ -5,8 +5,14 @@ build a ``RunConfig``. Method defaults live only in the registry (``mixnb.mixups
 ``method_args`` overrides them and is typed against them. Protocol numbers (lr 0.2, momentum 0.9,
 wd 1e-4, batch 100, 400 epochs) come from protocol.md §1.5.
 
+``reference`` picks the OpenMixup code a run follows (docs/publication.md): "published" (default), per
+method and backbone the code that published its Tiny-ImageNet number (2022); "head", OpenMixup's 2025 code.
+It resolves the method's settings (the registry's ``defaults``, or with its ``head`` applied), the crop's
+interpolation and the evaluation's BN statistics; each resolved value is a setting of its own, and the
+run's identity and name hold the resolved values, not the choice.
+
 A run is identified by what changes its result (``RunConfig.identity``): method and its resolved
-arguments, backbone, seed, resolved epochs and width, optimiser settings, precision, device type
+arguments, backbone, seed, resolved epochs and width, crop, optimiser settings, precision, device type
 and the dataset. Compile mode and capture, GPU index, ``log_every``, ``eval_batch_size`` and progress change
 nothing beyond float reassociation and never block a resume.
 """
@@ -26,7 +32,9 @@ from typing import Any
 
 import torch
 
+from mixnb.data.loader import IMAGENET_MEAN, IMAGENET_STD, KERNELS
 from mixnb.models import BACKBONES, INITS
+from mixnb.models.groupbn import RUNNING_STATS
 
 # A profile fixes the data and the model width. "sample" proves the pipeline on a generated
 # dataset on a 2-core CPU in minutes; it does not reproduce the published numbers.
@@ -47,6 +55,13 @@ CAPTURES = ("model", "step")
 # Autocast precision: bf16 keeps fp32 master weights, optimizer state and BN statistics (performance.md §8.1);
 # "auto" resolves per device (resolve_precision).
 PRECISIONS = ("auto", "bf16", "fp32")
+REFERENCES = ("published", "head")  # the code that published each row | OpenMixup's HEAD (docs/publication.md)
+INTERPOLATIONS = tuple(KERNELS)  # RandomResizedCrop: bicubic | bilinear
+# The evaluation's BN statistics under bn_groups > 1, per reference: OpenMixup HEAD's ValidateHook broadcasts rank
+# 0's buffers (openmixup/core/hooks/validate_hook.py, since dadfb9b 2023-03-17). The 2022 code (openmixup/hooks/
+# validate_hook.py at e81ed85) evaluated each rank's val shard with that rank's own buffers: the ranks' buffers are
+# exchangeable, so for every image rank 0's are equal in expectation: "first" for both.
+REFERENCE_RUNNING_STATS = {"published": "first", "head": "first"}
 MAX_SEED = 2**32  # CPU torch.Generator seeds keep 32 bits: seeds 0 and 2**32 would be one run
 MAX_PARAMS = 2e9  # a model above this is a typo (width=1000000), not an experiment
 
@@ -67,6 +82,13 @@ class RunConfig:
     seed: int = _f(0, "seeds the data-order, augmentation, mixing and init generators (0 <= seed < 2**32)")
     epochs: int | None = _f(None, "None: the profile's (400 for tiny-imagenet)")
     width: int | None = _f(None, "base width of the backbone; None: the profile's (64 = the paper's)")
+    reference: str = _f("published", "the OpenMixup code followed (docs/publication.md): published (per method and "
+                                     "backbone the code that published its number, 2022) | head (OpenMixup's 2025 "
+                                     "code); resolves the method settings, crop_interpolation and running_stats",
+                        choices=REFERENCES)
+    crop_interpolation: str | None = _f(None, "RandomResizedCrop resampling, bicubic | bilinear; None: the "
+                                              "reference's (bilinear for the rows published on 2022-03-10)",
+                                        choices=INTERPOLATIONS)
     init: str = _f("paper", "backbone init: paper (the 2022 code behind the published numbers: kaiming fan_out, "
                             "zero-init residual BN) | pytorch (PyTorch's default, OpenMixup HEAD's)", choices=INITS)
     batch_size: int = _f(100, "global batch (protocol.md §1.5)")
@@ -88,6 +110,9 @@ class RunConfig:
     bn_groups: int | None = _f(None, "BatchNorm statistics per this many equal groups of the global batch (2: the "
                                      "reference's 2 GPUs x 50 on one GPU); None: the method's (2 for RX-50 "
                                      "AutoMix/SAMix, else 1)")
+    running_stats: str | None = _f(None, "with bn_groups > 1: the BN running statistics evaluated, first (group 0's, "
+                                          "as OpenMixup's rank-0 broadcast) | mean (the groups' mean); None: the "
+                                          "reference's (first)", choices=RUNNING_STATS)
     eval_batch_size: int = _f(1000, "evaluation batch (no effect on the result)")
     log_every: int = _f(50, "iterations between host reads of the running loss")
 
@@ -107,7 +132,7 @@ class RunConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or None for the profile's), got {getattr(self, name)}")
         for name, valid in (("compile", COMPILE_MODES), ("capture", CAPTURES), ("precision", PRECISIONS),
-                            ("init", INITS)):
+                            ("init", INITS), ("reference", REFERENCES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
         for name in ("lr", "momentum", "weight_decay", "min_lr"):
@@ -128,7 +153,16 @@ class RunConfig:
         if params > MAX_PARAMS:
             raise ValueError(f"width {self.model_width} gives a {self.backbone} of ~{params / 1e9:.0f}G parameters "
                              f"(~{params * 16 / 2**30:.0f} GiB with SGD state); the paper's width is 64")
-        object.__setattr__(self, "method_args", typed_method_args(self.method, self.method_args))
+        for name, valid in (("crop_interpolation", INTERPOLATIONS), ("running_stats", RUNNING_STATS)):
+            if getattr(self, name) not in (None, *valid):
+                raise ValueError(f"{name} must be one of {', '.join(valid)} (or None: the reference's); "
+                                 f"got {getattr(self, name)!r}")
+        args = typed_method_args(self.method, self.method_args)
+        if self.reference == "head":  # HEAD's settings where they differ from the registry's; explicit ones win
+            from mixnb.mixups import get_spec
+
+            args = {**get_spec(self.method).head, **args}
+        object.__setattr__(self, "method_args", args)
         get_method(self.method, **self.method_args)  # a bad value fails here, with the method's own message
 
     @classmethod
@@ -178,6 +212,19 @@ class RunConfig:
         return self.bn_groups if self.bn_groups is not None else get_spec(self.method).bn_groups.get(self.backbone, 1)
 
     @property
+    def crop(self) -> str:
+        """The crop's interpolation: ``crop_interpolation``, else that of the code ``reference`` names."""
+        from mixnb.mixups import reference_code
+
+        return self.crop_interpolation or reference_code(self.method, self.backbone, self.reference).crop
+
+    @property
+    def bn_running_stats(self) -> str:
+        """The BN running statistics evaluation uses: ``running_stats``, else the reference's with bn_groups > 1; with
+        one group "mean", which under DDP's per-rank BN comes closest to the one batch's statistics."""
+        return self.running_stats or (REFERENCE_RUNNING_STATS[self.reference] if self.batchnorm_groups > 1 else "mean")
+
+    @property
     def floor_lr(self) -> float:
         from mixnb.mixups import get_spec
 
@@ -195,7 +242,9 @@ class RunConfig:
                 "seed": self.seed, "epochs": self.num_epochs, "width": self.model_width, "init": self.init,
                 "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum,
                 "weight_decay": self.weight_decay, "min_lr": self.floor_lr, "sync_bn": self.sync_bn,
-                "bn_groups": self.batchnorm_groups}
+                "bn_groups": self.batchnorm_groups, "crop_interpolation": self.crop,
+                # one group has one set of statistics: the choice exists (and splits identities) only with several
+                **({"running_stats": self.bn_running_stats} if self.batchnorm_groups > 1 else {})}
 
     def identity(self, device: torch.device, dataset: dict[str, Any]) -> dict[str, Any]:
         """What makes two runs the same run: ``maths()`` plus precision, device type and the dataset
@@ -206,6 +255,7 @@ class RunConfig:
     def overrides(self) -> dict[str, Any]:
         """The maths settings that differ from the profile's and the method's defaults (the run name's tokens)."""
         base = RunConfig(method=self.method, backbone=self.backbone, profile=self.profile, seed=self.seed).maths()
+        base.setdefault("running_stats", REFERENCE_RUNNING_STATS["published"])  # its default where groups add it
         mine = self.maths()
         out = {f"method_args.{k}": v for k, v in mine["method_args"].items() if base["method_args"].get(k) != v}
         out.update({k: v for k, v in mine.items() if k != "method_args" and base[k] != v})
@@ -250,12 +300,22 @@ class RunConfig:
 
 
 # Maths settings added after runs were first recorded, with the value every earlier run had: a record without
-# one is the same run when the setting is at that value (mixnb.runs.check_identity).
-ADDED_SETTINGS = {"init": "paper", "bn_groups": 1}
+# one is the same run when the setting is at that value (mixnb.runs.check_identity). ``running_stats`` is
+# recorded only with bn_groups > 1 (``maths``), so it is filled in only there.
+ADDED_SETTINGS = {"init": "paper", "bn_groups": 1, "crop_interpolation": "bicubic"}
+ADDED_GROUPED_SETTINGS = {"running_stats": "mean"}
+# Method settings added with ``reference`` whose registry default is not what earlier runs ran (they ran OpenMixup
+# HEAD's code, and AttentiveMix+ with per-sample lam); settings whose default they ran need no entry.
+ADDED_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "cutmix": {"partner_tries": 11}, "fmix": {"partner_tries": 11}, "automix": {"att_norm": False},
+    "samix": {"att_norm": False}, "attentivemix": {"lam_rule": "sample"},
+    "puzzlemix": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+}
 
 _TOKENS = {"method_args.alpha": "a", "epochs": "ep", "width": "w", "batch_size": "bs", "lr": "lr", "momentum": "mom",
            "weight_decay": "wd", "min_lr": "minlr", "sync_bn": "syncbn", "precision": "",
-           "method_args.decouple_eta": "eta", "bn_groups": "bng"}
+           "method_args.decouple_eta": "eta", "bn_groups": "bng", "crop_interpolation": "crop",
+           "running_stats": "bnstats", "method_args.partner_tries": "tries"}
 
 
 def _token(key: str, value: Any) -> str | None:

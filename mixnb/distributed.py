@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mixnb.config import RunConfig, resolve_device
 from mixnb.io import read_json
+from mixnb.models.groupbn import RUNNING_STATS
 
 
 def launch(cfg: RunConfig, run_dir: str | Path, *, world_size: int, progress: str = "epoch") -> dict[str, Any]:
@@ -172,13 +173,20 @@ def average_gradients_(params: Sequence[Tensor]) -> None:
         p.grad.copy_(g.view_as(p))
 
 
-def average_buffers_(*modules: nn.Module) -> None:
-    """Mean over ranks of the floating-point buffers (BN running statistics) of ``modules``."""
+def average_buffers_(*modules: nn.Module, running_stats: str = "mean") -> None:
+    """The floating-point buffers (BN running statistics) of ``modules`` made equal over ranks: their mean
+    (``running_stats`` "mean"), or rank 0's ("first", as OpenMixup HEAD's ValidateHook broadcasts them)."""
+    if running_stats not in RUNNING_STATS:
+        raise ValueError(f"running_stats must be one of {', '.join(RUNNING_STATS)}, got {running_stats!r}")
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return
     bufs = [b for m in modules for b in m.buffers() if b.is_floating_point()]
     if bufs:
-        flat = all_reduce_(torch.cat([b.reshape(-1).float() for b in bufs]), mean=True)
+        flat = torch.cat([b.reshape(-1).float() for b in bufs])
+        if running_stats == "first":
+            dist.broadcast(flat, src=0)
+        else:
+            all_reduce_(flat, mean=True)
         for b, v in zip(bufs, flat.split([b.numel() for b in bufs])):
             b.copy_(v.view_as(b))
 

@@ -97,7 +97,8 @@ def test_mixblock_matches_the_attention_formula_and_autoMix_ignores_lam():
 def test_samix_block_uses_lam_and_its_layout():
     _, method = setup_method("samix")
     block = method.mix_block
-    assert block.key is not None and block.query.in_channels == 2 * 32 and block.query.out_channels == 16
+    qconv = block.query[0]  # att_norm (the published configs'): conv without bias, then BN
+    assert block.key is not None and qconv.in_channels == 2 * 32 and qconv.out_channels == 16 and qconv.bias is None
     assert isinstance(block.value, torch.nn.Sequential) and block.upsample == "bilinear" and block.lam_mul_k == -1
     assert all(c.bias is None for c in block.value if isinstance(c, torch.nn.Conv2d))
     feat = torch.randn(4, 32, 16, 16)

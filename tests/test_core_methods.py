@@ -229,14 +229,15 @@ def test_samplers_draw_on_generator_device_and_are_seeded():
     assert 0 <= c.center.min() and c.center.max() < 64 and c.lam.device.type == "cpu"
 
 
-def test_sample_cutmix_draw_order():
+@pytest.mark.parametrize("tries", [1, NO_REPEAT_TRIES])
+def test_sample_cutmix_draw_order(tries):
     """lam, then perm, then the centre row and column: seeded runs keep their values."""
     for seed, (h, w) in itertools.product(range(20), [(64, 64), (30, 7)]):
         ref = gen(seed)
         lam = torch.rand((), generator=ref)
-        perm = random_partner(6, gen=ref, tries=NO_REPEAT_TRIES)
+        perm = random_partner(6, gen=ref, tries=tries)
         center = torch.stack([torch.randint(h, (), generator=ref), torch.randint(w, (), generator=ref)])
-        draw = sample_cutmix(6, h, w, gen=gen(seed), alpha=1.0)
+        draw = sample_cutmix(6, h, w, gen=gen(seed), alpha=1.0, partner_tries=tries)
         assert torch.equal(draw.lam, lam) and torch.equal(draw.perm, perm) and torch.equal(draw.center, center)
 
 

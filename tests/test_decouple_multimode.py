@@ -120,7 +120,7 @@ def test_loss_settings_are_registry_data_on_input_space_methods_only():
     assert LOSS_METHODS == ["mixup", "cutmix", "smoothmix", "saliencymix", "attentivemix", "fmix", "resizemix",
                             "gridmix"]
     assert all(REGISTRY[n].cls.training_step is MixMethod.training_step for n in LOSS_METHODS)
-    assert get_spec("cutmix").defaults == {"alpha": 1.0, **LOSS_DEFAULTS}
+    assert get_spec("cutmix").defaults == {"alpha": 1.0, "partner_tries": 1, **LOSS_DEFAULTS}
     for name in ("vanilla", "manifoldmix", "puzzlemix", "automix", "samix", "mixup+cutmix"):
         with pytest.raises(ValueError, match=r"has no setting\(s\) \['decouple'\]"):
             get_method(name, decouple=True)
@@ -130,7 +130,8 @@ def test_loss_settings_are_registry_data_on_input_space_methods_only():
     # typed from the CLI and the sweep like any method setting; recorded in the run's identity
     cfg = RunConfig(method="cutmix", method_args=parse_method_args("decouple=true,decouple_eta=0.05"))
     assert cfg.method_args == {"decouple": True, "decouple_eta": 0.05}
-    assert cfg.full_method_args() == {"alpha": 1.0, "decouple": True, "decouple_eta": 0.05, "decouple_form": "openmixup"}
+    assert cfg.full_method_args() == {"alpha": 1.0, "partner_tries": 1, "decouple": True, "decouple_eta": 0.05,
+                                      "decouple_form": "openmixup"}
     jobs = expand("test", methods=["cutmix"], args=parse_method_axes(["cutmix:decouple=true,false"]))
     assert [j.config.method_args for j in jobs] == [{"decouple": True}, {"decouple": False}]
     assert len({j.config.run_name() for j in jobs}) == 2 and jobs[1].config.run_name() == "cutmix-resnet18-s0"

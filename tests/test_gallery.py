@@ -43,7 +43,8 @@ TOLERANCE = {
 }
 EXACT = (-1e-6, 1e-6)  # mixup, manifoldmix, automix, samix: the steered draw's λ is the loss's λ
 # the loss's λ is not the mask's share: AutoMix/SAMix use the drawn λ; SmoothMix ("openmixup") the partner's share
-SHARE_IS_NOT_LAM = {"automix", "samix", "adautomix", "smoothmix"}
+# AttentiveMix+: lam_rule "first" (OpenMixup's) gives every image sample 0's share (docs/publication.md)
+SHARE_IS_NOT_LAM = {"automix", "samix", "adautomix", "smoothmix", "attentivemix"}
 
 
 @pytest.fixture(scope="module")

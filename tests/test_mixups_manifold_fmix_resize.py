@@ -340,7 +340,8 @@ def test_sample_fmix_draw_order(spectrum):
         noise = torch.randn((2, H, W // 2 + 1), generator=ref)
         ceil = torch.rand((), generator=ref) > 0.5
         perm = random_partner(5, gen=ref, tries=NO_REPEAT_TRIES)
-        draw = sample_fmix(5, H, W, gen=gen(seed), alpha=alpha, decay_power=3.0, spectrum=spectrum)
+        draw = sample_fmix(5, H, W, gen=gen(seed), alpha=alpha, decay_power=3.0, spectrum=spectrum,
+                           partner_tries=NO_REPEAT_TRIES)
         assert torch.equal(draw.lam, lam) and torch.equal(draw.ceil, ceil) and torch.equal(draw.perm, perm)
         assert torch.equal(bits(draw.field), bits(fmix_field(noise, H, W, decay_power=3.0, spectrum=spectrum)))
 
@@ -537,7 +538,7 @@ def test_resizemix_training_step_backward():
         ({"scope": (0.5, 0.2)}, r"outside \(0, 1\)"),
         ({"scope": (0.1, 1.0)}, r"outside \(0, 1\)"),
         ({"scope": (0.1,)}, r"outside \(0, 1\)"),
-        ({"alpha": 0.0}, "alpha"),
+        ({"alpha": 0.0, "use_alpha": True}, "alpha"),
         ({"interpolation": "bilinear"}, "nearest"),
     ],
 )
@@ -553,7 +554,7 @@ def test_resizemix_alpha_ignored_without_use_alpha():
 # ---------------------------------------------------------------------------- FMix and ResizeMix on the device
 
 DEVICE_CASES = [("fmix", {}), ("fmix", {"spectrum": "paper"}), ("fmix", {"max_soft": 0.1}), ("resizemix", {}),
-                ("resizemix", {"use_alpha": False}), ("resizemix", {"alpha": 0.2})]
+                ("resizemix", {"use_alpha": True}), ("resizemix", {"alpha": 0.2, "use_alpha": True})]
 
 
 @pytest.mark.parametrize("name, kwargs", DEVICE_CASES)

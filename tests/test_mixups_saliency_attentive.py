@@ -195,13 +195,14 @@ def test_attentivemix_core_keeps_known_top_cells_with_exact_per_sample_lam() -> 
         feats[i, 0, 5, 0] = 18.0  # channel mean 6: the 5th cell, just below the top 4
     perm = torch.tensor([1, 0])
     draw = AttentiveMixDraw(torch.tensor(0.1), perm, feats)  # top_k = int(49 * 0.1) = 4
-    x_mixed, lam, mask = attentivemix(x, draw)
+    x_mixed, lam, mask = attentivemix(x, draw, "sample")
     for i, cells in enumerate(top):
         expected_mask = _cells_mask(cells)
         assert torch.equal(mask[i, 0], expected_mask)
         assert torch.equal(x_mixed[i], torch.where(expected_mask.bool(), x[i], x[perm[i]]))
     # sample 0: 10*10 + 10*9 + 9*10 + 9*9 = 361 px; sample 1: 4 * 81 = 324 px
     assert lam.tolist() == [361 / 4096, 324 / 4096]
+    assert attentivemix(x, draw)[1].tolist() == 361 / 4096  # lam_rule "first" (OpenMixup's): sample 0's for all
     grid = mask[:, :, _EDGES[:-1]][:, :, :, _EDGES[:-1]]  # (2, 1, 7, 7)
     assert torch.equal(mask, F.interpolate(grid, scale_factor=64 / 7, mode="nearest"))  # the reference's call
 
@@ -211,7 +212,7 @@ def test_attentivemix_core_lam_clip_and_identity() -> None:
     feats = torch.randn(3, 8, 7, 7, generator=_gen(3))
     perm = torch.tensor([2, 0, 1])
     x_all, lam_all, _ = attentivemix(x, AttentiveMixDraw(torch.tensor(1.0), perm, feats))  # top_k 49
-    assert torch.equal(x_all, x) and lam_all.tolist() == [1.0, 1.0, 1.0]
+    assert torch.equal(x_all, x) and lam_all.tolist() == 1.0
     _, _, mask0 = attentivemix(x, AttentiveMixDraw(torch.tensor(0.0), perm, feats))  # top_k clipped to 1
     assert (mask0[:, 0, _EDGES[:-1]][:, :, _EDGES[:-1]].sum(dim=(1, 2)) == 1).all()
     _, _, mask75 = attentivemix(x, AttentiveMixDraw(torch.tensor(0.75), perm, feats))  # int(36.75) = 36
@@ -224,7 +225,8 @@ def test_attentivemix_lam_is_true_share_binary_and_targets_sum_to_one(n: int) ->
     feats = torch.randn(n, 16, 7, 7, generator=_gen(n))
     for seed in range(3):
         draw = sample_attentivemix(feats, gen=_gen(seed), alpha=2.0)
-        x_mixed, lam, mask = attentivemix(x, draw)
+        x_mixed, lam, mask = attentivemix(x, draw, "sample")
+        assert torch.equal(attentivemix(x, draw)[1], lam[0])  # "first": sample 0's for the batch
         assert lam.shape == (n,) and lam.dtype == torch.float32 and mask.shape == (n, 1, 64, 64)
         assert set(mask.unique().tolist()) <= {0.0, 1.0}
         moved = draw.perm != torch.arange(n)
@@ -336,7 +338,7 @@ def test_teacher_from_imagenet_file_via_env_var(monkeypatch: pytest.MonkeyPatch,
     feats = method.teacher(x)
     assert feats.shape == (2, 512, 7, 7) and torch.allclose(feats, expected, atol=1e-5)
     batch = method.mix(x, y, gen=_gen(0))
-    assert batch.lam.shape == (2,) and len(method.state_dict()) == 0
+    assert batch.lam.shape == () and len(method.state_dict()) == 0  # lam_rule "first": one lam for the batch
     # the setting works too, and wins over the env var
     monkeypatch.setenv(TEACHER_ENV, str(tmp_path / "missing.pth"))
     by_setting = get_method("attentivemix", teacher_weights=str(path))
@@ -346,5 +348,6 @@ def test_teacher_from_imagenet_file_via_env_var(monkeypatch: pytest.MonkeyPatch,
 
 def test_attentivemix_registry_entry() -> None:
     spec = REGISTRY["attentivemix"]
-    assert spec.label == "AttentiveMix+" and spec.defaults == {"alpha": 2.0, "teacher_weights": None, **LOSS_DEFAULTS}
+    assert spec.label == "AttentiveMix+" and spec.defaults == {"alpha": 2.0, "teacher_weights": None, "lam_rule": "first",
+                                                      **LOSS_DEFAULTS}
     assert isinstance(get_method("attentivemix"), AttentiveMix)

@@ -68,29 +68,3 @@ def test_init_setting_paper_or_pytorch_default():
     assert RunConfig(init="pytorch").maths()["init"] == "pytorch" != RunConfig().maths()["init"]
     with pytest.raises(ValueError, match="init must be one of paper, pytorch"):
         RunConfig(init="xavier")
-
-
-def test_grouped_batchnorm_is_per_group_bn_with_averaged_running_stats():
-    """Each half of the batch normalised by its own statistics, as two per-GPU BNs; the running stats are
-    the two BNs' mean (what mixnb's DDP path sets at each epoch end), at every step."""
-    from mixnb.models.groupbn import GroupedBatchNorm2d, group_batchnorm_
-
-    torch.manual_seed(0)
-    halves = [torch.nn.BatchNorm2d(3) for _ in range(2)]
-    grouped = GroupedBatchNorm2d(3, groups=2)
-    for step in range(3):
-        x = torch.randn(8, 3, 5, 5) * (step + 1) + step
-        want = torch.cat([bn(h) for bn, h in zip(halves, x.chunk(2))])
-        torch.testing.assert_close(grouped(x), want, rtol=1e-5, atol=1e-5)
-        for name in ("running_mean", "running_var"):
-            torch.testing.assert_close(getattr(grouped, name), (getattr(halves[0], name) + getattr(halves[1], name)) / 2)
-    grouped.eval()
-    assert torch.equal(grouped(x), torch.nn.functional.batch_norm(x, grouped.running_mean, grouped.running_var,
-                                                                   grouped.weight, grouped.bias, False, 0.0, grouped.eps))
-    with pytest.raises(ValueError, match="does not split into bn_groups=2"):
-        grouped.train()(torch.randn(5, 3, 4, 4))
-    plain = build_model("resnet18", num_classes=4, width=8)
-    model = group_batchnorm_(build_model("resnet18", num_classes=4, width=8), 2)
-    bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())  # 20: stem, 16 in blocks, 3 shortcuts
-    assert sum(isinstance(m, GroupedBatchNorm2d) for m in model.modules()) == bns == 20
-    assert set(model.state_dict()) == set(plain.state_dict())  # checkpoints load either way

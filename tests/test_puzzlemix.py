@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
-from mixnb.mixups import StepContext, get_method, soft_target
+from mixnb.mixups import StepContext, get_method, get_spec, soft_target
 from mixnb.mixups import _puzzlemix_ops as ops
 from mixnb.mixups.puzzlemix import (
+    CIFAR_MEAN,
+    CIFAR_STD,
     PuzzleMix,
     PuzzleMixArgs,
     PuzzleMixDraw,
@@ -410,15 +412,16 @@ def test_mask_by_hand_label_smoothness():
 def test_mask_by_hand_with_transport():
     """Same masks, transport on with t_eps 0.2: sample 0's x hides its salient block 3, which
     moves to position 1 (as in the transport test); the partner is shown everywhere and stays.
-    Sample 1 is the mirror: its partner's hidden block 3 moves to position 1."""
+    Sample 1 is the mirror: its partner's hidden block 3 moves to position 1. (t_size -1: transport by
+    graph-cut block, HEAD's; the published 4-px cells are tests/test_reference.py's.)"""
     x, sal, draw = _two_image_case()
-    x_mixed, lam, mask = puzzlemix(x, sal, draw, PuzzleMixArgs(gamma=0.0, t_eps=0.2))
+    x_mixed, lam, mask = puzzlemix(x, sal, draw, PuzzleMixArgs(gamma=0.0, t_eps=0.2, t_size=-1))
     assert mask[:, 0, ::32, ::32].tolist() == [[[0.5, 0.5], [0.5, 0.0]], [[0.5, 0.5], [0.5, 1.0]]]
     assert lam.tolist() == [0.375, 0.625]
     assert x_mixed[:, 0, ::32, ::32].tolist() == [[[5.0, 7.0], [7.0, 13.0]], [[5.0, 7.0], [7.0, 13.0]]]
     # with the protocol's t_eps 0.8 a one-block move costs more than any saliency share here
     plain, _, _ = puzzlemix(x, sal, draw, PuzzleMixArgs(gamma=0.0, transport=False))
-    moved, _, _ = puzzlemix(x, sal, draw, PuzzleMixArgs(gamma=0.0))
+    moved, _, _ = puzzlemix(x, sal, draw, PuzzleMixArgs(gamma=0.0, t_size=-1))
     assert torch.equal(plain, moved)
 
 
@@ -474,7 +477,7 @@ def test_core_leaves_the_input_alone_and_accepts_odd_and_single_batches():
 
 def test_sampler_ranges_and_seeds():
     draws = [sample_puzzlemix(9, gen=_gen(s), cpu_gen=_gen(s), alpha=1.0) for s in range(30)]
-    assert {d.block_num for d in draws} == {2, 4, 8}
+    assert {d.block_num for d in draws} == {2, 4, 8, 16}  # the published 2 ** randint(1, 5)
     assert all(0 < float(d.lam) < 1 and sorted(d.perm.tolist()) == list(range(9)) for d in draws)
     again = sample_puzzlemix(9, gen=_gen(4), cpu_gen=_gen(4), alpha=1.0)
     assert torch.equal(again.lam, draws[4].lam) and torch.equal(again.perm, draws[4].perm)
@@ -510,9 +513,13 @@ def test_bad_image_sizes_fail():
 
 
 def test_registry_defaults_are_the_protocol():
+    """The published code's (docs/publication.md); OpenMixup HEAD's with the registry's ``head``."""
     method = get_method("puzzlemix")
-    assert method.alpha == 1.0 and method.block_nums == (2, 4, 8)
-    assert method.args == PuzzleMixArgs(1.2, 0.5, 0.2, 4, 3, 0.8, True, -1, IMAGENET_MEAN, IMAGENET_STD, 0)
+    assert method.alpha == 1.0 and method.block_nums == (2, 4, 8, 16)
+    assert method.args == PuzzleMixArgs(1.2, 0.5, 0.2, 4, 3, 0.8, True, 4, CIFAR_MEAN, CIFAR_STD, 0)
+    head = get_method("puzzlemix", **get_spec("puzzlemix").head)
+    assert head.block_nums == (2, 4, 8)
+    assert head.args == PuzzleMixArgs(1.2, 0.5, 0.2, 4, 3, 0.8, True, -1, IMAGENET_MEAN, IMAGENET_STD, 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,14 +1,16 @@
 """Batched, device-side augmentation and the `DeviceLoader` that feeds the trainer.
 
-Protocol: protocol.md §1.4. Train = RandomResizedCrop(64, bicubic, scale (0.08, 1), ratio (3/4, 4/3)),
-then a horizontal flip with p = 0.5, then normalisation with the ImageNet mean/std; test =
-normalisation only. The whole uint8 set sits on the device (performance.md §2.3), every random
-draw comes from an explicit `torch.Generator`, and nothing syncs with the host while iterating.
+Protocol: protocol.md §1.4. Train = RandomResizedCrop(64, scale (0.08, 1), ratio (3/4, 4/3)),
+bicubic or bilinear (``RunConfig.crop_interpolation``: OpenMixup's Tiny configs were bilinear until
+``ce8974d``, 2022-03-19, bicubic since; docs/publication.md), then a horizontal flip with p = 0.5, then
+normalisation with the ImageNet mean/std; test = normalisation only. The whole uint8 set sits on the
+device (performance.md §2.3), every random draw comes from an explicit `torch.Generator`, and nothing
+syncs with the host while iterating.
 
-`resized_crop` resamples with PIL's separable bicubic kernel (a = -0.5, taps renormalised at the
-crop border, uint8 rounding between passes), written as two batched matmuls with per-sample
-(64 x 64) weight matrices. `F.grid_sample` would use the a = -0.75 kernel and sample across the
-crop border. On CUDA with TF32 matmuls enabled, the weights lose precision (~0.15 of a level
+`resized_crop` resamples with PIL's separable bicubic (a = -0.5) or bilinear (triangle) kernel,
+widened when down-sampling (PIL's antialiasing), taps renormalised at the crop border, uint8
+rounding between passes, written as two batched matmuls with per-sample (64 x 64) weight matrices.
+`F.grid_sample` would use the a = -0.75 kernel and sample across the crop border. On CUDA with TF32 matmuls enabled, the weights lose precision (~0.15 of a level
 before rounding), so an occasional pixel differs by 1.
 """
 
@@ -80,39 +82,64 @@ def _cubic(d: torch.Tensor) -> torch.Tensor:
     return torch.where(d < 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
 
 
-def _resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int) -> torch.Tensor:
+def _triangle(d: torch.Tensor) -> torch.Tensor:
+    """Bilinear (triangle) kernel, support 1: PIL's BILINEAR filter."""
+    return (1 - d.abs()).clamp_min(0)
+
+
+KERNELS = {"bicubic": _cubic, "bilinear": _triangle}  # PIL's filters; torchvision's default is bilinear
+
+
+def _round_half_up(x: torch.Tensor) -> torch.Tensor:
+    """PIL's uint8 rounding. Bilinear weights (1/4, 3/4, ...) land on .5 often: half-to-even missed PIL on 2.4% of
+    pixels (random images, 300 crops), half-up matches it exactly. Bicubic keeps torch's half-to-even, which its
+    runs were made with (mean |diff| to PIL 0.0002; half-up would give 0.00003)."""
+    return x.add_(0.5).floor_()
+
+
+ROUNDING = {"bicubic": torch.Tensor.round_, "bilinear": _round_half_up}
+
+
+def _resample_matrix(
+    start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int, interpolation: str = "bicubic"
+) -> torch.Tensor:
     """(N, out_size, in_size) weights mapping a source axis to `out_size` samples of [start, start + length)."""
     scale = (length.float() / out_size)[:, None, None]  # (N, 1, 1) source pixels per output pixel
     centre = start[:, None, None] + scale * (torch.arange(out_size, device=start.device)[None, :, None] + 0.5)
     src = torch.arange(in_size, device=start.device)[None, None, :]  # (1, 1, in) source pixel index
-    weight = _cubic((src + 0.5 - centre) / scale.clamp(min=1))  # the kernel widens only when down-sampling
+    weight = KERNELS[interpolation]((src + 0.5 - centre) / scale.clamp(min=1))  # widens only when down-sampling
     inside = (src >= start[:, None, None]) & (src < (start + length)[:, None, None])
     weight = weight * inside  # taps outside the box are dropped and the rest renormalised, as PIL does
     return weight / weight.sum(dim=2, keepdim=True)  # (N, out, in) float32
 
 
-def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int = 64) -> torch.Tensor:
-    """Crop each image to its box (top, left, height, width) and resize it to size x size, bicubic.
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int = 64, interpolation: str = "bicubic") -> torch.Tensor:
+    """Crop each image to its box (top, left, height, width) and resize it to size x size.
 
-    Matches PIL's `img.crop(box).resize((size, size), BICUBIC)` (the reference pipeline): horizontal
+    Matches PIL's `img.crop(box).resize((size, size), BICUBIC or BILINEAR)` (the reference pipeline): horizontal
     pass, then vertical, each clamped to [0, 255] and rounded as PIL's uint8 intermediate is. Measured
-    over 600 crops: mean |diff| 0.0002, max 2 in 0..255 units against PIL; mean 0.008, max 2 against
-    torchvision's uint8 `resized_crop(..., antialias=True)` (tests/test_data.py).
+    over 600 crops: bicubic mean |diff| 0.0002, max 2 in 0..255 units against PIL, mean 0.008, max 2 against
+    torchvision's uint8 `resized_crop(..., antialias=True)` (tests/test_data.py); bilinear equals PIL
+    (tests/test_reference.py).
 
     Args:
         x: (N, C, H, W) uint8, or float holding 0..255 values.
         boxes: (N, 4) int64 boxes inside the image, e.g. from `sample_crop_boxes`.
         size: output side in pixels.
+        interpolation: "bicubic" or "bilinear" (`KERNELS`).
 
     Returns:
         (N, C, size, size) float32 holding integers in [0, 255].
     """
+    if interpolation not in KERNELS:
+        raise ValueError(f"interpolation must be one of {', '.join(KERNELS)}, got {interpolation!r}")
     _, _, h, w = x.shape
-    rows = _resample_matrix(boxes[:, 0], boxes[:, 2], h, size)  # (N, size, H)
-    cols = _resample_matrix(boxes[:, 1], boxes[:, 3], w, size)  # (N, size, W)
+    rows = _resample_matrix(boxes[:, 0], boxes[:, 2], h, size, interpolation)  # (N, size, H)
+    cols = _resample_matrix(boxes[:, 1], boxes[:, 3], w, size, interpolation)  # (N, size, W)
     with torch.autocast(x.device.type, enabled=False):  # bf16 matmuls would be off by whole levels
-        x = (x.float() @ cols.transpose(1, 2)[:, None]).clamp_(0, 255).round_()  # (N, C, H, size) float32
-        return (rows[:, None] @ x).clamp_(0, 255).round_()  # (N, C, size, size) float32
+        rnd = ROUNDING[interpolation]
+        x = rnd((x.float() @ cols.transpose(1, 2)[:, None]).clamp_(0, 255))  # (N, C, H, size) float32
+        return rnd((rows[:, None] @ x).clamp_(0, 255))  # (N, C, size, size) float32
 
 
 def batch_random_resized_crop(
@@ -122,10 +149,11 @@ def batch_random_resized_crop(
     gen: torch.Generator,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    interpolation: str = "bicubic",
 ) -> torch.Tensor:
-    """RandomResizedCrop(size, bicubic) per image: (N, C, H, W) uint8/float -> (N, C, size, size) float32."""
+    """RandomResizedCrop(size, interpolation) per image: (N, C, H, W) uint8/float -> (N, C, size, size) float32."""
     boxes = sample_crop_boxes(x.shape[0], x.shape[2], x.shape[3], gen=gen, scale=scale, ratio=ratio)
-    return resized_crop(x, boxes, size)
+    return resized_crop(x, boxes, size, interpolation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,9 +175,10 @@ def normalize(
     return (x.float() - mean) / std
 
 
-AUGMENTS = {  # key -> f(x, gen), with the protocol's settings; the crop keeps the source size (64)
-    "random_resized_crop": lambda x, gen: batch_random_resized_crop(x, x.shape[-1], gen=gen),
-    "flip_lr": lambda x, gen: batch_flip_lr(x, gen=gen),
+AUGMENTS = {  # key -> f(x, gen, interpolation), with the protocol's settings; the crop keeps the source size (64)
+    "random_resized_crop": lambda x, gen, interp: batch_random_resized_crop(x, x.shape[-1], gen=gen,
+                                                                           interpolation=interp),
+    "flip_lr": lambda x, gen, interp: batch_flip_lr(x, gen=gen),
 }
 
 
@@ -170,6 +199,7 @@ class DeviceLoader:
             an epoch fully determines that epoch.
         mean, std: per-channel normalisation in 0..1 units.
         augment: train augmentations in order, keys of `AUGMENTS`; () = off.
+        interpolation: the crop's resampling, "bicubic" or "bilinear" (`KERNELS`).
         drop_last: drop the final partial batch.
         channels_last: yield batches in channels_last memory format.
         shard: (rank, world_size) for DistributedDataParallel: yield only this rank's rows of every
@@ -195,10 +225,13 @@ class DeviceLoader:
         drop_last: bool = False,
         channels_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        interpolation: str = "bicubic",
     ) -> None:
         unknown = [a for a in augment if a not in AUGMENTS]
         if unknown:
             raise ValueError(f"unknown augment {unknown}; valid keys are {sorted(AUGMENTS)}")
+        if interpolation not in KERNELS:
+            raise ValueError(f"interpolation must be one of {', '.join(KERNELS)}, got {interpolation!r}")
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be (N, H, W, 3) uint8, got {tuple(images.shape)} {images.dtype}")
         if len(labels) != len(images):
@@ -216,7 +249,7 @@ class DeviceLoader:
         self.std = torch.tensor(std, dtype=torch.float32, device=device)
         self.batch_size, self.train, self.gen = batch_size, train, gen
         self.augment, self.drop_last, self.channels_last = tuple(augment), drop_last, channels_last
-        self.shard = shard
+        self.shard, self.interpolation = shard, interpolation
 
     def __len__(self) -> int:
         n, b = len(self.x), self.batch_size
@@ -230,7 +263,7 @@ class DeviceLoader:
             x, y = self.x[idx], self.y[idx]  # (B, 3, H, W) uint8, (B,) int64
             if self.train:
                 for name in self.augment:
-                    x = AUGMENTS[name](x, self.gen)  # (B, 3, 64, 64) float32 once cropped
+                    x = AUGMENTS[name](x, self.gen, self.interpolation)  # (B, 3, 64, 64) float32 once cropped
             if self.shard[1] > 1:  # this rank's rows, after the whole batch's draws
                 rank, world = self.shard
                 lo, hi = rank * len(y) // world, (rank + 1) * len(y) // world

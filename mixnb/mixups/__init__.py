@@ -3,6 +3,10 @@
 Defaults come from protocol.md §2.1 (alpha per method) and §2.x (method settings). ``min_lr``
 is the backbone's cosine floor (protocol.md §1.5). ``published`` is OpenMixup's Tiny-ImageNet
 top-1 beside which the report sets ours (protocol.md §4, methods-more.md §8).
+
+Reference code (``RunConfig.reference``, docs/publication.md): ``defaults`` are the settings of the OpenMixup
+code that published each row (``code``: commit, date and crop per backbone); ``head`` holds the settings that
+OpenMixup's 2025 HEAD code runs instead, applied with ``reference="head"``.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mixnb.mixups._helpers import mixed_cross_entropy, sample_beta, soft_target
+from mixnb.config import REFERENCES
+from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
+from mixnb.mixups._helpers import NO_REPEAT_TRIES, mixed_cross_entropy, sample_beta, soft_target
 from mixnb.mixups.adautomix import AdAutoMix
 from mixnb.mixups.alignmix import AlignMix
 from mixnb.mixups.attentivemix import AttentiveMix
@@ -22,12 +28,32 @@ from mixnb.mixups.gridmix import GridMix
 from mixnb.mixups.manifoldmix import ManifoldMix
 from mixnb.mixups.mixup import MixUp
 from mixnb.mixups.multimode import MultiMode
-from mixnb.mixups.puzzlemix import PuzzleMix
+from mixnb.mixups.puzzlemix import CIFAR_MEAN, CIFAR_STD, PuzzleMix
 from mixnb.mixups.resizemix import ResizeMix
 from mixnb.mixups.saliencymix import SaliencyMix
 from mixnb.mixups.samix import SAMix
 from mixnb.mixups.smoothmix import SmoothMix
 from mixnb.mixups.vanilla import Vanilla
+
+
+@dataclass(frozen=True)
+class Code:
+    """The OpenMixup code behind a published cell: the commit that published it (its runs predate it, so the code at
+    or before it made them) and what that code's Tiny pipeline did (docs/publication.md)."""
+
+    commit: str
+    date: str
+    crop: str  # RandomResizedCrop interpolation of its Tiny configs (mixnb.data.loader.KERNELS)
+    undetermined: str = ""  # a setting the commit cannot decide, with the pick and why; "" when all are known
+
+
+HEAD = Code("37e1372", "2025-10-15", "bicubic")  # OpenMixup HEAD: bicubic since ce8974d (2022-03-19)
+_E81 = Code("e81ed85", "2022-03-10", "bilinear")  # torchvision's default: `interpolation=3` came in ce8974d
+# Published on 2022-03-25 with a bicubic config, but AttentiveMix's Tiny config exists from 3fea614 (2022-03-11) and
+# PuzzleMix RX-50 was rerun (66.92 -> 67.83) at an unknown date: their runs may predate ce8974d's bicubic (03-19).
+_7BF = Code("7bf8bcf", "2022-03-25", "bicubic", "crop undetermined (the run may predate 2022-03-19, bilinear); "
+                                                "bicubic, the config committed with the number")
+_11D, _E01 = Code("11d4167", "2022-08-29", "bicubic"), Code("e014301", "2022-09-12", "bicubic")
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,9 @@ class MethodSpec:
     published_alpha: float | None = None  # the alpha printed beside it (None: Vanilla, no alpha)
     reproduced: bool = True  # False = 📖: the original paper's number, not run in OpenMixup
     note: str = ""  # a footnote to the published number
+    code: dict[str, Code] = field(default_factory=dict)  # backbone -> the code that published it (absent: HEAD)
+    head: dict[str, Any] = field(default_factory=dict)  # the settings OpenMixup HEAD runs where ``defaults`` differ
+    deviations: str = ""  # what the published reference still does not reproduce (the report prints it)
 
     def __post_init__(self) -> None:
         if takes_loss_settings(self.cls):  # DecoupleMix's settings join the method's own: one dict, everywhere
@@ -70,36 +99,60 @@ _AUTOMIX = {"alpha": 2.0, "momentum": 0.999, "end_momentum": 0.999999, "momentum
             "mask_loss": 0.1, "mask_margin": 0.1, "mixblock_lr": 0.1, "mixblock_min_lr": 1e-3}
 _2X50 = {"resnext50": 2}  # OpenMixup trains these RX-50 rows on 2 GPUs x 50 with per-GPU BN (protocol.md §1.5)
 _HEADS = "OpenMixup read out the best of 4 heads (EMA included) by median (protocol.md §1.7)"
+# att_norm: BN after the MixBlock's q/k convs in all four e81ed85 Tiny configs, commented out in 1ae985f (2022-03-17)
+_AUTOMIX_DEVIATIONS = ("the committed 2022 R-18 configs have 100-class heads, so the runs used uncommitted configs "
+                       "(the 2022 files are the nearest record); RX-50 (bn_groups 2): partners are drawn over the "
+                       "whole batch, not within each GPU's 50, and the 2022 code evaluated each GPU's val shard with "
+                       "its own BN statistics, where we use group 0's (running_stats first: equal in expectation)")
+
+
+def _both(code: Code) -> dict[str, Code]:
+    return {"resnet18": code, "resnext50": code}
+
 
 # OpenMixup's Tiny-ImageNet table order; published = its page (docs/en/model_zoos/Mixup_sup.md, protocol.md §4)
 REGISTRY: dict[str, MethodSpec] = {
-    "vanilla": MethodSpec(Vanilla, {}, label="Vanilla", published=_tiny(61.68, 65.04)),
-    "mixup": MethodSpec(MixUp, {"alpha": 1.0}, label="MixUp", published=_tiny(63.86, 66.36), published_alpha=1.0),
-    "cutmix": MethodSpec(CutMix, {"alpha": 1.0}, label="CutMix", published=_tiny(65.53, 66.47), published_alpha=1.0),
+    "vanilla": MethodSpec(Vanilla, {}, label="Vanilla", published=_tiny(61.68, 65.04), code=_both(_E81)),
+    "mixup": MethodSpec(MixUp, {"alpha": 1.0}, label="MixUp", published=_tiny(63.86, 66.36), published_alpha=1.0,
+                        code=_both(_E81)),
+    # partner_tries: a plain randperm at e81ed85; HEAD's no-repeat shuffle since 9fc838b (2025-03-19)
+    "cutmix": MethodSpec(CutMix, {"alpha": 1.0, "partner_tries": 1}, label="CutMix", published=_tiny(65.53, 66.47),
+                         published_alpha=1.0, code=_both(_E81), head={"partner_tries": NO_REPEAT_TRIES}),
     "manifoldmix": MethodSpec(ManifoldMix, {"alpha": 0.2, "layers": ("input", "layer1", "layer2")},
-                              label="ManifoldMix", published=_tiny(64.15, 67.30), published_alpha=0.2),
+                              label="ManifoldMix", published=_tiny(64.15, 67.30), published_alpha=0.2,
+                              code=_both(_E81)),
     "smoothmix": MethodSpec(SmoothMix, {"alpha": 0.2, "label_weights": "openmixup"}, label="SmoothMix",
                             published=_tiny(66.65, 69.65), published_alpha=0.2,
-                            note="alpha has no effect in the code; its label weights are the paper's swapped"),
+                            note="alpha has no effect in the code; its label weights are the paper's swapped",
+                            code={"resnet18": _11D, "resnext50": _E01}),
     "saliencymix": MethodSpec(SaliencyMix, {"alpha": 1.0}, label="SaliencyMix", published=_tiny(64.60, 66.55),
-                              published_alpha=1.0),
-    "attentivemix": MethodSpec(AttentiveMix, {"alpha": 2.0, "teacher_weights": None}, label="AttentiveMix+",
-                               published=_tiny(64.85, 67.42), published_alpha=2.0,
-                               note="OpenMixup's page gives 64.85 / 67.42; the survey's table gives 64.01 / 66.84"),
+                              published_alpha=1.0, code=_both(_E81)),
+    "attentivemix": MethodSpec(AttentiveMix, {"alpha": 2.0, "teacher_weights": None, "lam_rule": "first"},
+                               label="AttentiveMix+", published=_tiny(64.85, 67.42), published_alpha=2.0,
+                               note="OpenMixup's page gives 64.85 / 67.42; the survey's table gives 64.01 / 66.84",
+                               code=_both(_7BF),
+                               deviations="teacher: the published runs used torchvision's ImageNet R-18; without that "
+                                          "file (teacher_weights or $MIXNB_ATTENTIVEMIX_TEACHER) it is our own Vanilla "
+                                          "run"),
     "fmix": MethodSpec(FMix, {"alpha": 1.0, "decay_power": 3.0, "size": (64, 64), "max_soft": 0.0,
-                              "spectrum": "openmixup"}, label="FMix*", published=_tiny(63.47, 65.08),
-                       published_alpha=1.0),
-    "puzzlemix": MethodSpec(PuzzleMix, {"alpha": 1.0, "block_nums": (2, 4, 8), "beta": 1.2, "gamma": 0.5, "eta": 0.2,
-                                        "neigh_size": 4, "n_labels": 3, "t_eps": 0.8, "transport": True, "t_size": -1,
-                                        "workers": 0}, label="PuzzleMix", published=_tiny(65.81, 67.83),
-                            published_alpha=1.0),
-    "resizemix": MethodSpec(ResizeMix, {"alpha": 1.0, "scope": (0.1, 0.8), "use_alpha": True,
+                              "spectrum": "openmixup", "partner_tries": 1}, label="FMix*",
+                       published=_tiny(63.47, 65.08), published_alpha=1.0, code=_both(_E81), head={"partner_tries": NO_REPEAT_TRIES}),
+    # block_num=5, t_size=4 and CIFAR stats from 3fea614 to a0c5840 (2022-12-21); HEAD: {2,4,8}, -1, ImageNet at 64 px
+    "puzzlemix": MethodSpec(PuzzleMix, {"alpha": 1.0, "block_nums": (2, 4, 8, 16), "beta": 1.2, "gamma": 0.5,
+                                        "eta": 0.2, "neigh_size": 4, "n_labels": 3, "t_eps": 0.8, "transport": True,
+                                        "t_size": 4, "workers": 0, "mean": CIFAR_MEAN, "std": CIFAR_STD},
+                            label="PuzzleMix", published=_tiny(65.81, 67.83), published_alpha=1.0,
+                            code={"resnet18": _E81, "resnext50": _7BF},
+                            head={"block_nums": (2, 4, 8), "t_size": -1, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}),
+    # use_alpha False at e81ed85 (tau ~ U(scope)); True since 3fea614: equal in distribution at alpha 1
+    "resizemix": MethodSpec(ResizeMix, {"alpha": 1.0, "scope": (0.1, 0.8), "use_alpha": False,
                                         "interpolation": "nearest"}, label="ResizeMix*", published=_tiny(63.74, 65.87),
-                            published_alpha=1.0),
+                            published_alpha=1.0, code=_both(_E81), head={"use_alpha": True}),
     "gridmix": MethodSpec(GridMix, {"alpha": 0.2, "n_holes": (2, 6), "hole_aspect_ratio": (1.0, 1.0),
                                     "cut_area_ratio": (0.5, 1.0), "cut_aspect_ratio": (0.5, 2.0)}, label="GridMix",
                           published=_tiny(65.14, 66.53), published_alpha=0.2,
-                          note="GridMixup's holes in a crop, not the paper's local-context loss"),
+                          note="GridMixup's holes in a crop, not the paper's local-context loss",
+                          code={"resnet18": _11D, "resnext50": _E01}),
     # AlignMix (methods-more.md §3): OpenMixup's Tiny config, ManifoldMix (alpha 2, {input, layer1, layer2}) or
     # AlignMix on the layer-4 map, uniform per step; sweep False: the Sinkhorn step is not in the sample sweep's budget
     "alignmix": MethodSpec(AlignMix, {"alpha": 2.0, "manifold_alpha": None, "layers": ("input", "layer1", "layer2"),
@@ -111,11 +164,12 @@ REGISTRY: dict[str, MethodSpec] = {
     # auto_compile False: with capture="model" only ``model(x)`` is compiled, their encoder-k and forward_stages
     # passes stay eager, and with CUDA graphs the R-18 step measured 34.8 ms (AutoMix) against 29.0 ms eager (H100,
     # BENCHMARKS.md); capture="step" graphs all of them and is not measured on a GPU yet
-    "automix": MethodSpec(AutoMix, dict(_AUTOMIX), min_lr=0.05, label="AutoMix", auto_compile=False, bn_groups=_2X50,
-                          published=_tiny(67.33, 70.72), published_alpha=2.0, note=_HEADS),
-    "samix": MethodSpec(SAMix, {**_AUTOMIX, "lam_mul_k": "auto"}, min_lr=0.05, label="SAMix*", auto_compile=False,
-                        bn_groups=_2X50,
-                        published=_tiny(68.89, 72.18), published_alpha=2.0, note=_HEADS),
+    "automix": MethodSpec(AutoMix, {**_AUTOMIX, "att_norm": True}, min_lr=0.05, label="AutoMix", auto_compile=False,
+                          bn_groups=_2X50, published=_tiny(67.33, 70.72), published_alpha=2.0, note=_HEADS,
+                          code=_both(_E81), head={"att_norm": False}, deviations=_AUTOMIX_DEVIATIONS),
+    "samix": MethodSpec(SAMix, {**_AUTOMIX, "lam_mul_k": "auto", "att_norm": True}, min_lr=0.05, label="SAMix*",
+                        auto_compile=False, bn_groups=_2X50, published=_tiny(68.89, 72.18), published_alpha=2.0,
+                        note=_HEADS, code=_both(_E81), head={"att_norm": False}, deviations=_AUTOMIX_DEVIATIONS),
     # AdAutoMix (methods-more.md §4): the Tiny R-18 config (its RX-50 config: --set min_lr=0.05 and
     # --arg mixblock_min_lr=0.001) and the published run's mask loss; sweep False: a step costs 1.7x AutoMix's
     # (CPU, width 8, batch 100, one thread: 2.2 s against 1.3 s; Vanilla 0.4 s)
@@ -140,6 +194,13 @@ def get_spec(name: str) -> MethodSpec:
     return REGISTRY[name]
 
 
+def reference_code(method: str, backbone: str, reference: str) -> Code:
+    """The OpenMixup code a run of ``method`` on ``backbone`` follows under ``reference`` (``REFERENCES``)."""
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    return get_spec(method).code.get(backbone, HEAD) if reference == "published" else HEAD
+
+
 def get_method(name: str, **overrides: Any) -> MixMethod:
     """Build a method with its protocol defaults, ``overrides`` replacing some of them; the loss settings
     (``LOSS_DEFAULTS``) go to its ``mix_loss``, the others to its constructor."""
@@ -157,6 +218,9 @@ def get_method(name: str, **overrides: Any) -> MixMethod:
 
 
 __all__ = [
+    "HEAD",
+    "REFERENCES",
+    "Code",
     "LOSS_DEFAULTS",
     "REGISTRY",
     "MethodSpec",
@@ -168,6 +232,7 @@ __all__ = [
     "get_method",
     "get_spec",
     "mixed_cross_entropy",
+    "reference_code",
     "sample_beta",
     "soft_target",
 ]

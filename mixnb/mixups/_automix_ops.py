@@ -1,8 +1,9 @@
 """AutoMix/SAMix building blocks: the MixBlock, the momentum (EMA) encoder and its schedule, the read-out.
 
 Protocol: protocol.md §3.1 (EMA schedule), §3.2 (PixelMixBlock, mask loss), §1.7 (read-out rule).
-Facts from OpenMixup's ``heads/pmix_block.py`` (HEAD), ``core/hooks/momentum_hook.py``
-(``CosineScheduleHook``) and ``tools/summary/find_automix_val_median.py``; our own code.
+Facts from OpenMixup's ``heads/pmix_block.py`` (HEAD; ``att_norm_cfg`` as at ``e81ed85``),
+``core/hooks/momentum_hook.py`` (``CosineScheduleHook``) and ``tools/summary/find_automix_val_median.py``; our own
+code.
 """
 
 from __future__ import annotations
@@ -46,17 +47,20 @@ class MixBlock(nn.Module):
             residual form x_lam * (1 + lam^) and x_(1-lam) * (1 + (1 - lam^)) with lam^ =
             ``lam_rescale(lam, lam_mul_k)`` (-1: identity).
         upsample: "nearest" (AutoMix) or "bilinear" (SAMix), from the feature map to the image.
+        att_norm: q and k 1x1 convs without bias, each followed by a BatchNorm2d in the module's mode
+            (``att_norm_cfg=dict(type='BN')`` of the Tiny configs that published the table, OpenMixup
+            ``e81ed85``; commented out since ``1ae985f``, 2022-03-17); False: convs with bias (HEAD).
     """
 
     def __init__(self, in_channels: int, *, pair_qk: bool, value_neck: bool, lam_mul_k: float | None,
-                 upsample: str) -> None:
+                 upsample: str, att_norm: bool = False) -> None:
         super().__init__()
         if upsample not in ("nearest", "bilinear"):
             raise ValueError(f"MixBlock upsample must be 'nearest' or 'bilinear', got {upsample!r}")
         d = max(in_channels // 2, 1)  # inter channels, reduction 2
         qk_in = 2 * in_channels if pair_qk else in_channels
-        self.query = nn.Conv2d(qk_in, d, 1)
-        self.key = nn.Conv2d(qk_in, d, 1) if pair_qk else None  # None: q and k share ``query``
+        self.query = _qk_conv(qk_in, d, att_norm)
+        self.key = _qk_conv(qk_in, d, att_norm) if pair_qk else None  # None: q and k share ``query``
         if value_neck:
             self.value: nn.Module = nn.Sequential(
                 nn.Conv2d(in_channels, d, 1, bias=False), nn.BatchNorm2d(d), nn.ELU(), nn.Conv2d(d, 1, 1, bias=False))
@@ -64,7 +68,7 @@ class MixBlock(nn.Module):
             self.value = nn.Conv2d(in_channels, 1, 1)
         self.lam_mul_k = lam_mul_k
         self.upsample = upsample
-        for m in self.modules():  # protocol.md §3.2: convs N(0, 0.01), bias 0; BN weight 1, bias 0
+        for m in self.modules():  # protocol.md §3.2: convs N(0, 0.01), bias 0; BN weight 1, bias 0 (its own init)
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 if m.bias is not None:
@@ -91,6 +95,14 @@ class MixBlock(nn.Module):
             m = (attn @ v).reshape(n, 1, h, w)  # (N, 1, h, w) logits of the share of x[perm]
             m = F.interpolate(m, size=size, mode=self.upsample)  # x4 at 64 px: exact, as scale_factor=4
             return torch.sigmoid(m)  # (N, 1, H, W) float32
+
+
+def _qk_conv(in_channels: int, out_channels: int, att_norm: bool) -> nn.Module:
+    """A q/k 1x1 conv: with bias, or (``att_norm``) without bias then BatchNorm2d, as mmcv's ConvModule with a
+    norm (``bias='auto'``; no activation)."""
+    if not att_norm:
+        return nn.Conv2d(in_channels, out_channels, 1)
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
 
 
 def mask_loss(m: Tensor, lam: Tensor, *, margin: float, var_weight: float) -> Tensor:

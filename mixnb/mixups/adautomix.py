@@ -233,8 +233,16 @@ class AdAutoMix(AutoMix):
         """The Tiny configs' AdaptiveMask: stage 3, reduction 2, no lambda, bilinear x4."""
         return AdaptiveMask(in_channels, upsample="bilinear")
 
+    @eager
+    def adversarial(self, ctx: StepContext) -> bool:
+        """Whether this step's generator loss is adversarial: every ``adv_interval``-th step from the first. Eager:
+        read inside a compiled step (capture="step"), the Python int ctx.step would recompile it at every step;
+        out here it is one split before any tensor code, and the step has two graphs, one per branch."""
+        return self.adv_interval > 0 and ctx.step % self.adv_interval == 0
+
     def training_step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
         n, size, k_src = x.shape[0], (x.shape[-2], x.shape[-1]), self.mix_samples
+        adversarial = self.adversarial(ctx)
         draw = sample_adautomix(n, gen=ctx.gen, alpha=self.alpha, k=k_src)
         lam = draw.weights  # (K,) float32
         with torch.no_grad():  # k on the clean batch, every stage as the reference's backbone_k(x) (BN stats)
@@ -253,7 +261,6 @@ class AdAutoMix(AutoMix):
         cos = F.cosine_similarity(logits_k.float(), logits_x.float()[draw.perm_mb], dim=-1)  # (K, N)
         sim = (lam[:, None] * cos).sum(dim=0).mean()
         loss_k = co_mixed_cross_entropy(logits_k, y[draw.perm_mb], lam)
-        adversarial = self.adv_interval > 0 and ctx.step % self.adv_interval == 0  # Python ints: no sync
         loss_gen = -self.beta_radio * loss_k + (1 - self.beta_radio) * sim if adversarial else loss_k
 
         # backbone q: the clean batch, the constant 3-way mixup, the masked mix

@@ -10,8 +10,9 @@ Protocol: protocol.md §2.7 (alpha 2), following the reference's code where its 
   (the reference's ``scale_factor=64/7`` gives the same map): 64/7 is not an integer, so source
   cell floor(i * 7 / 64) gives row/column cells of 10, 9, 9, 9, 9, 9, 9 pixels.
 - x_mixed = mask * x + (1 - mask) * x[perm]; perm is a plain random permutation.
-- Deviation: lam is the per-sample (N,) exact mask mean, the true share of each un-permuted
-  image (cells have unequal pixel counts); the reference uses sample 0's mask mean for all.
+- lam (``lam_rule``): "first" (default), sample 0's mask mean for the whole batch, as the reference
+  (``7bf8bcf`` and HEAD: ``lam = float(mask[0, 0, ...].mean())``); "sample", the per-sample (N,) exact
+  mask mean, the true share of each un-permuted image (cells have unequal pixel counts).
 - Teacher: an ImageNet ResNet-18 from a local file (``teacher_weights`` or
   $MIXNB_ATTENTIVEMIX_TEACHER; nothing is downloaded) on the batch bilinearly upsampled
   64 -> 224, layer4 features 512x7x7, frozen and, like the reference, left in train mode (BN
@@ -42,6 +43,7 @@ from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 TEACHER_ENV = "MIXNB_ATTENTIVEMIX_TEACHER"
 GRID = 7  # teacher feature grid (ImageNet R-18 layer4 at 224 px)
 FEAT_SIZE = 224  # the reference's ``feat_size``: teacher input side
+LAM_RULES = ("first", "sample")  # lam of the batch: sample 0's mask mean (OpenMixup's) | each image's own
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,9 @@ def sample_attentivemix(features: Tensor, *, gen: torch.Generator, alpha: float)
     return AttentiveMixDraw(lam, random_partner(features.shape[0], gen=gen), features)
 
 
-def attentivemix(x: Tensor, draw: AttentiveMixDraw) -> tuple[Tensor, Tensor, Tensor]:
-    """Keep each image's top_k attended cells; returns (x_mixed, lam, mask) with lam (N,) the
-    exact share of each x and mask (N, 1, H, W) the binary float weight of x."""
+def attentivemix(x: Tensor, draw: AttentiveMixDraw, lam_rule: str = "first") -> tuple[Tensor, Tensor, Tensor]:
+    """Keep each image's top_k attended cells; returns (x_mixed, lam, mask) with mask (N, 1, H, W) the binary
+    float weight of x and lam its mean: sample 0's for all, () (``lam_rule`` "first"), or (N,) per sample."""
     n, _, gh, gw = draw.features.shape
     score = draw.features.float().mean(dim=1).reshape(n, gh * gw)  # (N, G*G) float32
     k = (draw.lam * (gh * gw)).floor().long().clamp(1, gh * gw)  # () int64 on the device
@@ -67,7 +69,8 @@ def attentivemix(x: Tensor, draw: AttentiveMixDraw) -> tuple[Tensor, Tensor, Ten
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(gh * gw, device=order.device).expand(n, -1))
     grid = (rank < k).to(torch.float32).reshape(n, 1, gh, gw)  # (N, 1, G, G) binary
     mask = F.interpolate(grid, size=x.shape[-2:], mode="nearest")  # (N, 1, H, W) float32
-    return mix_with_mask(x, draw.perm, mask), mask.mean(dim=(1, 2, 3)), mask
+    lam = mask.mean(dim=(1, 2, 3))  # (N,) the exact share of each x
+    return mix_with_mask(x, draw.perm, mask), lam[0] if lam_rule == "first" else lam, mask
 
 
 # --- teachers: frozen, outside the module tree (never optimised, never checkpointed) ---------
@@ -159,13 +162,17 @@ class AttentiveMix(MixMethod):
     alpha: Beta(alpha, alpha) concentration for the prior lam, > 0 (protocol default 2).
     teacher_weights: path to a torchvision ResNet-18 ImageNet state_dict; None (default): use
         $MIXNB_ATTENTIVEMIX_TEACHER, else the finished Vanilla run of the same backbone.
+    lam_rule: "first" (sample 0's mask mean for the batch, OpenMixup's, default) or "sample" (each image's own).
     """
 
     name = "attentivemix"
 
-    def __init__(self, *, alpha: float = 2.0, teacher_weights: str | None = None) -> None:
+    def __init__(self, *, alpha: float = 2.0, teacher_weights: str | None = None, lam_rule: str = "first") -> None:
         super().__init__()
         self.alpha = check_alpha(alpha)
+        if lam_rule not in LAM_RULES:
+            raise ValueError(f"AttentiveMix lam_rule must be one of {', '.join(LAM_RULES)}, got {lam_rule!r}")
+        self.lam_rule = lam_rule
         if teacher_weights is not None and not isinstance(teacher_weights, (str, os.PathLike)):
             raise ValueError(f"teacher_weights must be a file path or None, got {teacher_weights!r}")
         self.teacher_weights = teacher_weights
@@ -197,7 +204,7 @@ class AttentiveMix(MixMethod):
         if self.teacher is None:
             raise RuntimeError("AttentiveMix+ has no teacher yet: call setup(model, cfg=..., run_dir=...) first")
         draw = sample_attentivemix(self.teacher(x), gen=gen, alpha=self.alpha)
-        x_mixed, lam, keep = attentivemix(x, draw)
+        x_mixed, lam, keep = attentivemix(x, draw, self.lam_rule)
         return MixedBatch(x_mixed, y, y[draw.perm], lam, keep)
 
     def summarize(self, rows: list[dict[str, float]]) -> dict[str, Any]:

@@ -28,9 +28,11 @@ the share of x[perm] and the mask loss reads m (an older default, "none", took P
 the EMA schedule is ``CosineScheduleHook`` with the absolute it/itmax (m starts near 0.99902 at
 10%); the encoder k stays in train mode, so its BN statistics come from its own forwards; hard CE.
 Deviations: the MixBlock runs in fp32 under bf16 autocast (the reference is fp32 throughout);
-the bb mask is computed under no_grad instead of computed then detached (same values); no
-``att_norm`` (commented out at HEAD). Out of scope: RX-50's 2 x 50 per-GPU BN (one process, BN
-over the whole batch of 100), ``mask_adjust`` (0 on Tiny), the debug plots.
+the bb mask is computed under no_grad instead of computed then detached (same values). ``att_norm``
+(default on): BatchNorm after the q/k conv, as the Tiny configs that published the table (``e81ed85``,
+``att_norm_cfg=dict(type='BN')``; docs/publication.md); off at HEAD. RX-50's 2 x 50 per-GPU BN is
+``RunConfig.bn_groups`` (the MixBlock's BN grouped like the others). Out of scope: ``mask_adjust``
+(0 on Tiny), the debug plots.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class AutoMix(MixMethod):
     mask_margin: free band of |share of x - lam| in the mask loss, >= 0 (0.1).
     mixblock_lr: the MixBlock's own start lr, > 0 (0.1).
     mixblock_min_lr: its cosine floor, in [0, mixblock_lr] (1e-3).
+    att_norm: BatchNorm after the MixBlock's q/k 1x1 convs (``MixBlock``): True, the published configs'
+        (default); False (off), HEAD's.
     """
 
     name = "automix"
@@ -100,7 +104,8 @@ class AutoMix(MixMethod):
 
     def __init__(self, *, alpha: float = 2.0, momentum: float = 0.999, end_momentum: float = 0.999999,
                  momentum_warmup: float = 0.1, lam_margin: float = 0.08, mask_loss: float = 0.1,
-                 mask_margin: float = 0.1, mixblock_lr: float = 0.1, mixblock_min_lr: float = 1e-3) -> None:
+                 mask_margin: float = 0.1, mixblock_lr: float = 0.1, mixblock_min_lr: float = 1e-3,
+                 att_norm: bool = True) -> None:
         super().__init__()
         self.alpha = check_alpha(alpha)
         checks = {
@@ -120,10 +125,14 @@ class AutoMix(MixMethod):
         self.momentum, self.end_momentum, self.momentum_warmup = momentum, end_momentum, momentum_warmup
         self.lam_margin, self.mask_loss_weight, self.mask_margin = lam_margin, mask_loss, mask_margin
         self.mixblock_lr, self.mixblock_min_lr = mixblock_lr, mixblock_min_lr
+        if not isinstance(att_norm, bool):
+            raise ValueError(f"{type(self).__name__} att_norm must be True or False, got {att_norm!r}")
+        self.att_norm = att_norm
 
     def build_mix_block(self, in_channels: int, cfg: Any) -> MixBlock:
         """AutoMix's MixBlock on Tiny-ImageNet: shared q/k conv, linear value, nearest, no lambda."""
-        return MixBlock(in_channels, pair_qk=False, value_neck=False, lam_mul_k=None, upsample="nearest")
+        return MixBlock(in_channels, pair_qk=False, value_neck=False, lam_mul_k=None, upsample="nearest",
+                        att_norm=self.att_norm)
 
     def setup(self, model: nn.Module, *, cfg: Any, run_dir: Path | None) -> None:
         """The EMA encoder k (with its fc = head_one_k), head_mix_q/k and the MixBlock."""

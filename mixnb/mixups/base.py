@@ -60,6 +60,13 @@ def check_alpha(alpha: float, name: str = "alpha") -> float:
     return float(alpha)
 
 
+def check_partner_tries(tries: int) -> int:
+    """Validate ``random_partner``'s draw count once, in a constructor."""
+    if isinstance(tries, bool) or not isinstance(tries, int) or tries < 1:
+        raise ValueError(f"partner_tries must be an int >= 1 (1: a plain permutation), got {tries!r}")
+    return tries
+
+
 # --- the default step's loss ---------------------------------------------------------------------------
 
 DECOUPLE_FORMS = ("openmixup", "paper")

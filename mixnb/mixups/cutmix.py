@@ -5,8 +5,10 @@ Localizable Features", ICCV 2019, https://arxiv.org/abs/1905.04899.
 Code: https://github.com/clovaai/CutMix-PyTorch.
 Protocol: protocol.md §2.4 (alpha 1): side int(64 * sqrt(1 - lam)), uniform integer centre,
 corners centre -/+ side // 2 clipped to the image, one box for the batch, lam corrected to
-the true area; the partner is a permutation redrawn up to 10 times (11 draws) to avoid
-self-pairs (§2.2, ``_no_repeat_shuffle_idx``; ``NO_REPEAT_TRIES``).
+the true area. Partner (``partner_tries``, docs/publication.md): a plain ``torch.randperm`` in the code
+that published the table (OpenMixup ``e81ed85``, ``openmixup/models/utils/augments/mixup_input.py``), 1
+draw; OpenMixup HEAD (since ``9fc838b``, 2025-03) redraws up to 10 times (11 draws) to avoid
+self-pairs (``_no_repeat_shuffle_idx``; ``NO_REPEAT_TRIES``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import torch
 from torch import Tensor
 
 from mixnb.mixups._helpers import (
-    NO_REPEAT_TRIES, box_from_lam, box_mask, eager, gather_rows, lam_from_box, random_partner, sample_beta,
+    box_from_lam, box_mask, eager, gather_rows, lam_from_box, random_partner, sample_beta,
 )
-from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
+from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha, check_partner_tries
 
 
 @dataclass(frozen=True)
@@ -30,9 +32,9 @@ class CutMixDraw:
 
 
 @eager
-def sample_cutmix(n: int, h: int, w: int, *, gen: torch.Generator, alpha: float) -> CutMixDraw:
+def sample_cutmix(n: int, h: int, w: int, *, gen: torch.Generator, alpha: float, partner_tries: int = 1) -> CutMixDraw:
     lam = sample_beta(alpha, alpha, gen=gen)
-    perm = random_partner(n, gen=gen, tries=NO_REPEAT_TRIES)
+    perm = random_partner(n, gen=gen, tries=partner_tries)
     center = torch.empty(2, dtype=torch.int64, device=gen.device)  # (2,) int64 (row, col)
     center[0].random_(0, h, generator=gen)  # = torch.randint(h, ()): the same draws, no stack kernel
     center[1].random_(0, w, generator=gen)
@@ -44,7 +46,9 @@ def cutmix(x: Tensor, draw: CutMixDraw) -> tuple[Tensor, Tensor, Tensor]:
     exact share of x and mask (1, 1, H, W) the float weight of x."""
     h, w = x.shape[-2:]
     box = box_from_lam(draw.lam, draw.center, h, w)  # (4,) int64: y0, y1, x0, x1
-    x_mixed, keep = (paste_slices if x.device.type == "cpu" else paste_where)(x, draw.perm, box)
+    # compiled, the host paste would specialise on the box (a recompile every step): the device path, bit for bit
+    host = x.device.type == "cpu" and not torch.compiler.is_compiling()
+    x_mixed, keep = (paste_slices if host else paste_where)(x, draw.perm, box)
     return x_mixed, lam_from_box(box, h, w), keep
 
 
@@ -70,15 +74,18 @@ def paste_slices(x: Tensor, perm: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:
 class CutMix(MixMethod):
     """Args:
     alpha: Beta(alpha, alpha) concentration for the prior lam, > 0 (protocol default 1).
+    partner_tries: permutation draws to avoid self-pairs (``random_partner``), an int >= 1; 1 = a plain
+        permutation (the published code's, default), 11 = OpenMixup HEAD's.
     """
 
     name = "cutmix"
 
-    def __init__(self, *, alpha: float = 1.0) -> None:
+    def __init__(self, *, alpha: float = 1.0, partner_tries: int = 1) -> None:
         super().__init__()
         self.alpha = check_alpha(alpha)
+        self.partner_tries = check_partner_tries(partner_tries)
 
     def mix(self, x: Tensor, y: Tensor, *, gen: torch.Generator) -> MixedBatch:
-        draw = sample_cutmix(x.shape[0], *x.shape[-2:], gen=gen, alpha=self.alpha)
+        draw = sample_cutmix(x.shape[0], *x.shape[-2:], gen=gen, alpha=self.alpha, partner_tries=self.partner_tries)
         x_mixed, lam, keep = cutmix(x, draw)
         return MixedBatch(x_mixed, y, y[draw.perm], lam, keep)

@@ -6,7 +6,9 @@ Protocol: protocol.md §2.8 (alpha 1, decay_power 3, size (64, 64), max_soft 0):
 spectrum over the rfft grid (``fftfreq`` along rows, the first W // 2 + 1 ``fftfreq`` bins along
 columns) scaled by 1 / max(f, 1 / max(H, W)) ** decay_power, inverse FFT to H x W; the top
 ``num`` pixels become 1, num = ceil(lam * HW) or floor(lam * HW) on a fair coin; one mask for
-the batch; the partner is the no-repeat shuffle (§2.2). x_mixed = mask * x + (1 - mask) * x[perm].
+the batch; the partner is a plain permutation (``partner_tries`` 1, the code that published the table,
+OpenMixup ``e81ed85`` ``openmixup/models/utils/augments/fmix.py``) or HEAD's no-repeat shuffle (11 draws,
+docs/publication.md). x_mixed = mask * x + (1 - mask) * x[perm].
 
 Deviations, each deliberate:
 - lam is the mask's exact mean (the share of x), not the sampled Beta value the reference
@@ -32,8 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import NO_REPEAT_TRIES, eager, gather_rows, random_partner, sample_beta
-from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
+from mixnb.mixups._helpers import eager, gather_rows, random_partner, sample_beta
+from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha, check_partner_tries
 
 SPECTRA = ("openmixup", "paper")
 
@@ -82,13 +84,14 @@ def fmix_field(noise: Tensor, h: int, w: int, *, decay_power: float, spectrum: s
 
 @eager
 def sample_fmix(
-    n: int, h: int, w: int, *, gen: torch.Generator, alpha: float, decay_power: float, spectrum: str = "openmixup"
+    n: int, h: int, w: int, *, gen: torch.Generator, alpha: float, decay_power: float, spectrum: str = "openmixup",
+    partner_tries: int = 1,
 ) -> FMixDraw:
     lam = sample_beta(alpha, alpha, gen=gen)
     noise = torch.randn((2, h, w // 2 + 1), generator=gen, device=gen.device)  # (2, H, W//2+1) float32
     field = fmix_field(noise, h, w, decay_power=decay_power, spectrum=spectrum)
     ceil = torch.rand((), generator=gen, device=gen.device) > 0.5
-    perm = random_partner(n, gen=gen, tries=NO_REPEAT_TRIES)
+    perm = random_partner(n, gen=gen, tries=partner_tries)
     return FMixDraw(lam, perm, field, ceil)
 
 
@@ -137,6 +140,8 @@ class FMix(MixMethod):
         binary mask (protocol 0).
     spectrum: "openmixup" (the reference's coefficient layout, see the module docstring) or
         "paper" (the full rfft spectrum).
+    partner_tries: permutation draws to avoid self-pairs, an int >= 1; 1 = a plain permutation (the published
+        code's, default), 11 = OpenMixup HEAD's.
     """
 
     name = "fmix"
@@ -149,6 +154,7 @@ class FMix(MixMethod):
         size: Sequence[int] = (64, 64),
         max_soft: float = 0.0,
         spectrum: str = "openmixup",
+        partner_tries: int = 1,
     ) -> None:
         super().__init__()
         self.alpha = check_alpha(alpha)
@@ -161,12 +167,14 @@ class FMix(MixMethod):
         if spectrum not in SPECTRA:
             raise ValueError(f"FMix spectrum must be one of {SPECTRA}, got {spectrum!r}")
         self.decay_power, self.size, self.max_soft, self.spectrum = float(decay_power), tuple(size), max_soft, spectrum
+        self.partner_tries = check_partner_tries(partner_tries)
 
     def mix(self, x: Tensor, y: Tensor, *, gen: torch.Generator) -> MixedBatch:
         if tuple(x.shape[-2:]) != self.size:
             raise ValueError(f"FMix size {self.size} does not match the images' {tuple(x.shape[-2:])}")
         draw = sample_fmix(
-            x.shape[0], *self.size, gen=gen, alpha=self.alpha, decay_power=self.decay_power, spectrum=self.spectrum
+            x.shape[0], *self.size, gen=gen, alpha=self.alpha, decay_power=self.decay_power, spectrum=self.spectrum,
+            partner_tries=self.partner_tries,
         )
         x_mixed, lam, mask = fmix(x, draw, max_soft=self.max_soft)
         return MixedBatch(x_mixed, y, y[draw.perm], lam, mask)

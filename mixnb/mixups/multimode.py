@@ -11,8 +11,9 @@ uniform (``r18_mixups_CE_none_multi_mode.py``); ``mix_modes=["mixup", "cutmix", 
 mix_prob=[1/3, 1/3, 1/3], alphas=[0.1, 1, 1]`` is that one.
 Deviations from OpenMixup: the mode comes from the step's host generator (it draws Python ``random`` or a
 freshly seeded NumPy RandomState); ``mix_prob`` must sum to 1 (it accepts sums below 1, then fails in NumPy);
-no ``mix_repeat``. Each mode is its registry method with that method's other defaults: CutMix keeps
-OpenMixup's no-repeat partners, where timm pairs each image with the batch reversed.
+no ``mix_repeat``. Each mode is its registry method with the settings of OpenMixup's HEAD code (the registry's
+``head``: no published number, so no publication-time code to follow): CutMix keeps OpenMixup's no-repeat
+partners, where timm pairs each image with the batch reversed.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class MultiMode(MixMethod):
             if issubclass(spec.cls, MultiMode) or own:
                 why = "is itself multi-mode" if not own else f"has its own {', '.join(own)}"
                 raise ValueError(f"mix_modes: {mode!r} {why}; a mode may only own its training step")
-            modes.append(get_method(mode, **({"alpha": alpha} if "alpha" in spec.defaults else {})))
+            modes.append(get_method(mode, **spec.head, **({"alpha": alpha} if "alpha" in spec.defaults else {})))
         self.mix_modes = tuple(mix_modes)
         self.mix_prob, self.alphas = tuple(map(float, mix_prob)), tuple(map(float, alphas))
         self.modes = nn.ModuleList(modes)  # submodules: their state goes into the checkpoint with this one

@@ -2,8 +2,12 @@
 
 Paper: Kim et al., "Puzzle Mix: Exploiting Saliency and Local Statistics for Optimal Mixup",
 ICML 2020, https://arxiv.org/abs/2009.06962. Code: https://github.com/snu-mllab/PuzzleMix.
-Protocol: protocol.md §2.10 (prior alpha 1, block count 2^randint(1, 4) in {2, 4, 8}, beta
-1.2, gamma 0.5, eta 0.2, neigh_size 4, 3 labels, t_eps 0.8, transport on, t_size -1).
+Protocol: protocol.md §2.10 (prior alpha 1, beta 1.2, gamma 0.5, eta 0.2, neigh_size 4, 3 labels,
+t_eps 0.8, transport on). The code that published the table (OpenMixup ``e81ed85``/``7bf8bcf``, Tiny
+``mix_args`` from ``3fea614`` to ``a0c5840``; docs/publication.md) is the default: block count
+2^randint(1, 5) in {2, 4, 8, 16}, 4-px transport cells (t_size 4) and the CIFAR mean/std to
+un-normalise for the data smoothness (hard-coded in that code at every image size). OpenMixup HEAD
+(``RunConfig.reference="head"``): {2, 4, 8}, t_size -1 (the graph-cut block), ImageNet mean/std at 64 px.
 
 One step: (1) saliency sqrt(mean_c grad_x^2) of the clean soft-CE loss with the model in eval
 mode (BN running stats; only the input gradient, no weight gradients); (2) one prior lam ~
@@ -37,12 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
 from mixnb.mixups import _puzzlemix_ops as ops
 from mixnb.mixups._helpers import eager, mixed_cross_entropy, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
 
-BLOCK_NUMS = (2, 4, 8)  # protocol.md §2.10: 2 ** randint(1, 4)
+BLOCK_NUMS = (2, 4, 8, 16)  # 2 ** randint(1, 5): the published Tiny mix_args' block_num=5 (HEAD: 4, {2, 4, 8})
+T_SIZE = 4  # px per transport cell, the published Tiny mix_args' (HEAD: -1, the graph-cut block)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the published code's de-normalisation at every image size (HEAD: ImageNet)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 @dataclass(frozen=True)
@@ -63,9 +69,9 @@ class PuzzleMixArgs:
     n_labels: int = 3
     t_eps: float = 0.8
     transport: bool = True
-    t_size: int = -1
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    t_size: int = T_SIZE
+    mean: tuple[float, ...] = CIFAR_MEAN
+    std: tuple[float, ...] = CIFAR_STD
     workers: int = 0
 
     def __post_init__(self) -> None:
@@ -179,7 +185,7 @@ def puzzlemix(x: Tensor, saliency: Tensor, draw: PuzzleMixDraw, args: PuzzleMixA
 class PuzzleMix(MixMethod):
     """Args:
     alpha: Beta(alpha, alpha) concentration of the prior lam, > 0 (protocol default 1).
-    block_nums: blocks per side, one drawn uniformly per step; ints >= 2 (default (2, 4, 8)).
+    block_nums: blocks per side, one drawn uniformly per step; ints >= 2 (default (2, 4, 8, 16); HEAD (2, 4, 8)).
     beta: label smoothness, >= 0 (1.2; used as beta / block_num / 16); 0 is off.
     gamma: data (image) smoothness, >= 0 (0.5); 0 is off.
     eta: prior weight, >= 0 (0.2); 0 is off.
@@ -187,10 +193,11 @@ class PuzzleMix(MixMethod):
     n_labels: mask levels, >= 2 (3: values {0, 0.5, 1}).
     t_eps: transport distance cost, >= 0 (0.8).
     transport: move salient blocks into shown positions (True); False is off.
-    t_size: transport block size in px, -1 = the graph-cut block (default), else capped at it.
+    t_size: transport block size in px, -1 = the graph-cut block (HEAD), else capped at it (default 4).
     workers: processes for the per-sample graph cuts, 0 = serial in this process (default);
         the pool persists across steps (``_puzzlemix_ops.worker_pool``).
-    mean, std: the normalisation of x, to un-normalise for the data smoothness (ImageNet).
+    mean, std: the statistics that un-normalise x for the data smoothness (default CIFAR's, as the published
+        code; ImageNet's, the loader's, at HEAD).
     """
 
     name = "puzzlemix"
@@ -198,7 +205,7 @@ class PuzzleMix(MixMethod):
     def __init__(
         self, *, alpha: float = 1.0, block_nums: Sequence[int] = BLOCK_NUMS, beta: float = 1.2, gamma: float = 0.5,
         eta: float = 0.2, neigh_size: int = 4, n_labels: int = 3, t_eps: float = 0.8, transport: bool = True,
-        t_size: int = -1, workers: int = 0, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+        t_size: int = T_SIZE, workers: int = 0, mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD,
     ) -> None:
         super().__init__()
         ops.require_gco()

@@ -3,10 +3,11 @@
 Paper: Qin et al., "ResizeMix: Mixing Data with Preserved Object Information and True Labels",
 arXiv 2020, https://arxiv.org/abs/2012.11101. No official code; the reference is OpenMixup's
 ``openmixup/models/augments/resizemix.py``.
-Protocol: protocol.md §2.11 (alpha 1, scope (0.1, 0.8), use_alpha True, nearest): the side ratio
-tau ~ Beta(alpha, alpha), redrawn from U(scope) when outside it (the code; the paper draws
-tau ~ U(scope) directly, which is ``use_alpha=False``); box side int(64 * tau) with corners
-centre -/+ side // 2 clipped to the image, uniform integer centre, one box for the batch; the
+Protocol: protocol.md §2.11 (alpha 1, scope (0.1, 0.8), nearest). The side ratio: with ``use_alpha``
+tau ~ Beta(alpha, alpha), redrawn from U(scope) when outside it (OpenMixup since ``3fea614``, HEAD);
+without, tau ~ U(scope) as the paper, alpha unused: the configs that published the table
+(``e81ed85``, docs/publication.md), so the default; equal in distribution at alpha 1. Box side
+int(64 * tau) with corners centre -/+ side // 2 clipped to the image, uniform integer centre, one box for the batch; the
 whole x[perm] resized (nearest) to the clipped box and pasted into every image; lam = 1 - box
 area / HW. The partner is a plain random permutation (fixed points allowed, as the code's
 unseeded permutation).
@@ -101,8 +102,8 @@ class ResizeMix(MixMethod):
     alpha: Beta(alpha, alpha) concentration for tau, > 0 when use_alpha (protocol default 1).
     scope: (lo, hi) range of tau, the box side as a fraction of the image side, 0 < lo < hi < 1
         (protocol (0.1, 0.8)).
-    use_alpha: draw tau from Beta(alpha, alpha) and redraw from U(scope) outside it (protocol);
-        False (off) draws tau ~ U(scope) as the paper.
+    use_alpha: draw tau from Beta(alpha, alpha) and redraw from U(scope) outside it (OpenMixup HEAD);
+        False (off, the published configs', default) draws tau ~ U(scope) as the paper.
     interpolation: resize mode; only "nearest" (the protocol's) is implemented.
     """
 
@@ -113,7 +114,7 @@ class ResizeMix(MixMethod):
         *,
         alpha: float = 1.0,
         scope: Sequence[float] = (0.1, 0.8),
-        use_alpha: bool = True,
+        use_alpha: bool = False,
         interpolation: str = "nearest",
     ) -> None:
         super().__init__()

@@ -8,6 +8,7 @@ Protocol: protocol.md §3 (everything of AutoMix, see ``automix.py``), §3.2 for
 - lambda: x_lam * (1 + lam^), x_(1-lam) * (1 + (1 - lam^)), lam^ = lam for R-18 (``lam_mul_k`` -1)
   and the S-curve with k = 1.25 for RX-50 (``lam_mul_k`` 0.25); "auto" picks by backbone;
 - value: 1x1 C -> C/2 (no bias), BN, ELU, 1x1 C/2 -> 1 (no bias); bilinear upsampling;
+- ``att_norm`` as AutoMix's, on q and on k (both published SAMix Tiny configs, ``e81ed85``);
 - mask loss "L1+Variance": the L1 term minus 2 * mean((m - mean(m))^2);
 - soft CE in every head. For a scalar lam it equals the hard two-term CE, so the loss is the
   same function ``mixed_cross_entropy`` as AutoMix's; ``neg_weight`` 0.5 ("eta") on head_mix_k
@@ -51,4 +52,5 @@ class SAMix(AutoMix):
                 raise ValueError(f"SAMix lam_mul_k='auto' needs a known cfg.backbone ({', '.join(LAM_MUL_K)}), "
                                  f"got {backbone!r}; pass lam_mul_k explicitly")
             k = LAM_MUL_K[backbone]
-        return MixBlock(in_channels, pair_qk=True, value_neck=True, lam_mul_k=float(k), upsample="bilinear")
+        return MixBlock(in_channels, pair_qk=True, value_neck=True, lam_mul_k=float(k), upsample="bilinear",
+                        att_norm=self.att_norm)

@@ -95,3 +95,9 @@ lab: $(STAMP)
 	@echo "JupyterLab on port $(LAB_PORT): open the http://localhost:$(LAB_PORT)/lab?token=... URL printed below"
 	$(VENV)/bin/jupyter lab --notebook-dir=. --no-browser --port=$(LAB_PORT) \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
+
+# Wheels the lent GPU machines lack (papermill, nbclient, ipykernel, submitit, gco-wrapper), for their Python 3.12,
+# into .cache/gpu-wheels (carry it on a device call; scripts/gpu_wheels.sh says what and why).
+.PHONY: gpu-wheels
+gpu-wheels:
+	bash scripts/gpu_wheels.sh

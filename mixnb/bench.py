@@ -49,7 +49,8 @@ from mixnb.data import DeviceLoader, IMAGENET_MEAN, IMAGENET_STD, TinyImageNetTe
 from mixnb.io import atomic_write_text, environment, git_state, write_json
 from mixnb.mixups import REGISTRY, MixMethod, StepContext, get_method
 from mixnb.models import build_model
-from mixnb.train import (Generators, build_parts, evaluate, load_data, peak_memory_mb,
+from mixnb.runs import load_data
+from mixnb.train import (Generators, build_parts, evaluate, peak_memory_mb,
                          resolve_compile, train_one_epoch, train_step)
 
 EPOCH_IMAGES, EVAL_IMAGES, NUM_CLASSES = 100_000, 10_000, 200  # Tiny-ImageNet train, val, classes

@@ -375,20 +375,12 @@ def run_gallery(run_dir: str | Path, *, n: int = 8, seed: int = 0) -> plt.Figure
     """The gallery of a run's checkpoint (its model and method state: trained masks) on one val image
     of each of the first ``n`` classes."""
     from mixnb.data import DeviceLoader
-    from mixnb.models import build_model
-    from mixnb.train import load_checkpoint, load_data
+    from mixnb.runs import open_run
 
-    run_dir = Path(run_dir)
-    ckpt = load_checkpoint(run_dir / "checkpoint.pt")  # weights_only=True: a shared run folder must not run code
-    if ckpt is None:
-        raise FileNotFoundError(f"{run_dir / 'checkpoint.pt'} not found: the run has not finished an epoch yet")
-    cfg = RunConfig.from_dict({**ckpt["config"], "device": "cpu"})
-    data = load_data(cfg)
-    model = build_model(cfg.backbone, num_classes=len(data.wnids), width=cfg.model_width)
-    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})  # compile prefix
-    method = get_method(cfg.method, **cfg.method_args)
-    method.setup(model, cfg=cfg, run_dir=run_dir)
-    method.load_state_dict(ckpt["method"])
+    run = open_run(run_dir, "cpu")
+    if run.setup_error is not None:  # its masks need the method's state (AttentiveMix+: its teacher)
+        raise RuntimeError(f"{run_dir}: {run.cfg.method} cannot be shown: {run.setup_error}")
+    cfg, data, model, method, ckpt = run.cfg, run.data, run.model, run.method, run.ckpt
     # one image from each of the first n classes, always the same ones
     idx = torch.stack([(data.y_val == c).nonzero()[0, 0] for c in range(min(n, len(data.wnids)))])
     loader = DeviceLoader(data.x_val[idx], data.y_val[idx], batch_size=len(idx), device="cpu", train=False)

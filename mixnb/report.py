@@ -1,7 +1,8 @@
 """Runs -> DataFrames -> the benchmark table, curves and mixed-sample galleries; HTML rendering.
 
 The table follows OpenMixup's Tiny-ImageNet page (protocol.md §4): rows are methods, columns
-backbones, cells the median top-1 of the last 10 epochs, beside the published number.
+backbones, cells the median top-1 of the last 10 epochs, beside the published number and the OpenMixup
+code each cell's runs follow (``code_followed``; docs/publication.md).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from mixnb.config import PROFILES, PROTOCOL, RunConfig
-from mixnb.mixups import REGISTRY, get_spec
+from mixnb.config import ADDED_METHOD_SETTINGS, PROFILES, PROTOCOL, REFERENCES, RunConfig
+from mixnb.mixups import HEAD, REGISTRY, get_spec, reference_code
 from mixnb.paths import KERNEL, NOTEBOOKS, reports_root, runs_root
 from mixnb.runs import METRICS, PARAMS, complete_identity, failure, is_finished, metric_rows, read_summary
 
@@ -85,6 +86,38 @@ def _summary_row(run_dir: Path) -> dict[str, Any]:
                                    | {"method_args": {k: v for k, v in identity["method_args"].items() if k != "alpha"}},
                                    sort_keys=True)
     return flat
+
+
+def code_followed(method: str, backbone: str, identity: dict[str, Any]) -> str:
+    """The OpenMixup code whose settings a run's identity holds: "e81ed85 (2022-03-10)" for the code that published
+    the cell (‡: a setting of it undetermined, see the notes), "HEAD 37e1372 (2025-10-15)", or "neither" with the
+    settings that match neither. Only what ``RunConfig.reference`` resolves is compared (alpha, epochs ... are the
+    table's own columns and labels)."""
+    if method not in REGISTRY:
+        return "?"
+    spec = get_spec(method)
+    keys = sorted(set(spec.head) | set(ADDED_METHOD_SETTINGS.get(method, {})))
+    mismatch = {}
+    for reference in REFERENCES:
+        want = RunConfig(method=method, backbone=backbone, reference=reference, bn_groups=identity.get("bn_groups"))
+        maths = want.maths()
+        pairs = [(k, maths.get(k), identity.get(k)) for k in ("crop_interpolation", "running_stats")]
+        pairs += [(k, maths["method_args"].get(k), identity.get("method_args", {}).get(k)) for k in keys]
+        mismatch[reference] = [(k, got) for k, want_value, got in pairs if want_value != got]
+        if not mismatch[reference]:
+            code = reference_code(method, backbone, reference)
+            name = f"HEAD {code.commit}" if code == HEAD else code.commit  # no published cell: HEAD's code
+            return f"{name} ({code.date}){' ‡' if code.undetermined and reference == 'published' else ''}"
+    return "neither: " + ", ".join(f"{k} {_num(v)}" for k, v in mismatch["published"])
+
+
+def _code(method: str, backbone: str, config_key: str) -> str:
+    """``code_followed`` of a pooled configuration (its ``config_key``: the identity without the seed)."""
+    try:
+        identity = json.loads(config_key)
+    except ValueError:
+        return "?"
+    return code_followed(method, backbone, identity) if isinstance(identity, dict) else "?"
 
 
 def settings_label(cfg: RunConfig) -> str:
@@ -169,6 +202,8 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
                                           for r, b in zip(ref, book)]
             cols[(label, "Δ")] = [f"{cells[k].mean - r:+.2f}" if r is not None and k in cells else "–"
                                   for k, r in zip(order, ref)]
+            cols[(label, "code")] = [_code(m, backbone, cells[(m, st)].config_key) if (m, st) in cells else "–"
+                                     for m, st in order]
     heads = set(summaries.loc[summaries.get("readout", pd.Series(dtype=str)) == "best of 4 heads", "method"]) \
         if value == "readout_top1" and not summaries.empty else set()
     labels = [row_label(m, st) + (" †" if m in heads else "") for m, st in order]
@@ -207,7 +242,8 @@ def bold_best(table: pd.DataFrame) -> Any:
 def beyond_accuracy(summaries: pd.DataFrame) -> pd.DataFrame:
     """The "beyond accuracy" numbers (``mixnb.analysis``) per configuration, mean over its seeds, in protocol
     order: one row per method, α and settings (runs of different settings never pool, as in the main table)."""
-    from mixnb.analysis import BEYOND_COLUMNS, read_analysis, value_at
+    from mixnb.analysis import BEYOND_COLUMNS, value_at
+    from mixnb.runs import read_analysis
 
     rows = []
     for r in _rows(summaries):
@@ -232,7 +268,8 @@ def beyond_accuracy(summaries: pd.DataFrame) -> pd.DataFrame:
 
 def train_gflops(run_dir: str) -> float | None:
     """GFLOPs of one training image through the method's step (forward + backward; analysis.json), or None."""
-    from mixnb.analysis import read_analysis, value_at
+    from mixnb.analysis import value_at
+    from mixnb.runs import read_analysis
 
     flops = value_at(read_analysis(run_dir) or {}, ("flops", "train_step_per_image"))
     return flops / 1e9 if flops else None
@@ -246,6 +283,21 @@ def corruption_table(record: dict[str, Any]) -> pd.DataFrame:
     return table
 
 
+def analysis_failures_html(summaries: pd.DataFrame, profile: str) -> str:
+    """The finished runs whose analysis failed, each with its reason (analysis_failed.json), escaped; "" if none."""
+    from html import escape
+
+    from mixnb.runs import analysis_failure
+
+    failed = [(Path(d).name, f["reason"]) for d in _col(summaries, "run_dir") if (f := analysis_failure(d))]
+    if not failed:
+        return ""
+    items = "".join(f"<li><b>{escape(run)}</b>: {escape(reason)}</li>" for run, reason in failed)
+    return (f"<p><b>Analysis failed for {len(failed)} finished run(s)</b>; their accuracy above stands, and "
+            f"<code>make analyze PROFILE={escape(profile)}</code> or the next <code>make sweep</code> tries again:</p>"
+            f"<ul>{items}</ul>")
+
+
 def definitions_html() -> str:
     """Each analysis number's definition, one line each (``mixnb.analysis.definitions``), escaped."""
     from html import escape
@@ -255,10 +307,13 @@ def definitions_html() -> str:
     return "<ul>" + "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>" for k, v in definitions().items()) + "</ul>"
 
 
+TIDY_COLUMNS = ["method", "settings", "backbone", "alpha", "top1_mean", "top1_std", "seeds", "openmixup"]
+
+
 def tidy_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """The main table as data: one row per (method, settings, backbone) at its best alpha, in protocol order."""
     if summaries.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=TIDY_COLUMNS)
     best = best_alpha(summaries, "readout_top1" if "readout_top1" in summaries else "median_top1")
     best = best.assign(_o=best["method"].map({m: i for i, m in enumerate(REGISTRY)}))
     best = best.sort_values(["_o", "settings", "backbone"], key=lambda c: c.map(list(BACKBONE_LABELS).index)
@@ -590,13 +645,21 @@ def table_notes_html(methods: list[str]) -> str:
     items = ["<code>*</code> after a name: an arXiv pre-print whose number OpenMixup's authors reproduced; "
              "📖: the original paper's number, not run in OpenMixup (protocol.md §4); †: read as OpenMixup read "
              "these rows, the best of four heads' medians (online/EMA × clean/mixed, protocol.md §1.7); the online "
-             "encoder's plain median is in the read-out table below."]
+             "encoder's plain median is in the read-out table below.",
+             "code: the OpenMixup code a cell's runs follow (RunConfig.reference, docs/publication.md): the commit "
+             "that published the number (the default, reference=published) or HEAD (reference=head); ‡: a setting "
+             "that commit cannot decide, picked as the note says."]
     for m in [m for m in REGISTRY if m in set(methods)]:
         spec = get_spec(m)
         if spec.note or not spec.reproduced:
             mark = "" if spec.reproduced else "📖 "
             items.append(f"{mark}{escape(method_label(m))}: published at α {_alpha(spec.published_alpha)}; "
                          f"{escape(spec.note)}")
+        if spec.code:
+            cells = "; ".join(f"{BACKBONE_LABELS.get(b, b)} {c.commit} ({c.date}, crop {c.crop}"
+                              f"{', ‡ ' + c.undetermined if c.undetermined else ''})" for b, c in spec.code.items())
+            items.append(f"{escape(method_label(m))}: published by {escape(cells)}; deviations that remain: "
+                         f"{escape(spec.deviations or 'none known')}")
     return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 

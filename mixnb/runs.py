@@ -2,20 +2,37 @@
 
 ``runs/<profile>/<run name>/`` holds ``params.json`` (the config, its resolved identity and the dataset
 it read), ``metrics.csv`` (one row per epoch), ``checkpoint.pt`` (the last good epoch), and then either
-``summary.json`` (finished) or ``failed.json`` (diverged, with the reason). "Finished" has one
+``summary.json`` (finished) or ``failed.json`` (diverged, with the reason); a finished run then gets
+``analysis.json`` (beyond accuracy) or ``analysis_failed.json`` (why that failed: retried by the next sweep). "Finished" has one
 definition (``is_finished``), used by ``fit``, the sweep, the report and the AttentiveMix+ teacher lookup.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
+import pickle
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from mixnb.config import PROFILES, RunConfig, default_cache_dir
+from mixnb.data import TinyImageNetTensors, load_tiny_imagenet, make_sample_dataset
 from mixnb.io import write_json
 
 PARAMS, METRICS, CHECKPOINT, SUMMARY, FAILED = "params.json", "metrics.csv", "checkpoint.pt", "summary.json", "failed.json"
+LOCK = ".lock"  # held (flock) by the process that trains or analyses the run
+ANALYSIS = "analysis.json"  # mixnb.analysis.analyze_run's result, keyed on the checkpoint
+ANALYSIS_VERSION = 2  # bump when a number's definition or what analysis.json holds changes: every run is analysed again
+ANALYSIS_FAILED = "analysis_failed.json"  # why the last analysis of a finished run failed; gone once one succeeds
 
 
 class RunConflict(ValueError):
@@ -90,15 +107,19 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
 
 def complete_identity(recorded: dict[str, Any]) -> dict[str, Any]:
     """A recorded identity with the settings added to mixnb after it was written filled in at the value that run
-    had (``ADDED_SETTINGS``; a method setting's registry default): so adding a setting never orphans a run,
-    and the report pools it with the runs written since."""
-    from mixnb.config import ADDED_SETTINGS
+    had (``ADDED_SETTINGS``; ``ADDED_GROUPED_SETTINGS`` with bn_groups > 1; a method setting's value from
+    ``ADDED_METHOD_SETTINGS``, else its registry default): so adding a setting never orphans a run, and the report
+    pools it with the runs written since."""
+    from mixnb.config import ADDED_GROUPED_SETTINGS, ADDED_METHOD_SETTINGS, ADDED_SETTINGS
     from mixnb.mixups import REGISTRY
 
     out = {**ADDED_SETTINGS, **recorded}
+    if isinstance(out["bn_groups"], int) and out["bn_groups"] > 1:
+        out = {**ADDED_GROUPED_SETTINGS, **out}
     spec = REGISTRY.get(recorded.get("method", ""))
     if spec is not None and isinstance(recorded.get("method_args"), dict):
-        out["method_args"] = {**json.loads(json.dumps(spec.defaults)), **recorded["method_args"]}
+        added = {**spec.defaults, **ADDED_METHOD_SETTINGS.get(recorded["method"], {})}
+        out["method_args"] = {**json.loads(json.dumps(added)), **recorded["method_args"]}
     return out
 
 
@@ -108,8 +129,172 @@ def mark_failed(run_dir: Path, reason: str, **details: Any) -> None:
 
 def failure(run_dir: Path) -> dict[str, Any] | None:
     """failed.json of a run that stopped for a reason of its own (diverged), or None."""
+    if not (Path(run_dir) / FAILED).exists():
+        return None
+    return _read_record(Path(run_dir) / FAILED) or {"reason": f"{FAILED} is unreadable"}
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
     try:
-        record = json.loads((Path(run_dir) / FAILED).read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else {"reason": "failed.json is unreadable"}
+    return record if isinstance(record, dict) else None
+
+
+def read_analysis(run_dir: str | Path) -> dict[str, Any] | None:
+    """analysis.json of a run folder, or None when it is missing, unreadable or of another ``ANALYSIS_VERSION``
+    (its numbers are not comparable with today's: the next sweep or ``make analyze`` redoes it)."""
+    record = _read_record(Path(run_dir) / ANALYSIS)
+    return record if record is not None and record.get("version") == ANALYSIS_VERSION else None
+
+
+def analysis_failure(run_dir: str | Path) -> dict[str, Any] | None:
+    """analysis_failed.json of a run folder (``{"reason": one line, ...}``), or None."""
+    if not (Path(run_dir) / ANALYSIS_FAILED).exists():
+        return None
+    return _read_record(Path(run_dir) / ANALYSIS_FAILED) or {"reason": f"{ANALYSIS_FAILED} is unreadable"}
+
+
+def needs_analysis(run_dir: str | Path) -> bool:
+    """A finished run with no analysis.json, or whose last analysis failed: the next sweep or ``make analyze``
+    analyses it (a stale analysis.json is redone by ``analyze_run`` itself, keyed on the checkpoint)."""
+    return read_analysis(run_dir) is None or analysis_failure(run_dir) is not None
+
+
+# ----------------------------------------------------------------------------- opening a run
+def load_data(cfg: RunConfig) -> TinyImageNetTensors:
+    """The profile's dataset: the real folder, or the generated sample set (made once, cached)."""
+    root = cfg.data_root()
+    if root is None:
+        sample = PROFILES[cfg.profile]["sample"]
+        root = make_sample_dataset(default_cache_dir() / f"sample-{cfg.profile}", seed=0, **sample)
+    return load_tiny_imagenet(root)
+
+
+def dataset_record(data: TinyImageNetTensors) -> dict[str, Any]:
+    """What a run records of its dataset: the resolved folder, the reader's manifest key and the sizes."""
+    return {"root": data.root, "manifest_key": data.manifest_key, "train_images": len(data.y_train),
+            "val_images": len(data.y_val), "classes": len(data.wnids)}
+
+
+def load_checkpoint(path: Path, *, progress: str = "none", move_corrupt: bool = False) -> dict[str, Any] | None:
+    """A run's checkpoint as plain CPU tensors and containers (``weights_only=True``: a checkpoint is data, and
+    nothing in a shared run folder may run code), or None when there is none. Always to the CPU, whatever
+    device the run uses: RNG states must stay CPU byte tensors, and ``restore_`` moves the rest.
+
+    Unreadable (permissions, I/O) or holding Python objects beyond tensors and containers: stops with the
+    path and the error, the file untouched. Corrupt (truncated, not a checkpoint): moved aside under a name
+    that never overwrites an earlier one when ``move_corrupt``, and None (the run starts over).
+    """
+    if not path.exists():
+        return None
+    try:
+        with open(path, "rb") as f:
+            ckpt = torch.load(f, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise OSError(err.errno, f"{path} cannot be read ({err.strerror}); fix its permissions "
+                                 f"(chmod a+r) or the disk, then run again. Nothing was changed") from None
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            return _corrupt(path, err, progress, move_corrupt)
+        raise ValueError(f"{path} holds Python objects, not just tensors, so mixnb will not load it (loading "
+                         f"could run code); delete it or move it away to start the run over") from None
+    except Exception as err:  # truncated zip, empty file, not a torch file
+        return _corrupt(path, err, progress, move_corrupt)
+    if not isinstance(ckpt, dict) or not {"identity", "model", "rows", "epoch"} <= set(ckpt):
+        raise ValueError(f"{path} is not a mixnb checkpoint (no identity/model/rows); move it away or train "
+                         f"into another folder")
+    return ckpt
+
+
+def _corrupt(path: Path, err: Exception, progress: str, move: bool) -> None:
+    if move:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}")
+        path.replace(aside)
+        if progress != "none":
+            print(f"warning: {path} is corrupt ({type(err).__name__}: {err}); moved to {aside.name}, starting over",
+                  flush=True)
+
+
+@contextmanager
+def run_lock(run_dir: Path, *, wait_s: float = 0.0) -> Iterator[int | None]:
+    """Hold ``run_dir/.lock`` exclusively; yields its file descriptor, or None when another process
+    holds it (after retrying for ``wait_s`` seconds). Closing the descriptor releases it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                held = False
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+        yield fd if held else None
+    finally:
+        os.close(fd)
+
+
+def is_locked(run_dir: Path) -> bool:
+    """Whether a job holds ``run_dir``'s lock now."""
+    if not (run_dir / LOCK).exists():
+        return False
+    with run_lock(run_dir) as fd:
+        return fd is None
+
+
+@dataclass
+class OpenRun:
+    """A run rebuilt from its checkpoint: model and method in eval mode on ``device``, and the data it trained on."""
+
+    run_dir: Path
+    cfg: RunConfig
+    ckpt: dict[str, Any]
+    data: TinyImageNetTensors
+    model: nn.Module
+    method: Any  # MixMethod
+    setup_error: str | None  # why the method could not be set up (AttentiveMix+ without its teacher), or None
+
+
+def open_run(run_dir: str | Path, device: str | torch.device = "cpu") -> OpenRun:
+    """The model and method of ``run_dir``'s checkpoint (``weights_only``: a run folder runs no code) on ``device``,
+    in eval mode, with the dataset it trained on. The one way a trained run is rebuilt (analysis, galleries,
+    AttentiveMix+'s teacher). A method whose setup fails (a teacher that is gone) is returned fresh, with the
+    reason: evaluating the model needs no method state.
+
+    Raises:
+        FileNotFoundError: no checkpoint.pt; ValueError: a checkpoint this mixnb cannot read, or a dataset that
+        changed since the run trained on it.
+    """
+    from mixnb.mixups import get_method
+    from mixnb.models import build_model
+
+    run_dir, device = Path(run_dir), torch.device(device)
+    path = run_dir / CHECKPOINT
+    ckpt = load_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"{path} not found: the run has not finished an epoch, or its checkpoint was deleted "
+                                f"to save space")
+    try:
+        cfg = RunConfig.from_dict({**ckpt["config"], "device": str(device)})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its config cannot be read by this mixnb ({err})") from None
+    data = load_data(cfg)
+    trained_on = ckpt.get("identity", {}).get("dataset", {}).get("manifest_key")
+    if trained_on is not None and trained_on != data.manifest_key:
+        raise ValueError(f"{path} was trained on another version of the dataset at {data.root} (manifest key "
+                         f"{trained_on[:12]}, now {data.manifest_key[:12]}); use it with the data it trained on")
+    model = build_model(cfg.backbone, num_classes=len(data.wnids), width=cfg.model_width)
+    model.load_state_dict(ckpt["model"])
+    method, setup_error = get_method(cfg.method, **cfg.method_args), None
+    try:
+        method.setup(model, cfg=cfg, run_dir=run_dir)
+        method.load_state_dict(ckpt["method"])
+    except (FileNotFoundError, RuntimeError) as err:
+        method, setup_error = get_method(cfg.method, **cfg.method_args), f"{type(err).__name__}: {err}"
+    return OpenRun(run_dir, cfg, ckpt, data, model.to(device).eval(), method.to(device).eval(), setup_error)

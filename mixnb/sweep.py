@@ -13,7 +13,9 @@ run folder and given every RunConfig field; the notebook ends with the run's ana
 accuracy (analysis.json) on the run's device. The dataset is checked once, before any run starts. A
 finished run (``mixnb.runs.is_finished``, same identity) is skipped; a broken one is run again and
 resumes from its checkpoint; a folder holding another identity is reported, never overwritten.
-Failures do not stop the sweep; each is listed with its one-line reason at the end. Runs that need
+Failures do not stop the sweep; each is listed with its one-line reason at the end (a run that trained but
+whose analysis failed is kept, listed, and analysed again by the next sweep). Progress is live
+(``mixnb.progress``: a line per running job and the sweep's ETA). Runs that need
 another run (AttentiveMix+ uses the finished Vanilla run as its default teacher) wait for it.
 
 Where the jobs run (``make sweep EXECUTOR=...``):
@@ -39,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import itertools
 import json
 import os
@@ -47,25 +48,26 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import tomllib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import submitit
+import torch
 from tqdm.auto import tqdm
 
 from mixnb.config import RunConfig, parse_value, resolve_device, split_top
+from mixnb.memory import (ANALYSIS_BUDGET_GIB, CARD_GIB, CONTEXT_GIB, GIB, analysis_batch, predict_analysis_gib,
+                          predict_step_gib)
 from mixnb.mixups import REGISTRY, get_spec
 from mixnb.paths import KERNEL, NOTEBOOKS, ROOT, runs_root
-from mixnb.runs import RunConflict, check_identity, failure, is_finished, read_summary
+from mixnb.progress import SweepWatcher
+from mixnb.runs import (RunConflict, analysis_failure, check_identity, dataset_record, failure, is_finished,
+                        is_locked, load_data, needs_analysis, read_summary, run_lock)
 
 DEFAULT_BACKBONES = {"tiny-imagenet": ["resnet18", "resnext50"], "sample": ["resnet18"], "test": ["resnet18"]}
 NEEDS = {"attentivemix": "vanilla"}  # default teacher: the finished Vanilla run (protocol.md §2.7)
-LOCK = ".lock"
 LOCK_WAIT_S = 2.0  # a claim retries this long: a probe (``is_locked``) holds the lock for microseconds
 MAX_REQUEUES = 100  # submitit time-outs per job; each requeue resumes from the last epoch's checkpoint
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -202,37 +204,6 @@ def parse_method_axes(items: list[str]) -> dict[str | None, Axes]:
     return out
 
 
-@contextmanager
-def run_lock(run_dir: Path, *, wait_s: float = 0.0) -> Iterator[int | None]:
-    """Hold ``run_dir/.lock`` exclusively; yields its file descriptor, or None when another process
-    holds it (after retrying for ``wait_s`` seconds). Closing the descriptor releases it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-                break
-            except BlockingIOError:
-                held = False
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(0.05)
-        yield fd if held else None
-    finally:
-        os.close(fd)
-
-
-def is_locked(run_dir: Path) -> bool:
-    """Whether a job holds ``run_dir``'s lock now."""
-    if not (run_dir / LOCK).exists():
-        return False
-    with run_lock(run_dir) as fd:
-        return fd is None
-
-
 def execute(job: Job, *, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> None:
     """Execute train.ipynb for ``job`` into its run folder; raises ``RuntimeError`` with the run's one-line
     reason on failure (papermill's own output and the training lines go to ``papermill.log``).
@@ -247,6 +218,37 @@ def execute(job: Job, *, env: dict[str, str] | None = None, pass_fds: tuple[int,
                               pass_fds=pass_fds)
     if proc.returncode:
         raise RuntimeError(failure_reason(job.run_dir))
+
+
+class AnalysisFailed(RuntimeError):
+    """A finished run whose analysis failed: its training result stands, the next sweep analyses it again."""
+
+
+def analyse(job: Job, *, env: dict[str, str] | None = None) -> None:
+    """Analyse a finished run in a child process on the job's device (``mixnb analyze``; output to
+    ``analysis.log``); ``run_job`` then reads whether it failed."""
+    cmd = [sys.executable, "-m", "mixnb", "analyze", str(job.run_dir), "--device", job.config.device]
+    with open(job.run_dir / "analysis.log", "w") as log:
+        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+
+def run_job(job: Job, *, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> str:
+    """With the job's run lock held: train it ("ran"), or analyse a finished run whose analysis is missing or
+    failed ("analysed"), or nothing ("finished"). Raises ``AnalysisFailed`` when training is done but the analysis
+    the job asked for is not, and the notebook's one-line reason when training failed."""
+    if not job.finished:
+        execute(job, env=env, pass_fds=pass_fds)
+        outcome = "ran"
+    elif job.analysis and needs_analysis(job.run_dir):
+        analyse(job, env=env)
+        outcome = "analysed"
+    else:
+        return "finished"
+    if job.analysis and needs_analysis(job.run_dir):
+        failed = analysis_failure(job.run_dir) or {"reason": f"no analysis.json; see {job.run_dir / 'analysis.log'}"}
+        raise AnalysisFailed(f"analysis failed: {failed['reason']} (the training result stands; the next make sweep "
+                             f"or make analyze tries again)")
+    return outcome
 
 
 def failure_reason(run_dir: Path) -> str:
@@ -267,9 +269,16 @@ def failure_reason(run_dir: Path) -> str:
 def gpu_slots(gpus: list[str] | None, gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict[str, str]]:
     """One environment per concurrent job: GPUS split into groups of ``gpus_per_run``, each group taken by
     ``runs_per_gpu`` jobs at once (small batches leave a large GPU under-occupied; one run's host work overlaps
-    another's device work); [{}] without GPUS."""
+    another's device work). Without GPUS: [{}] (one job at a time), or with ``runs_per_gpu`` > 1 the visible
+    GPUs (``visible_gpus``); none visible fails with the fix (K jobs on one CPU would only slow each other)."""
     if runs_per_gpu < 1:
         raise ValueError(f"RUNS_PER_GPU must be >= 1, got {runs_per_gpu}")
+    if not gpus and runs_per_gpu > 1:
+        gpus = visible_gpus()
+        if not gpus:
+            raise ValueError(f"RUNS_PER_GPU={runs_per_gpu} packs runs onto GPUs and none is visible here "
+                             f"(CUDA_VISIBLE_DEVICES empty or torch.cuda.device_count() = 0): run it on a GPU "
+                             f"machine, name them with GPUS=0,1, or leave RUNS_PER_GPU at 1")
     if not gpus:
         return [{}]
     if len(gpus) % gpus_per_run:
@@ -278,13 +287,51 @@ def gpu_slots(gpus: list[str] | None, gpus_per_run: int, runs_per_gpu: int = 1) 
     return [dict(g) for _ in range(runs_per_gpu) for g in groups]
 
 
+def visible_gpus() -> list[str]:
+    """This process's GPUs: CUDA_VISIBLE_DEVICES's entries when it is set, else torch's device indices."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and not g.strip().startswith("-")]  # -1: none
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def card_gib() -> float:
+    """Memory of the smallest visible GPU, else ``memory.CARD_GIB`` (an H100 80GB)."""
+    if not torch.cuda.is_available():
+        return CARD_GIB
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())) / GIB
+
+
+def job_memory(job: Job) -> tuple[float, int, float]:
+    """(predicted training-step peak GiB, analysis batch, its predicted peak GiB) of ``job`` (mixnb.memory)."""
+    batch = analysis_batch(job.config)
+    return predict_step_gib(job.config), batch, predict_analysis_gib(job.config, batch)
+
+
+def check_packing(jobs: list[Job], runs_per_gpu: int, card: float) -> None:
+    """Refuse ``runs_per_gpu`` > 1 when that many copies of the costliest job (its training step or, when the
+    notebook analyses it, its analysis pass, plus ``CONTEXT_GIB``) exceed ``card`` GiB. Conservative for
+    GPUS_PER_RUN > 1, where each GPU holds a share of the batch."""
+    if runs_per_gpu < 2 or not jobs:
+        return
+    peaks = {}
+    for job in jobs:
+        step, _, analysis = job_memory(job)
+        peaks[job.config.run_name()] = max(step, analysis if job.analysis else 0.0)
+    name = max(peaks, key=peaks.__getitem__)
+    need = runs_per_gpu * (peaks[name] + CONTEXT_GIB)
+    if need > card:
+        raise ValueError(f"RUNS_PER_GPU={runs_per_gpu} does not fit: {name} is predicted to peak at "
+                         f"{peaks[name]:.1f} GiB, and {runs_per_gpu} x ({peaks[name]:.1f} + {CONTEXT_GIB} GiB "
+                         f"context) = {need:.1f} GiB > the {card:.1f} GiB card; lower RUNS_PER_GPU or run it apart")
+
+
 # ----------------------------------------------------------------------------- plan
 def check_datasets(jobs: list[Job], *, strict: bool = True) -> dict[Path, str]:
     """Load each distinct dataset of ``jobs`` once (building its cache) and classify every job: "finished",
-    "to run", or why it cannot run (a folder of another identity). A dataset that cannot be read raises
+    "to run", "to analyse" (finished, its analysis missing or failed), or why it cannot run (a folder of another
+    identity). A dataset that cannot be read raises
     before any run starts; with ``strict=False`` (a dry run) its jobs are "to run", unchecked."""
-    from mixnb.train import dataset_record, load_data
-
     records: dict[tuple[str, str | None], dict[str, Any] | None] = {}
     status: dict[Path, str] = {}  # by run folder
     for job in jobs:
@@ -306,7 +353,8 @@ def check_datasets(jobs: list[Job], *, strict: bool = True) -> dict[Path, str]:
         except RunConflict as err:
             status[job.run_dir] = f"conflict: {err}"
             continue
-        status[job.run_dir] = "finished" if job.finished else "to run"
+        status[job.run_dir] = ("to run" if not job.finished else "to analyse"
+                               if job.analysis and needs_analysis(job.run_dir) else "finished")
     return status
 
 
@@ -319,10 +367,13 @@ def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: i
     slots = gpu_slots(gpus, gpus_per_run, runs_per_gpu)
     status = check_datasets(jobs)
     failures: list[tuple[Job, str]] = [(j, status[j.run_dir]) for j in jobs if status[j.run_dir].startswith("conflict")]
-    todo = [j for j in jobs if status[j.run_dir] == "to run"]
+    todo = [j for j in jobs if status[j.run_dir] in ("to run", "to analyse")]
+    check_packing(todo, runs_per_gpu, card_gib())
+    to_analyse = sum(status[j.run_dir] == "to analyse" for j in todo)
     print(f"sweep {profile}: {len(jobs)} runs, {sum(s == 'finished' for s in status.values())} already finished, "
-          f"{len(todo)} to run", flush=True)
-    outcomes: dict[str, list[Job]] = {"ran": [], "finished elsewhere": [], "running elsewhere": []}
+          f"{len(todo) - to_analyse} to run" + (f", {to_analyse} finished to analyse (again)" if to_analyse else ""),
+          flush=True)
+    outcomes: dict[str, list[Job]] = {"ran": [], "analysed": [], "finished elsewhere": [], "running elsewhere": []}
     lock = threading.Condition()
     pending, running = list(todo), []
     bar = tqdm(total=len(todo), desc=f"sweep {profile}", file=sys.stderr, disable=None)  # None: off without a TTY
@@ -335,14 +386,13 @@ def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: i
         with run_lock(job.run_dir, wait_s=LOCK_WAIT_S) as fd:
             if fd is None:
                 return "running elsewhere"
-            if job.finished:
-                return "finished elsewhere"
-            execute(job, env=slot_env, pass_fds=(fd,))
+            outcome = run_job(job, env=slot_env, pass_fds=(fd,))
+        if outcome == "ran":
             summary = read_summary(job.run_dir) or {}
             tqdm.write(f"done {job.config.run_name()}: {summary.get('median_label', 'median top-1')} "
                        f"{summary.get('median_top1', float('nan')):.2f}, {summary.get('seconds_per_epoch', 0):.1f} "
                        f"s/epoch", file=sys.stdout)
-            return "ran"
+        return "finished elsewhere" if outcome == "finished" else outcome
 
     def worker(slot_env: dict[str, str]) -> None:
         while True:
@@ -371,11 +421,17 @@ def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: i
                 bar.update(1)
                 lock.notify_all()
 
+    def snapshot(jobs: list[Job]) -> list[Job]:
+        with lock:
+            return list(jobs)
+
     threads = [threading.Thread(target=worker, args=(s,)) for s in slots]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with SweepWatcher(lambda: snapshot(running), lambda: [j for j in snapshot(pending) if not j.finished],
+                      slots=len(slots), overall=bar):
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     bar.close()
     for outcome in ("finished elsewhere", "running elsewhere"):
         for job in outcomes[outcome]:
@@ -393,7 +449,8 @@ def report_failures(failures: list[tuple[Job, str]], total: int) -> None:
 
 # ----------------------------------------------------------------------------- submitit (slurm, local)
 class TrainJob(submitit.helpers.Checkpointable):
-    """One run as a submitit job; returns what happened ("ran", "finished", "running elsewhere").
+    """One run as a submitit job; returns what happened ("ran", "analysed", "finished", "running elsewhere");
+    raises ``AnalysisFailed`` when the run finished but its analysis did not.
 
     On preemption or time-out submitit calls ``checkpoint`` (inherited: this same call again) and
     requeues the job, which then resumes from the run's checkpoint.pt.
@@ -403,10 +460,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         with run_lock(job.run_dir, wait_s=LOCK_WAIT_S) as fd:
             if fd is None:
                 return "running elsewhere"
-            if job.finished:
-                return "finished"
-            execute(job, pass_fds=(fd,))
-            return "ran"
+            return run_job(job, pass_fds=(fd,))
 
 
 def make_executor(kind: str, folder: Path, *, gpus_per_run: int = 1, partition: str | None = None,
@@ -443,7 +497,7 @@ def submit_sweep(jobs: list[Job], *, gpus_per_run: int = 1, executor: str = "slu
     status = check_datasets(jobs)
     conflicts = [(j, status[j.run_dir]) for j in jobs if status[j.run_dir].startswith("conflict")]
     report_failures(conflicts, len(jobs))
-    todo = [j for j in jobs if status[j.run_dir] == "to run" and not is_locked(j.run_dir)]
+    todo = [j for j in jobs if status[j.run_dir] in ("to run", "to analyse") and not is_locked(j.run_dir)]
     print(f"sweep {profile} on {executor}: {len(jobs)} runs, {len(jobs) - len(todo)} finished or running "
           f"elsewhere, {len(todo)} to submit")
     if not todo:
@@ -577,10 +631,11 @@ def measured_rates(path: Path = ROOT / "BENCHMARKS.md") -> tuple[str, dict[tuple
 
 
 def dry_run(jobs: list[Job]) -> str:
-    """The runs of a sweep, which are finished, and the GPU time of those to run at the measured rates."""
+    """The runs of a sweep, which are finished, the GPU time of those to run at the measured rates, and each
+    run's predicted peak memory and analysis batch (mixnb.memory; measured on the CPU once, then cached)."""
     status = check_datasets(jobs, strict=False)
     card, rates = measured_rates()
-    lines, total, unknown = [], 0.0, []
+    lines, total, unknown = [f"{'state':<10}{'GPU time':>9}  {'step peak':>9}  analysis batch (peak)  run"], 0.0, []
     for job in jobs:
         state = status[job.run_dir]
         rate = rates.get((job.config.backbone, job.config.method))
@@ -590,10 +645,21 @@ def dry_run(jobs: list[Job]) -> str:
             if rate is None:
                 unknown.append(job.config.run_name())
         cost = f"{hours:7.2f} h" if hours is not None else "      ? h"
-        lines.append(f"{state.split(':')[0]:<9} {cost}  {job.config.run_name()}")
+        lines.append(f"{state.split(':')[0]:<10}{cost}  {memory_cells(job)}  {job.config.run_name()}")
     done = sum(s == "finished" for s in status.values())
     lines.append(f"{len(jobs)} runs: {done} finished, {sum(s == 'to run' for s in status.values())} to run, "
                  f"~{total:.1f} GPU-hours on one {card} at the measured s/epoch in BENCHMARKS.md")
     if unknown:
         lines.append(f"no measured rate for {len(unknown)} of them (not counted): {', '.join(unknown)}")
+    lines.append(f"step peak: predicted GiB of a training step on CUDA; analysis: the attack/CAM batch under "
+                 f"{ANALYSIS_BUDGET_GIB:g} GiB and its peak (mixnb.memory)")
     return "\n".join(lines)
+
+
+def memory_cells(job: Job) -> str:
+    """``  8.6 GiB   batch  144 (20.0 GiB)``, or why the memory model could not measure the job."""
+    try:
+        step, batch, analysis = job_memory(job)
+    except (ImportError, OSError, RuntimeError, ValueError) as err:  # e.g. an optional package missing here
+        return f"{'? GiB':>9}  not measured ({type(err).__name__})"
+    return f"{step:5.1f} GiB  batch {batch:4d} ({analysis:4.1f} GiB)"

@@ -23,9 +23,13 @@ one shared permutation and augmentation (``DeviceLoader(shard=...)``), so the un
 the single-process batch (every GPU keeps the whole uint8 train set, 1.2 GB for Tiny-ImageNet, and
 its own slice of the val set). BatchNorm is per rank, as the reference's 2 x 50 runs (protocol.md
 §1.5: OpenMixup's DDP has ``broadcast_buffers=False``; ``sync_bn`` for the global batch). At each
-epoch end the ranks' BN running statistics are averaged (timm's ``distribute_bn``), so the
-evaluated and checkpointed model is one model; a deviation: the reference evaluates each rank's
-shard with that rank's own statistics and saves rank 0's. Mixing partners are drawn within each
+epoch end the ranks' BN running statistics become rank 0's (``running_stats="first"``, the default with
+bn_groups > 1) or their mean ("mean", timm's ``distribute_bn``; the default with one group), so the
+evaluated and checkpointed model is one model.
+OpenMixup HEAD's ``ValidateHook`` broadcasts rank 0's BN buffers before each evaluation
+(``openmixup/core/hooks/validate_hook.py``, since ``dadfb9b``, 2023-03-17); the 2022 code that published
+the table evaluated each rank's val shard with that rank's own buffers (``openmixup/hooks/validate_hook.py``
+at ``e81ed85``), equal in expectation to rank 0's (docs/publication.md). Mixing partners are drawn within each
 rank's batch from a per-rank mix stream, as the reference's ``dist_mode=False``. Rank 0 alone
 writes the run folder; evaluation is sharded and its sums all-reduced. A checkpoint resumes with
 any K: with the same K exactly; with another K the weights, optimizer, method state and the
@@ -36,10 +40,8 @@ shared data stream continue exactly and the per-rank mix/host streams are re-see
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import math
-import pickle
 import resource
 import statistics
 import sys
@@ -53,16 +55,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mixnb.config import PROFILES, RunConfig, default_cache_dir, resolve_precision
-from mixnb.data import DeviceLoader, TinyImageNetTensors, load_tiny_imagenet, make_sample_dataset
+from mixnb.config import RunConfig, resolve_precision
+from mixnb.data import DeviceLoader
 from mixnb.distributed import (DistributedModel, all_reduce_, average_buffers_, average_gradients_, broadcast_,
                                check_world_size, distributed, gather_objects, main_first, rank_bn_groups)
 from mixnb.io import atomic_torch_save, atomic_write_text, environment, git_state, remove_stale_temps, write_json
 from mixnb.mixups import MixMethod, StepContext, StepOutput, get_method, get_spec
 from mixnb.models import build_model
 from mixnb.models.groupbn import group_batchnorm_
-from mixnb.runs import (CHECKPOINT, FAILED, METRICS, PARAMS, SUMMARY, RunConflict, check_identity, failure,
-                        is_finished, mark_failed, read_summary)
+from mixnb.rng import stream_seed
+from mixnb.runs import (CHECKPOINT, FAILED, METRICS, PARAMS, SUMMARY, RunConflict, check_identity, dataset_record, failure,
+                        is_finished, load_checkpoint, load_data, mark_failed, read_summary)
 
 # protocol.md §1.7, "the median top-1 of the last 10 epochs", read as OpenMixup's own summary script does:
 # tools/summary/find_classification_val_median.py keeps the val lines with epoch >= epoch_num - record_num,
@@ -72,15 +75,6 @@ MEDIAN_RECORDS = 10
 
 
 # ----------------------------------------------------------------------------- set-up
-def load_data(cfg: RunConfig) -> TinyImageNetTensors:
-    """The profile's dataset: the real folder, or the generated sample set (made once, cached)."""
-    root = cfg.data_root()
-    if root is None:
-        sample = PROFILES[cfg.profile]["sample"]
-        root = make_sample_dataset(default_cache_dir() / f"sample-{cfg.profile}", seed=0, **sample)
-    return load_tiny_imagenet(root)
-
-
 @dataclass
 class Generators:
     """One generator per random stream, all seeded here from RunConfig.seed."""
@@ -110,11 +104,6 @@ class Generators:
         self.data.set_state(state["data"])
         self.mix.set_state(state["mix"])
         self.host.set_state(state["host"])
-
-
-def stream_seed(seed: int, stream: str, rank: int, epoch: int) -> int:
-    """A 32-bit seed for one (stream, rank, epoch) of a run: distinct inputs give unrelated seeds."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{stream}/{rank}/{epoch}".encode()).digest()[:4], "little")
 
 
 def cosine_lr(base: float, floor: float, epoch: int, epochs: int) -> float:
@@ -280,13 +269,14 @@ def build_parts(
     if cfg.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     groups = rank_bn_groups(cfg, world)
-    group_batchnorm_(model, groups)
+    group_batchnorm_(model, groups, running_stats=cfg.bn_running_stats)
     model = model.to(device)
     if on_cuda:
         model = model.to(memory_format=torch.channels_last)  # +20-50% for bf16 convs (performance.md §8.3)
     method = get_method(cfg.method, **cfg.method_args)
     method.setup(model, cfg=cfg, run_dir=run_dir)  # an EMA copy of the model copies its grouped BN
-    group_batchnorm_(method, groups)  # the method's own BN (SAMix's value neck), per group as per GPU
+    group_batchnorm_(method, groups, running_stats=cfg.bn_running_stats)  # its own BN (SAMix's value neck, the
+    # MixBlock's q/k BN with att_norm), per group as per GPU
     method.to(device)
     groups = method.param_groups(model, lr=cfg.lr, min_lr=cfg.floor_lr)
     for g in groups:
@@ -347,7 +337,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
             cfg, device, num_classes=len(data.wnids), run_dir=run_dir, world=world)
         gens = Generators.from_seed(cfg.seed, device, rank=rank)
         train_loader = DeviceLoader(data.x_train, data.y_train, batch_size=cfg.batch_size, device=device,
-                                    train=True, gen=gens.data, channels_last=on_cuda, shard=(rank, world))
+                                    train=True, gen=gens.data, channels_last=on_cuda, shard=(rank, world),
+                                    interpolation=cfg.crop)
         lo, hi = rank * len(data.y_val) // world, (rank + 1) * len(data.y_val) // world  # this rank's val shard
         val_loader = DeviceLoader(data.x_val[lo:hi], data.y_val[lo:hi], batch_size=cfg.eval_batch_size,
                                   device=device, train=False, channels_last=on_cuda)
@@ -381,6 +372,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
         _log(progress, f"{cfg.run_name()} on {env['device_name']} ({device}{f' x {world}' if world > 1 else ''}): "
                        f"epochs {start_epoch}->{epochs}, {len(data.y_train)} train / {len(data.y_val)} val images, "
                        f"{len(data.wnids)} classes")
+        board = tensorboard_writer(run_dir, start_epoch) if main else None
         for epoch in range(start_epoch, epochs):
             ctx.epoch = epoch
             for g in optimizer.param_groups:  # per-epoch cosine (protocol.md §1.5)
@@ -393,7 +385,8 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
                 train_logs = train_one_epoch(train_model, method, train_loader, optimizer, ctx, autocast=autocast,
                                              log_every=cfg.log_every, bar=bar, own_params=own_params)
                 t_train = time.perf_counter() - t0
-                average_buffers_(model, method)  # per-rank BN statistics -> their mean: one model to evaluate and save
+                # per-rank BN statistics -> rank 0's (the reference's broadcast) or their mean: one model to evaluate
+                average_buffers_(model, method, running_stats=cfg.bn_running_stats)
                 val = evaluate(model, method, val_loader, autocast=autocast)
                 if not all(math.isfinite(v) for k, v in val.items() if k.endswith("val_loss")):
                     raise Diverged(f"the validation loss is non-finite after epoch {epoch + 1}")
@@ -421,6 +414,12 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
                 "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
             }, ckpt_path)
             _write_metrics(run_dir / METRICS, rows)  # after the checkpoint: metrics never run ahead of it
+            if board is not None:
+                for key, value in row.items():
+                    board.add_scalar(key, value, epoch + 1)
+                board.flush()
+        if board is not None:
+            board.close()
 
         summary = summarize(rows, cfg, env=env, identity=identity,
                             extra={"world_size": world, **method.summarize(rows)})
@@ -429,10 +428,16 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
         return summary
 
 
-def dataset_record(data: TinyImageNetTensors) -> dict[str, Any]:
-    """What a run records of its dataset: the resolved folder, the reader's manifest key and the sizes."""
-    return {"root": data.root, "manifest_key": data.manifest_key, "train_images": len(data.y_train),
-            "val_images": len(data.y_val), "classes": len(data.wnids)}
+def tensorboard_writer(run_dir: Path, start_epoch: int) -> Any:
+    """A SummaryWriter on ``run_dir/tensorboard`` when tensorboard is installed (``pip install -e '.[tensorboard]'``),
+    else None. ``purge_step`` drops the events a killed run wrote past its checkpoint, so a resumed run's curves
+    have each epoch once. metrics.csv stays the report's source; these are for watching (``tensorboard --logdir
+    runs/``)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
 
 
 def summarize(rows: list[dict[str, Any]], cfg: RunConfig, *, env: dict[str, Any], identity: dict[str, Any],
@@ -499,44 +504,6 @@ def restore_(ckpt: dict[str, Any], *, model: nn.Module, method: MixMethod, optim
     torch.set_rng_state(ckpt["torch_rng"])
     if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
-
-
-def load_checkpoint(path: Path, *, progress: str = "none", move_corrupt: bool = False) -> dict[str, Any] | None:
-    """A run's checkpoint as plain CPU tensors and containers (``weights_only=True``: a checkpoint is data, and
-    nothing in a shared run folder may run code), or None when there is none. Always to the CPU, whatever
-    device the run uses: RNG states must stay CPU byte tensors, and ``restore_`` moves the rest.
-
-    Unreadable (permissions, I/O) or holding Python objects beyond tensors and containers: stops with the
-    path and the error, the file untouched. Corrupt (truncated, not a checkpoint): moved aside under a name
-    that never overwrites an earlier one when ``move_corrupt``, and None (the run starts over).
-    """
-    if not path.exists():
-        return None
-    try:
-        with open(path, "rb") as f:
-            ckpt = torch.load(f, map_location="cpu", weights_only=True)
-    except OSError as err:
-        raise OSError(err.errno, f"{path} cannot be read ({err.strerror}); fix its permissions "
-                                 f"(chmod a+r) or the disk, then run again. Nothing was changed") from None
-    except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():
-            return _corrupt(path, err, progress, move_corrupt)
-        raise ValueError(f"{path} holds Python objects, not just tensors, so mixnb will not load it (loading "
-                         f"could run code); delete it or move it away to start the run over") from None
-    except Exception as err:  # truncated zip, empty file, not a torch file
-        return _corrupt(path, err, progress, move_corrupt)
-    if not isinstance(ckpt, dict) or not {"identity", "model", "rows", "epoch"} <= set(ckpt):
-        raise ValueError(f"{path} is not a mixnb checkpoint (no identity/model/rows); move it away or train "
-                         f"into another folder")
-    return ckpt
-
-
-def _corrupt(path: Path, err: Exception, progress: str, move: bool) -> None:
-    if move:
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6:06d}")
-        path.replace(aside)
-        _log(progress, f"warning: {path} is corrupt ({type(err).__name__}: {err}); moved to {aside.name}, "
-                       f"starting over")
 
 
 def _bar(progress: str, total: int, desc: str) -> Any:

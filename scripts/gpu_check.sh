@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# One short GPU slot (one call under 10 minutes, DEADLINE=540 s by default), in this priority order, each part
-# under its own `timeout` (a part that hits it keeps the rows written so far):
+# One short GPU slot: scripts/gpu_verify.py first (correctness, one line per check), then the speed parts.
+# Default DEADLINE=360 s for the whole script, of which gpu_verify gets VERIFY_S=240 (its checks stop starting
+# there) and the speed parts the rest. Why 360: a lent machine gives a session 15 minutes of device time, its
+# start costs ~2-3 minutes, so start (~150 s) + one call (360 s) + a rerun on the still-warm machine (360 s)
+# = ~870 s fits 900 s. A rerun after the machine went back pays a second start: then rerun only what failed
+# (`python scripts/gpu_verify.py --only NAME,...`) or give the speed parts a call of their own (VERIFY=0).
+# The speed parts, in this priority order, each under its own `timeout` (a part that hits it keeps its rows):
 #   a. environment, and the CUDA-graph tests (pytest tests/test_compile.py -k cuda);
 #   b. Vanilla on R-18 and RX-50 under each of MODES (default "off reduce-overhead"; "default" measured
 #      slower), then RX-50 Vanilla under max-autotune (its warm-up s is the compile; inductor's on-disk cache
@@ -11,26 +16,33 @@
 #   f. --profile-kernels: RX-50 Vanilla's device time by kernel category, reduce-overhead then eager.
 # Each part's timeout is its weight's share of the time left (so time a part leaves unused goes to the later
 # ones), at least 20 s; a part with less than that left is skipped and listed as skipped. Bench rows not
-# started by two thirds of their part's timeout are skipped (--budget). Last of all: ONE summary of every
-# result (python -m mixnb.bench --summarize "$OUT").
+# started by two thirds of their part's timeout are skipped (--budget). With the 360 s default only the first
+# parts run after gpu_verify; DEADLINE=540 VERIFY=0 in a call of its own gives them the old slot.
+# Last of all: ONE summary of every result (python -m mixnb.bench --summarize).
 # Runs from the source tree (PYTHONPATH=.) with the machine's own Python: no venv, no network.
-# Carry .cache/gpu-wheels (cp312 gco-wrapper + opencv-contrib wheels, see below) for PuzzleMix and SaliencyMix.
-# Results go to $OUT (default ./bench-results/gpu-check; a run first removes the previous run's part folders
-# there): gpu_check.log, vanilla-<mode>/, step/, step-rx50/, methods/ (bench.{json,md}), concurrent/ (concurrent.{json,md},
-# k<K>/p<i>/ per process), kernels-<mode>/ (kernels.{json,md}), sync/ with SYNC=1.
-# Usage: bash scripts/gpu_check.sh   (DEADLINE=300 for a shorter slot; MODES="off default" for part b's
-#   modes; MODE=off|default|reduce-overhead for part d; METHODS=a,b for parts c and d)
-# A CPU dry run of the plumbing (~2 minutes on 2 cores; the --compile there overrides every part's mode):
-#   BENCH_EXTRA="--device cpu --width 8 --batch-size 20 --seconds 0.01 --windows 1 --warmup 1 --eval-images 40
-#   --compile off" METHODS=vanilla,cutmix DEADLINE=240 bash scripts/gpu_check.sh
+# Carry .cache/gpu-wheels (`make gpu-wheels`: papermill, nbclient, ipykernel, submitit, gco-wrapper for cp312):
+# gpu_verify.py installs them into /tmp/mixnb-gpu-site (pip --no-index --target), put first on the path here too.
+# Results: $OUT (default ./bench-results/gpu-check): gpu_verify.txt (its lines), gpu_verify.log (its checks'
+# output), gpu_check.log (everything), and the speed parts' folders (vanilla-<mode>/, step/, step-rx50/,
+# methods/, concurrent/, kernels-<mode>/, sync/ with SYNC=1) packed into gpu_check_parts.tgz at the end (the
+# device tool returns at most 8 files; KEEP_PARTS=1 leaves the folders unpacked under $OUT/parts too).
+# Usage: bash scripts/gpu_check.sh   (on a device call: carry [".cache/gpu-wheels"], timeout_s 420;
+#   DEADLINE=... VERIFY_S=... to resize; VERIFY=0 skips gpu_verify; MODES="off default" for part b's modes;
+#   MODE=off|default|reduce-overhead for part d; METHODS=a,b for parts c and d)
+# A CPU dry run of the plumbing (~5 minutes on 2 cores; the --compile there overrides every part's mode):
+#   VERIFY_ARGS=--dry BENCH_EXTRA="--device cpu --width 8 --batch-size 20 --seconds 0.01 --windows 1 --warmup 1
+#   --eval-images 40 --compile off" METHODS=vanilla,cutmix DEADLINE=420 bash scripts/gpu_check.sh
 # Not `set -e`: one failing part must not lose the others.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./bench-results/gpu-check}"
-DEADLINE="${DEADLINE:-540}"  # seconds for the whole script
+DEADLINE="${DEADLINE:-360}"  # seconds for the whole script
+VERIFY_S="${VERIFY_S:-240}"  # gpu_verify.py's --budget-s (its last check may run a little past it)
 RESERVE=20  # seconds kept for the summary
 mkdir -p "$OUT"
-rm -rf "$OUT"/vanilla-* "$OUT"/step "$OUT"/step-rx50 "$OUT"/methods "$OUT"/concurrent "$OUT"/kernels-* "$OUT"/sync  # this script's own
+PARTS="$OUT/parts"
+rm -rf "$PARTS" "$OUT/gpu_check_parts.tgz" "$OUT/gpu_check.log"  # this script's own, from an earlier run
+mkdir -p "$PARTS"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 PY="${PY:-$(command -v python3 || command -v python)}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -73,18 +85,18 @@ bench() {
     part "$name" "$T" "$PY" -m mixnb.bench "$@" --budget $(( T * 2 / 3 )) ${EXTRA[@]+"${EXTRA[@]}"}
 }
 
-# Optional packages the machine lacks (gco-wrapper for PuzzleMix, opencv-contrib's cv2.saliency for
-# SaliencyMix, pytest for the CUDA tests), as wheels carried in .cache/gpu-wheels (git-ignored: pass
-# carry=[".cache/gpu-wheels"]): unzipped into a folder put first on the path (no pip, no network, no
-# change to the machine's Python). Made with: python3.12 -m pip wheel gco-wrapper --no-deps, and
-# pip download --no-deps -d .cache/gpu-wheels opencv-contrib-python-headless==4.10.0.84 pytest pluggy iniconfig
-WHEELS=(.cache/gpu-wheels/*.whl)
-if [ -e "${WHEELS[0]}" ] && "$PY" -c "import sys; sys.exit(sys.version_info[:2] != (3, 12))" \
-        && ! "$PY" -c "import gco, cv2; cv2.saliency" 2>/dev/null; then  # the gco wheel is cp312
-    EXTRA_PKGS=$(mktemp -d)
-    for whl in "${WHEELS[@]}"; do "$PY" -m zipfile -e "$whl" "$EXTRA_PKGS" && echo "unpacked $(basename "$whl")"; done
-    export PYTHONPATH="$EXTRA_PKGS:$PYTHONPATH"
+# 0. Correctness first: gpu_verify.py (it also installs the carried wheels into /tmp/mixnb-gpu-site).
+if [ "${VERIFY:-1}" != 0 ]; then
+    say "gpu_verify.py (budget ${VERIFY_S}s)"
+    read -r -a VERIFY_EXTRA <<< "${VERIFY_ARGS:-}"
+    OUT="$OUT" timeout -k 10 $(( VERIFY_S + 60 )) "$PY" scripts/gpu_verify.py --budget-s "$VERIFY_S" \
+        ${VERIFY_EXTRA[@]+"${VERIFY_EXTRA[@]}"}
+    VERIFY_RC=$?
+    say "gpu_verify.py: done (rc $VERIFY_RC: $([ $VERIFY_RC = 0 ] && echo 'no FAIL' || echo 'see the FAIL lines'))"
+else
+    OUT="$OUT" "$PY" scripts/gpu_verify.py --only env >/dev/null  # installs the carried wheels, nothing else
 fi
+if [ -d /tmp/mixnb-gpu-site ]; then export PYTHONPATH="/tmp/mixnb-gpu-site:$PYTHONPATH"; fi
 
 say "a. environment"
 echo "commit: $(git rev-parse HEAD 2>/dev/null || echo 'unknown (no .git here: note the commit the tree came from)')"
@@ -131,17 +143,17 @@ fi
 
 if [ "${SYNC:-0}" = 1 ]; then  # outside the shares: SYNC=1 is asked for on purpose
     part "sync check: each method's step under torch.cuda.set_sync_debug_mode('error')" 90 \
-        "$PY" -m mixnb.bench --sync-check --backbones resnet18 --warmup 2 --out "$OUT/sync" ${EXTRA[@]+"${EXTRA[@]}"}
+        "$PY" -m mixnb.bench --sync-check --backbones resnet18 --warmup 2 --out "$PARTS/sync" ${EXTRA[@]+"${EXTRA[@]}"}
 fi
 
 # b. Vanilla under each compile mode, R-18 then RX-50, one process per mode (the compile is in the warm-up;
 #    inductor's on-disk cache makes the later modes' compiles shorter), then RX-50 under max-autotune.
 for mode in "${VANILLA_MODES[@]}"; do
     bench "b. Vanilla, compile $mode" "$(mode_weight "$mode" 7 13)" --methods vanilla --backbones resnet18,resnext50 --compile "$mode" \
-        --no-peers --seconds 1.0 --windows 3 --warmup 3 --out "$OUT/vanilla-$mode"
+        --no-peers --seconds 1.0 --windows 3 --warmup 3 --out "$PARTS/vanilla-$mode"
 done
 bench "b. RX-50 Vanilla, compile max-autotune (warm-up s = its compile)" 11 --methods vanilla --backbones resnext50 \
-    --compile max-autotune --no-peers --seconds 1.0 --windows 3 --warmup 3 --out "$OUT/vanilla-max-autotune"
+    --compile max-autotune --no-peers --seconds 1.0 --windows 3 --warmup 3 --out "$PARTS/vanilla-max-autotune"
 
 # c. The whole step captured, costliest methods first (Vanilla first: the x Vanilla column), R-18 then RX-50 in
 #    two parts so that RX-50's AutoMix/SAMix rows, the largest cost of the table, are measured in any case.
@@ -150,24 +162,26 @@ STEP_METHODS=$(printf '%s\n' "${STEP_FIRST//,/$'\n'}" "${METHODS//,/$'\n'}" | gr
     | awk '!seen[$0]++' | paste -sd,)
 bench "c. every method, compile reduce-overhead, capture step, R-18" 9 --methods "$STEP_METHODS" \
     --backbones resnet18 --compile reduce-overhead --capture step --no-peers --seconds 1.0 --windows 3 \
-    --warmup 3 --out "$OUT/step"
+    --warmup 3 --out "$PARTS/step"
 bench "c. the costliest methods, compile reduce-overhead, capture step, RX-50" 9 --methods "$STEP_METHODS" \
     --backbones resnext50 --compile reduce-overhead --capture step --no-peers --seconds 1.0 --windows 3 \
-    --warmup 3 --out "$OUT/step-rx50"
+    --warmup 3 --out "$PARTS/step-rx50"
 bench "d. every method, compile ${MODE:-auto}, peers" 13 --methods "$METHODS" --backbones resnet18,resnext50 \
-    --compile "${MODE:-auto}" --seconds 1.0 --windows 3 --warmup 3 --out "$OUT/methods"
+    --compile "${MODE:-auto}" --seconds 1.0 --windows 3 --warmup 3 --out "$PARTS/methods"
 
 # e. K runs sharing the GPU (make sweep RUNS_PER_GPU=K): each process's img/s and their sum.
 bench "e. concurrent processes, K = 1, 2, 3" 13 --concurrent 1,2,3 --methods vanilla,puzzlemix --backbones resnet18 \
-    --seconds 1.0 --windows 3 --warmup 3 --out "$OUT/concurrent"
+    --seconds 1.0 --windows 3 --warmup 3 --out "$PARTS/concurrent"
 
 # f. Where RX-50 Vanilla's device time goes, with CUDA graphs and eager.
 for mode in reduce-overhead off; do
     bench "f. RX-50 Vanilla kernel profile, compile $mode" "$(mode_weight "$mode" 3 5)" --profile-kernels --methods vanilla \
-        --backbones resnext50 --compile "$mode" --warmup 3 --out "$OUT/kernels-$mode"
+        --backbones resnext50 --compile "$mode" --warmup 3 --out "$PARTS/kernels-$mode"
 done
 
 say "finished in ${SECONDS}s"
 for name in ${SKIPPED[@]+"${SKIPPED[@]}"}; do echo "skipped: $name"; done
 for name in ${TIMED_OUT[@]+"${TIMED_OUT[@]}"}; do echo "hit its timeout: $name"; done
-"$PY" -m mixnb.bench --summarize "$OUT"
+"$PY" -m mixnb.bench --summarize "$PARTS"
+tar -czf "$OUT/gpu_check_parts.tgz" -C "$PARTS" . && echo "packed the parts into $OUT/gpu_check_parts.tgz"
+if [ -z "${KEEP_PARTS:-}" ]; then rm -rf "$PARTS"; fi

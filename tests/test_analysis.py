@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import mixnb.analysis as A
+from mixnb import runs
 from mixnb.config import RunConfig
 from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
 
@@ -419,7 +420,7 @@ def test_flops_of_a_training_step(run: A.Run) -> None:
 
 # ----------------------------------------------------------------------------- analyze_run and its file
 def test_analyze_run_writes_every_section(analysed: dict, run_dir: Path) -> None:
-    assert json.loads((run_dir / A.ANALYSIS).read_text()) == json.loads(json.dumps(analysed))
+    assert json.loads((run_dir / runs.ANALYSIS).read_text()) == json.loads(json.dumps(analysed))
     for key in ("calibration", "adversarial", "occlusion", "corruptions", "localization", "flops", "cost"):
         assert analysed[key] is not None, key
     gen = analysed["corruptions"]["generated"]
@@ -435,7 +436,7 @@ def test_analyze_run_writes_every_section(analysed: dict, run_dir: Path) -> None
 
 def test_analyze_run_is_idempotent_and_rekeys_on_a_new_checkpoint(analysed: dict, run_dir: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    path = run_dir / A.ANALYSIS
+    path = run_dir / runs.ANALYSIS
     before, stamp = path.read_bytes(), path.stat().st_mtime_ns
     monkeypatch.setattr(A.analyze, "load_run", lambda *a, **k: pytest.fail("analysed again"))
     assert A.analyze_run(run_dir, device="cpu") == json.loads(before)
@@ -452,7 +453,7 @@ def test_analyze_run_is_idempotent_and_rekeys_on_a_new_checkpoint(analysed: dict
 def test_a_killed_write_leaves_no_partial_file(run_dir: Path, analysed: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     import mixnb.io
 
-    path = run_dir / A.ANALYSIS
+    path = run_dir / runs.ANALYSIS
     before = path.read_bytes()
 
     def killed(src: str, dst: str) -> None:
@@ -462,11 +463,11 @@ def test_a_killed_write_leaves_no_partial_file(run_dir: Path, analysed: dict, mo
     with pytest.raises(KeyboardInterrupt):
         A.analyze_run(run_dir, device="cpu", force=True)
     assert path.read_bytes() == before  # the old analysis, whole
-    assert not list(run_dir.glob(f".{A.ANALYSIS}.*.tmp"))
+    assert not list(run_dir.glob(f".{runs.ANALYSIS}.*.tmp"))
     path.unlink()
     with pytest.raises(KeyboardInterrupt):
         A.analyze_run(run_dir, device="cpu", force=True)
-    assert not path.exists() and not list(run_dir.glob(f".{A.ANALYSIS}.*.tmp"))
+    assert not path.exists() and not list(run_dir.glob(f".{runs.ANALYSIS}.*.tmp"))
     monkeypatch.undo()
     A.analyze_run(run_dir, device="cpu")  # leave the module's run analysed for the tests below
 
@@ -481,11 +482,11 @@ def test_unfinished_and_missing_runs_fail_naming_the_file(tmp_path: Path, run_di
         A.analyze_run(half)
 
 
-def test_report_helpers(run_dir: Path) -> None:
+def test_report_helpers(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.pyplot as plt
 
     A.analyze_run(run_dir, device="cpu")
-    rec = A.read_analysis(run_dir)
+    rec = runs.read_analysis(run_dir)
     other = {**rec, "method": "mixup", "seed": 1}
     table = A.beyond_table([rec, run_dir, other])
     assert list(table.index) == ["vanilla", "mixup"] and table.loc["vanilla", "n"] == 2
@@ -493,6 +494,11 @@ def test_report_helpers(run_dir: Path) -> None:
     assert table.loc["vanilla", "ECE"] == pytest.approx(rec["calibration"]["ece"])
     mce = A.mce_table([rec, other], source="generated")
     assert mce.loc["vanilla", "mCE"] == pytest.approx(100)
+    def moved(*args, **kwargs):
+        raise AssertionError("the report read the dataset")
+
+    monkeypatch.setattr(runs, "load_data", moved)  # the data moved, or lives on the GPU machine only
+    assert [it["label_name"] for it in rec["localization"]["gallery"]][:1] and "image_png" in rec["localization"]["gallery"][0]
     for fig in (A.plot_reliability([rec, other]), A.plot_occlusion([rec]), A.cam_gallery(run_dir)):
         assert fig.axes
         plt.close(fig)

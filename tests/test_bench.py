@@ -14,7 +14,7 @@ from mixnb.bench import (KERNEL_CATEGORIES, OTHER, TOP_KERNELS, Barrier, Stat, b
                          kernel_category, main, parse_args, parse_spec, process_results, time_window)
 from mixnb.config import RunConfig
 from mixnb.mixups import REGISTRY
-from mixnb.train import load_data
+from mixnb.runs import load_data
 
 TINY = ["--device", "cpu", "--width", "8", "--batch-size", "20", "--steps", "1", "--windows", "1", "--warmup", "1",
         "--eval-images", "40", "--profile", "test", "--workers", "1"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import mixnb.train as t
+from mixnb import runs
 from mixnb.__main__ import main
 from mixnb.config import RunConfig
 from mixnb.gallery import photo_galleries
@@ -44,7 +45,7 @@ def test_a_malicious_checkpoint_runs_no_code(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"model": _Payload(marker)}, run / "checkpoint.pt")
     with pytest.raises(ValueError, match="holds Python objects.*will not load"):
-        t.load_checkpoint(run / "checkpoint.pt")
+        runs.load_checkpoint(run / "checkpoint.pt")
     with pytest.raises(Exception):  # the AttentiveMix+ teacher lookup reads the same file
         vanilla_teacher(run)
     [(_, why)] = photo_galleries(tmp_path / "gallery", methods=["attentivemix"], n_images=2)  # the report's teacher
@@ -96,13 +97,13 @@ def test_unreadable_and_corrupt_checkpoints(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(args[0]))
 
-    monkeypatch.setattr(t, "open", denied, raising=False)  # root reads anything: fake what chmod 000 does
+    monkeypatch.setattr(runs, "open", denied, raising=False)  # root reads anything: fake what chmod 000 does
     with pytest.raises(OSError, match=r"checkpoint.pt cannot be read \(Permission denied\).*chmod.*Nothing was changed"):
-        t.load_checkpoint(ckpt, move_corrupt=True)
+        runs.load_checkpoint(ckpt, move_corrupt=True)
     monkeypatch.undo()
     assert ckpt.exists()  # not moved aside
     for _ in range(2):  # corrupt (empty, then truncated): moved aside, never over an earlier one
-        assert t.load_checkpoint(ckpt, move_corrupt=True) is None and not ckpt.exists()
+        assert runs.load_checkpoint(ckpt, move_corrupt=True) is None and not ckpt.exists()
         ckpt.write_bytes(b"PK\x03\x04 truncated")
     assert len(list(tmp_path.glob("checkpoint.pt.corrupt-*"))) == 2
     fit(RunConfig(method="vanilla", **TEST), tmp_path / "run", progress="none")
@@ -203,3 +204,25 @@ def test_user_errors_print_one_line_and_debug_keeps_the_traceback(tmp_path, caps
         main(["--debug", "prepare", str(tmp_path / "missing")])
     assert main(["train", "--profile", "test", "--set", "min_lr=0.5"]) == 2
     assert "min_lr 0.5 is above lr 0.2" in capsys.readouterr().err
+
+
+def test_a_failed_analysis_keeps_the_run_is_reported_and_is_retried_by_the_next_sweep(tmp_path, monkeypatch):
+    from mixnb.report import analysis_failures_html
+    from mixnb.runs import analysis_failure, needs_analysis, read_analysis
+
+    monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
+    [job] = expand("test", ["vanilla"], epochs=1)
+    fit(job.config, job.run_dir, progress="none")  # trained; not analysed yet
+    trained = (job.run_dir / "summary.json").read_text()
+    monkeypatch.setenv("MIXNB_TINC", str(tmp_path / "moved"))  # the analysis' last section fails, as an OOM would
+    [(_, reason)] = run_sweep([job])
+    assert reason.startswith("analysis failed: FileNotFoundError: MIXNB_TINC=") and "tries again" in reason
+    assert is_finished(job.run_dir) and read_analysis(job.run_dir) is None and needs_analysis(job.run_dir)
+    assert "FileNotFoundError" in analysis_failure(job.run_dir)["reason"]
+    html = analysis_failures_html(load_runs("test").summaries, "test")
+    assert "Analysis failed for 1 finished run(s)" in html and job.run_dir.name in html
+    monkeypatch.delenv("MIXNB_TINC")
+    assert run_sweep([job]) == []  # retried, not retrained
+    assert (job.run_dir / "summary.json").read_text() == trained
+    assert read_analysis(job.run_dir) is not None and analysis_failure(job.run_dir) is None
+    assert analysis_failures_html(load_runs("test").summaries, "test") == ""

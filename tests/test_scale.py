@@ -28,7 +28,8 @@ from torch import nn
 
 import mixnb.train as t
 from mixnb.data import DeviceLoader
-from mixnb.sweep import TrainJob, expand, gpu_slots, is_locked, make_executor, minutes, run_lock, submit_sweep, wait_for
+from mixnb.runs import is_locked, run_lock
+from mixnb.sweep import TrainJob, expand, gpu_slots, make_executor, minutes, submit_sweep, wait_for
 
 from ddp_worker import bn_from_running_stats, crash_at, vanilla  # tests/ is on sys.path (pytest's rootdir)
 
@@ -60,7 +61,8 @@ def test_bn_groups_on_one_process_equal_per_rank_bn_on_two(ddp, tmp_path):
     """bn_groups=2 on one process normalises each half batch on its own: the 2-process per-rank BN run.
     Metrics agree to TOL; weights after 8 steps to 2e-5 (measured; the grouped BN's backward rounds differently
     from the native BN's, and lr 0.2 carries it), asserted within 1e-4."""
-    t.fit(vanilla(bn_groups=2), tmp_path, progress="none")
+    # the 2-process run has one group per rank, so it evaluates the ranks' mean of BN statistics (running_stats)
+    t.fit(vanilla(bn_groups=2, running_stats="mean"), tmp_path, progress="none")
     pd.testing.assert_frame_equal(_metrics(tmp_path)[MATH], _metrics(ddp / "perrank")[MATH], **TOL)
     _same_weights(tmp_path, ddp / "perrank", rtol=1e-4, atol=1e-4)
 
@@ -159,7 +161,7 @@ LOCK_SWEEP = textwrap.dedent("""
         with open(sys.argv[1], "a") as log:
             log.write(f"end {job.config.run_name()} {time.time()}\\n")
     s.execute = fake
-    s.run_sweep(s.expand("test", sys.argv[2].split(","), epochs=1))
+    s.run_sweep(s.expand("test", sys.argv[2].split(","), epochs=1, analysis=False))  # the fake trains, analyses nothing
 """)
 
 

@@ -28,6 +28,10 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     wa = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
     wb = torch.load(killed / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(killed / "tensorboard")).Reload()  # the optional extra, installed by make install
+    assert [(e.step, e.value) for e in events.Scalars("top1")] == [(r.epoch, pytest.approx(r.top1)) for r in b.itertuples()]
 
 
 

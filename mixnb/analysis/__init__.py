@@ -25,22 +25,20 @@ of §1, §3 and §6 are not named after their entry functions (``calibration``, 
 submodule of the same name would be shadowed by the function on the package.
 """
 
-from mixnb.analysis.analyze import ANALYSIS, VERSION, analysis_key, analyze_run, checkpoint_record, read_analysis
+from mixnb.analysis.analyze import analysis_key, analyze_or_record, analyze_run, checkpoint_record
 from mixnb.analysis.attacks import adversarial, fgsm, pgd
 from mixnb.analysis.calibrate import calibration, reliability_bins
 from mixnb.analysis.cam import box_iou, gallery_indices, grad_cam, largest_region_boxes, localisation, upsample_cam
 from mixnb.analysis.cli import add_analyze_options, analyze_from_args
-from mixnb.analysis.corruptions import (
+from mixnb.analysis.corruption_ops import (
     CORRUPTION_CACHE_VERSION,
     CORRUPTIONS,
     FROST_ENV,
     GEN_CHUNK,
     SAVE_QUALITY,
-    TINC_ENV,
     brightness,
     contrast,
     corrupt,
-    corruption_accuracy,
     defocus_blur,
     elastic_apply,
     elastic_transform,
@@ -49,7 +47,6 @@ from mixnb.analysis.corruptions import (
     gaussian_blur,
     gaussian_blur2d,
     gaussian_noise,
-    generated_corruptions,
     glass_blur,
     glass_blur_apply,
     glass_positions,
@@ -57,7 +54,6 @@ from mixnb.analysis.corruptions import (
     impulse_noise,
     jpeg_compression,
     jpeg_round_trip,
-    official_corruptions,
     pil_box_resize,
     pixelate,
     plasma_fractal,
@@ -69,7 +65,8 @@ from mixnb.analysis.corruptions import (
     speckle_noise,
     zoom_blur,
 )
-from mixnb.analysis.corruptions import _disk as _disk  # private, used by tests/test_analysis.py
+from mixnb.analysis.corruptions import TINC_ENV, corruption_accuracy, generated_corruptions, official_corruptions
+from mixnb.analysis.corruption_ops import _disk as _disk  # private, used by tests/test_analysis.py
 from mixnb.analysis.flop_count import count_flops, flops
 from mixnb.analysis.occlude import curve_auc, occlusion, occlusion_masks, patch_mask
 from mixnb.analysis.report import (
@@ -105,7 +102,7 @@ __all__ = [
     "box_iou", "gallery_indices", "grad_cam", "largest_region_boxes", "localisation", "upsample_cam", "count_flops",
     "flops",
     # analyze, report, cli
-    "ANALYSIS", "VERSION", "analysis_key", "analyze_run", "checkpoint_record", "read_analysis", "BEYOND_COLUMNS", "value_at",
+    "analysis_key", "analyze_or_record", "analyze_run", "checkpoint_record", "BEYOND_COLUMNS", "value_at",
     "beyond_table", "cam_gallery", "definitions", "mce_table", "plot_occlusion", "plot_reliability",
     "add_analyze_options", "analyze_from_args",
 ]

@@ -11,6 +11,7 @@ the run's device with the data already there.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -28,12 +29,11 @@ from mixnb.analysis.flop_count import flops
 from mixnb.analysis.occlude import occlusion
 from mixnb.analysis.run import MEAN, STD, _images, _subset, load_run, predict
 from mixnb.analysis.settings import PROFILE_SETTINGS, AnalysisSettings, settings_for
-from mixnb.config import resolve_precision
-from mixnb.io import read_json, remove_stale_temps, write_json
-from mixnb.runs import CHECKPOINT, failure, is_finished, read_summary
+from mixnb.config import RunConfig, resolve_precision
+from mixnb.io import remove_stale_temps, write_json
+from mixnb.memory import ANALYSIS_BUDGET_GIB, analysis_batch, predict_analysis_gib
+from mixnb.runs import ANALYSIS, ANALYSIS_FAILED, ANALYSIS_VERSION, CHECKPOINT, failure, is_finished, read_analysis, read_summary
 
-ANALYSIS = "analysis.json"
-VERSION = 1  # bump when a number's definition changes: every run is analysed again
 
 
 def checkpoint_record(path: Path) -> dict[str, Any]:
@@ -47,26 +47,66 @@ def checkpoint_record(path: Path) -> dict[str, Any]:
 
 
 def analysis_key(ckpt: dict[str, Any], settings: AnalysisSettings, tinc: str | None) -> dict[str, Any]:
-    return {"checkpoint_sha256": ckpt["sha256"], "settings": settings.key(), "tinc": tinc, "version": VERSION}
+    return {"checkpoint_sha256": ckpt["sha256"], "settings": settings.key(), "tinc": tinc, "version": ANALYSIS_VERSION}
 
 
-def read_analysis(run_dir: str | Path) -> dict[str, Any] | None:
-    """analysis.json of a run folder, or None when it is missing or unreadable."""
+def analyze_or_record(run_dir: str | Path, *, device: str = "auto", force: bool = False,
+                      progress: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """``analyze_run``, with a failure recorded instead of raised: analysis_failed.json says why (one line) and
+    None is returned. The training result stays finished; the next ``make sweep`` or ``make analyze`` retries.
+    A folder that is not a finished run raises as ``analyze_run`` does, and nothing is recorded."""
+    if not is_finished(Path(run_dir)) or failure(Path(run_dir)) is not None:
+        return analyze_run(run_dir, device=device, force=force, progress=progress)  # raises why
     try:
-        record = read_json(Path(run_dir) / ANALYSIS)
-    except (OSError, ValueError):
+        return analyze_run(run_dir, device=device, force=force, progress=progress)
+    except Exception as err:  # an out-of-memory, a dataset that moved, a bug: the run's training result stands
+        reason = (f"{type(err).__name__}: {err}".splitlines() or [type(err).__name__])[0]
+        write_json(Path(run_dir) / ANALYSIS_FAILED, {"reason": reason, "device": device,
+                                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return None
-    return record if isinstance(record, dict) else None
+
+
+def pass_batch(cfg: RunConfig, settings: AnalysisSettings, batch_size: int | None) -> dict[str, Any]:
+    """The analysis' batch and why: ``batch_size`` when given, else the memory model's ``analysis_batch`` capped
+    by the settings' batch; with the attack pass's predicted CUDA peak at that batch."""
+    batch = batch_size or min(settings.batch_size, analysis_batch(cfg))
+    return {"batch_size": batch, "chosen_by": "the caller" if batch_size else "mixnb.memory.analysis_batch",
+            "predicted_attack_peak_gib": round(predict_analysis_gib(cfg, batch), 2), "budget_gib": ANALYSIS_BUDGET_GIB}
+
+
+def with_gallery_images(localization: dict[str, Any], data: Any) -> dict[str, Any]:
+    """The CAM gallery's items with what drawing them needs beside the CAM: the val image (a base64 PNG, ~4 KB)
+    and the class names, so the report draws the gallery without the dataset (it may have moved, or live on
+    the GPU machine only)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    def png(index: int) -> str:
+        buf = io.BytesIO()
+        Image.fromarray(data.x_val[index].numpy()).save(buf, format="PNG")  # (H, W, 3) uint8
+        return base64.b64encode(buf.getvalue()).decode()
+
+    def name(label: int) -> str:
+        return data.words.get(data.wnids[label], data.wnids[label]).split(",")[0]
+
+    items = [{**it, "image_png": png(it["index"]), "label_name": name(it["label"]), "pred_name": name(it["pred"])}
+             for it in localization["gallery"]]
+    return {**localization, "gallery": items}
 
 
 def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None, device: str = "auto",
-                force: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                force: bool = False, progress: Callable[[str], None] | None = None,
+                batch_size: int | None = None) -> dict[str, Any]:
     """Analyse a finished run; writes ``run_dir/analysis.json`` (atomically) and returns it.
 
     Skipped (the file returned as it is) when it was made from the same checkpoint (sha256) with the same
-    settings, official-set folder and ``VERSION``, unless ``force``; a run whose checkpoint was deleted keeps
+    settings, official-set folder and ``ANALYSIS_VERSION``, unless ``force``; a run whose checkpoint was deleted keeps
     its analysis. ``settings``: None = ``settings_for(the run's profile)``. ``device``: "auto" | "cpu" |
-    "cuda[:N]". ``progress``: called with a line per section (None: quiet).
+    "cuda[:N]". ``progress``: called with a line per section (None: quiet). ``batch_size``: images per pass;
+    None = the largest predicted to keep an attack pass under ``ANALYSIS_BUDGET_GIB``, at most the settings'
+    (``pass_batch``). Recorded under "memory"; not in the key, as batching changes no number.
 
     Raises:
         FileNotFoundError: no checkpoint.pt (and no analysis).
@@ -112,7 +152,8 @@ def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
     if settings is None:
         settings = settings_for(run.cfg.profile)
     seconds["load"] = time.perf_counter() - t0
-    s, data, dev = settings, run.data, run.device
+    memory = pass_batch(run.cfg, settings, batch_size)
+    s, data, dev = dataclasses.replace(settings, batch_size=memory["batch_size"]), run.data, run.device
     x = _images(data.x_val, dev)  # (N, 3, 64, 64) uint8, on the device once
     y = data.y_val.to(dev)
     boxes = data.val_boxes.to(dev)
@@ -123,12 +164,12 @@ def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         logits = timed("clean", lambda: predict(run.logits, x, batch_size=s.batch_size))
     autocast = resolve_precision(run.cfg, dev) == torch.bfloat16
     result: dict[str, Any] = {
-        "version": VERSION, "key": analysis_key(record, s, tinc), "checkpoint": {**record, "epoch": run.ckpt["epoch"]},
+        "version": ANALYSIS_VERSION, "key": analysis_key(record, s, tinc), "checkpoint": {**record, "epoch": run.ckpt["epoch"]},
         "run": run.cfg.run_name(), "run_dir": str(run_dir), "method": run.cfg.method, "backbone": run.cfg.backbone,
         "seed": run.cfg.seed, "profile": run.cfg.profile, "settings": s.to_dict(), "device": str(dev),
         "precision": "fp32 (the run evaluated in bf16 autocast)" if autocast else "fp32",
         "head": run.head, "setup_error": run.setup_error, "normalisation": {"mean": MEAN, "std": STD},
-        "clean": {"top1": 100 * float((logits.argmax(1) == y).double().mean()), "images": len(y)},
+        "clean": {"top1": 100 * float((logits.argmax(1) == y).double().mean()), "images": len(y)}, "memory": memory,
     }
     result["calibration"] = timed("calibration", lambda: calibration(logits, y, n_bins=s.n_bins))
     sub = _subset(len(y), s.attack_images, s.seed, "attack-images").to(dev)
@@ -139,7 +180,7 @@ def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
                              "official": None}
     if tinc:
         result["corruptions"]["official"] = timed("official", lambda: official_corruptions(run.logits, tinc, data, s, dev))
-    result["localization"] = localization
+    result["localization"] = with_gallery_images(localization, data)
     result["flops"] = timed("flops", lambda: flops(run)) if s.flops else None
     seconds["total"] = time.perf_counter() - t_all
     n_att = len(sub)
@@ -154,4 +195,5 @@ def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
                 "step and the generation of the corrupted set (once per dataset) are not counted",
     }
     write_json(out, result)
+    (run_dir / ANALYSIS_FAILED).unlink(missing_ok=True)
     return result

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mixnb.analysis.run import MEAN, STD, _normalise, _seed
+from mixnb.analysis.run import MEAN, STD, _normalise
 from mixnb.analysis.settings import AnalysisSettings
+from mixnb.rng import stream_seed
 
 
 def _input_grad(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -43,7 +44,7 @@ def pgd(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *, eps: float 
 
 def adversarial(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, s: AnalysisSettings) -> dict[str, Any]:
     """Top-1 (%) on clean, FGSM and PGD images of (N, 3, H, W) uint8 ``x``, in batches; PGD over restarts."""
-    gen = torch.Generator(x.device).manual_seed(_seed(s.seed, "pgd"))
+    gen = torch.Generator(x.device).manual_seed(stream_seed(s.seed, "pgd"))
     hits = {"clean": 0, "fgsm": 0, "pgd": 0}
     for i in range(0, len(x), s.batch_size):
         xb, yb = x[i:i + s.batch_size].float() / 255, y[i:i + s.batch_size]

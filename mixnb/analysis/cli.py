@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from mixnb.analysis.analyze import analyze_run
+from mixnb.analysis.analyze import analyze_or_record
+from mixnb.runs import analysis_failure
 
 
 def add_analyze_options(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +22,8 @@ def add_analyze_options(parser: argparse.ArgumentParser) -> None:
 
 
 def analyze_from_args(args: argparse.Namespace) -> int:
-    """Analyse each RUN_DIR; one line per run (its numbers, or why it failed); 1 if any failed, else 0."""
+    """Analyse each RUN_DIR; one line per run (its numbers, or why it failed: also in its analysis_failed.json,
+    which the report shows and the next sweep retries); 1 if any failed, else 0."""
     import sys
 
     if getattr(args, "threads", None):
@@ -29,9 +31,13 @@ def analyze_from_args(args: argparse.Namespace) -> int:
     failed = 0
     for d in args.run_dirs:
         try:
-            r = analyze_run(Path(d), device=args.device, force=args.force)
-        except (ValueError, OSError, RuntimeError) as err:
+            r = analyze_or_record(Path(d), device=args.device, force=args.force)
+        except (ValueError, OSError) as err:  # not a finished run: nothing to analyse, nothing recorded
             print(f"{d}: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        if r is None:
+            print(f"{d}: analysis failed: {analysis_failure(d)['reason']}", file=sys.stderr)
             failed += 1
             continue
         corr = r["corruptions"]["generated"]["mean_top1"]

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mixnb.analysis.run import Run, _layout, _seed
+from mixnb.analysis.run import Run, _layout
 from mixnb.data import DeviceLoader
+from mixnb.rng import stream_seed
 
 
 class _NoModules:
@@ -49,7 +50,7 @@ def flops(run: Run) -> dict[str, Any]:
 
     model, method = copy.deepcopy((run.model, run.method))  # train mode moves BN statistics: not the run's model
     b, dev = run.cfg.batch_size, run.device
-    gen = torch.Generator(dev).manual_seed(_seed(0, "flops"))
+    gen = torch.Generator(dev).manual_seed(stream_seed(0, "flops"))
     loader = DeviceLoader(run.data.x_train[:b], run.data.y_train[:b], batch_size=b, device=dev, train=True, gen=gen)
     x, y = next(iter(loader))
     x = x.contiguous(memory_format=_layout(dev))

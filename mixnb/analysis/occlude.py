@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mixnb.analysis.run import _normalise, _seed
+from mixnb.analysis.run import _normalise
 from mixnb.analysis.settings import AnalysisSettings
+from mixnb.rng import stream_seed
 
 
 def occlusion_masks(n: int, size: int, patch: int, fractions: Sequence[float], *, gen: torch.Generator) -> Tensor:
@@ -32,7 +33,7 @@ def patch_mask(mask: Tensor, patch: int) -> Tensor:
 
 def occlusion(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, s: AnalysisSettings) -> dict[str, Any]:
     """Top-1 (%) at each occlusion fraction of (N, 3, H, W) uint8 ``x`` and the normalised area under the curve."""
-    gen = torch.Generator(x.device).manual_seed(_seed(s.seed, "occlusion"))
+    gen = torch.Generator(x.device).manual_seed(stream_seed(s.seed, "occlusion"))
     masks = occlusion_masks(len(x), x.shape[-1], s.occlusion_patch, s.occlusion_fractions, gen=gen)
     top1 = []
     for mask in masks:  # one fraction at a time (10 of them), each in batches

@@ -10,12 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixnb.analysis.analyze import ANALYSIS, read_analysis
+from mixnb.runs import ANALYSIS, read_analysis
 from mixnb.analysis.cam import upsample_cam
-from mixnb.analysis.corruptions import CORRUPTIONS
+from mixnb.analysis.corruption_ops import CORRUPTIONS
 from mixnb.analysis.settings import AnalysisSettings
-from mixnb.config import RunConfig
-from mixnb.io import read_json
 
 
 def _records(rows: Any) -> list[dict[str, Any]]:
@@ -151,23 +149,26 @@ def plot_occlusion(rows: Any) -> Any:
 def cam_gallery(run_dir: str | Path) -> Any:
     """The CAM gallery of an analysed run: each gallery image (one per class), then its Grad-CAM over it with
     the CAM's box (red) and the val box (green), titled with the class, the prediction and the IoU. Read from
-    analysis.json and the run's val images (the checkpoint is not needed)."""
+    analysis.json alone (images and names are stored there): neither the checkpoint nor the dataset is needed."""
+    import base64
+    import io
+
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-
-    from mixnb.train import load_data
+    from PIL import Image
 
     run_dir = Path(run_dir)
     rec = read_analysis(run_dir)
     if rec is None:
         raise FileNotFoundError(f"{run_dir / ANALYSIS} is missing or unreadable: run `python -m mixnb analyze {run_dir}`")
-    cfg = RunConfig.from_dict({**read_json(run_dir / "params.json")["config"], "device": "cpu"})
-    data = load_data(cfg)
     items = rec["localization"]["gallery"]
+    if any("image_png" not in it for it in items):
+        raise ValueError(f"{run_dir / ANALYSIS} was written before analyses kept their gallery images: run "
+                         f"`python -m mixnb analyze --force {run_dir}` (with the dataset) once")
     n = max(len(items), 1)
     fig, axes = plt.subplots(2, n, figsize=(1.25 * n, 2.9), squeeze=False)
     for k, it in enumerate(items):
-        img = data.x_val[it["index"]].numpy()
+        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(it["image_png"]))))
         cam = upsample_cam(torch.tensor(it["cam"])[None], img.shape[0])[0].numpy()
         axes[0, k].imshow(img)
         axes[1, k].imshow(img)
@@ -175,9 +176,8 @@ def cam_gallery(run_dir: str | Path) -> Any:
         for box, colour in ((it["gt_box"], "lime"), (it["box"], "red")):
             x0, y0, x1, y1 = box
             axes[1, k].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color=colour, lw=1))
-        name = lambda c: data.words.get(data.wnids[c], data.wnids[c]).split(",")[0][:14]
-        axes[0, k].set_title(name(it["label"]), fontsize=6)
-        axes[1, k].set_title(f"pred {name(it['pred'])}\nIoU {it['iou']:.2f}", fontsize=6)
+        axes[0, k].set_title(it["label_name"][:14], fontsize=6)
+        axes[1, k].set_title(f"pred {it['pred_name'][:14]}\nIoU {it['iou']:.2f}", fontsize=6)
     for ax in axes.flat:
         ax.axis("off")
     loc = rec["localization"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +13,8 @@ from torch import Tensor, nn
 
 from mixnb.config import RunConfig, resolve_device
 from mixnb.data import DeviceLoader, normalize
-from mixnb.runs import CHECKPOINT
+from mixnb.rng import stream_seed
+from mixnb.runs import open_run
 
 # The normalisation every run trains with: fit's DeviceLoader uses its defaults (ImageNet mean and std),
 # read from the loader itself so that a change there reaches the attacks (§2: OpenMixup's default 'cifar'
@@ -40,38 +40,12 @@ class Run:
 
 
 def load_run(run_dir: str | Path, device: str = "auto") -> Run:
-    """Model + method of ``run_dir``'s checkpoint (``weights_only``) on ``device``, in eval mode, and its data."""
-    from mixnb.mixups import get_method
-    from mixnb.models import build_model
-    from mixnb.train import load_checkpoint, load_data
-
-    run_dir = Path(run_dir)
-    path = run_dir / CHECKPOINT
+    """``mixnb.runs.open_run`` on ``device`` in the layout training used there, with its reported head."""
     dev = resolve_device(device)
-    ckpt = load_checkpoint(path)
-    if ckpt is None:
-        raise FileNotFoundError(f"{path} not found: nothing to analyse (a run folder keeps its last checkpoint "
-                                f"unless it was deleted to save space)")
-    try:
-        cfg = RunConfig.from_dict({**ckpt["config"], "device": str(dev)})
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: its config cannot be read by this mixnb ({err})") from None
-    data = load_data(cfg)
-    trained_on = ckpt.get("identity", {}).get("dataset", {}).get("manifest_key")
-    if trained_on is not None and trained_on != data.manifest_key:
-        raise ValueError(f"{path} was trained on another version of the dataset at {data.root} (manifest key "
-                         f"{trained_on[:12]}, now {data.manifest_key[:12]}); analyse it with the data it trained on")
-    model = build_model(cfg.backbone, num_classes=len(data.wnids), width=cfg.model_width)
-    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()})  # compile prefix
-    model = model.to(dev, memory_format=_layout(dev)).eval()
-    method, setup_error = get_method(cfg.method, **cfg.method_args), None
-    try:
-        method.setup(model, cfg=cfg, run_dir=run_dir)
-        method.load_state_dict(ckpt["method"])
-    except (FileNotFoundError, RuntimeError) as err:  # AttentiveMix+ without its teacher: evaluation needs none
-        method, setup_error = get_method(cfg.method, **cfg.method_args), f"{type(err).__name__}: {err}"
-    method = method.to(dev).eval()
-    run = Run(run_dir, cfg, ckpt, data, model, method, dev, "", model, setup_error)
+    opened = open_run(run_dir, dev)
+    model = opened.model.to(memory_format=_layout(dev))
+    run = Run(opened.run_dir, opened.cfg, opened.ckpt, opened.data, model, opened.method, dev, "", model,
+              opened.setup_error)
     run.head, run.logits = _reported_head(run)
     return run
 
@@ -119,10 +93,5 @@ def _subset(n: int, k: int | None, seed: int, stream: str) -> Tensor:
     """(k,) sorted int64 indices: a seeded subset of range(n) (all of it when k is None or >= n)."""
     if k is None or k >= n:
         return torch.arange(n)
-    gen = torch.Generator().manual_seed(_seed(seed, stream))
+    gen = torch.Generator().manual_seed(stream_seed(seed, stream))
     return torch.randperm(n, generator=gen)[:k].sort().values
-
-
-def _seed(seed: int, *parts: Any) -> int:
-    """A 32-bit seed for one stream: distinct parts give unrelated seeds (as mixnb.train.stream_seed)."""
-    return int.from_bytes(hashlib.sha256("/".join(map(str, (seed, *parts))).encode()).digest()[:4], "little")

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from mixnb.analysis.corruptions import CORRUPTIONS
+from mixnb.analysis.corruption_ops import CORRUPTIONS
 from mixnb.config import PROFILES
 
 
@@ -17,7 +17,8 @@ class AnalysisSettings:
     """Everything that changes an analysis' numbers (the cache key holds all of it).
 
     Args:
-        batch_size: images per forward pass (no effect on the numbers beyond float reassociation).
+        batch_size: the most images per pass; ``analyze_run`` lowers it to what keeps an attack pass under
+            ``mixnb.memory.ANALYSIS_BUDGET_GIB`` (no effect on the numbers beyond float reassociation).
         n_bins: equal-width confidence bins of ECE / MCE and the reliability diagram (Guo et al.: 15).
         attack_images: val images attacked (a seeded subset), None = all.
         eps: L-inf radius in pixel units (0..1) of FGSM and PGD.
@@ -96,7 +97,8 @@ def settings_for(profile: str) -> AnalysisSettings:
 # (batch 50 beat 100-300; the range is the VM's other load), so the sample profile spends ~3,200 forwards
 # and ~800 forward + backwards: FGSM/PGD-10 on a seeded 64 of the 300 images, occlusion on 100, the 16
 # generated corruptions at severities 1, 3, 5 on 30 (calibration and localisation use all 300).
-# tiny-imagenet: every val image for calibration, CAM, attacks and occlusion; the corruptions on a seeded 2,000
+# tiny-imagenet: every val image for calibration, CAM, attacks and occlusion, at most 1000 a pass (the memory model
+# allows R-18 1000 and RX-50 ~145: an fp32 attack pass saves ~20 / ~138 MiB per image); the corruptions on a seeded 2,000
 # (the uint8 cache is 2.0 GB for 16 corruptions x 5 severities instead of 9.8 GB for all 10,000; the mean of
 # 80 cells of 2,000 images has a standard error of ~0.15 points). That is ~300k forwards and 110k forward +
 # backwards per run: from BENCHMARKS.md's H100 rates (R-18 eval 0.19 s / 10k, train 6,882 img/s; RX-50 1.03 s

@@ -3,7 +3,7 @@
 Notebook parameter cells (``from_parameters``), the CLI (fields become options) and the sweep all
 build a ``RunConfig``. Method defaults live only in the registry (``mixnb.mixups.REGISTRY``);
 ``method_args`` overrides them and is typed against them. Protocol numbers (lr 0.2, momentum 0.9,
-wd 1e-4, batch 100, 400 epochs) come from protocol.md §1.5.
+wd 1e-4, batch 100, 400 epochs) come from docs/protocol.md §1.5.
 
 ``reference`` picks the OpenMixup code a run follows (docs/publication.md): "published" (default), per
 method and backbone the code that published its Tiny-ImageNet number (2022); "head", OpenMixup's 2025 code.
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from mixnb.data.loader import IMAGENET_MEAN, IMAGENET_STD, KERNELS
+from mixnb.mixups import REFERENCES, get_method, get_spec, reference_code
 from mixnb.models import BACKBONES, INITS
 from mixnb.models.groupbn import RUNNING_STATS
 
@@ -43,19 +44,18 @@ PROFILES: dict[str, dict[str, Any]] = {
     "sample": {"epochs": 4, "width": 8, "sample": {"num_classes": 10, "train_per_class": 100, "val_per_class": 30}},
     "test": {"epochs": 2, "width": 8, "sample": {"num_classes": 4, "train_per_class": 16, "val_per_class": 8}},
 }
-PROTOCOL = {"epochs": 400, "width": 64}  # protocol.md §1.5: what a run off the protocol is compared with
+PROTOCOL = {"epochs": 400, "width": 64}  # docs/protocol.md §1.5: what a run off the protocol is compared with
 
 # torch.compile settings: "auto" resolves per device (mixnb.train.resolve_compile); the others are
-# torch.compile modes, or "off". Compiling changes no maths beyond float reassociation (performance.md §8.5).
+# torch.compile modes, or "off". Compiling changes no maths beyond float reassociation (docs/performance.md §8.5).
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # What a compile captures (mixnb.train.build_parts): "model" = the model's forward and backward (the measured
 # CUDA default); "step" = the method's whole training step as well (mixing, every forward, the loss and their
 # backward), its random draws and host solvers left eager (mixnb.mixups._helpers.eager).
 CAPTURES = ("model", "step")
-# Autocast precision: bf16 keeps fp32 master weights, optimizer state and BN statistics (performance.md §8.1);
+# Autocast precision: bf16 keeps fp32 master weights, optimizer state and BN statistics (docs/performance.md §8.1);
 # "auto" resolves per device (resolve_precision).
 PRECISIONS = ("auto", "bf16", "fp32")
-REFERENCES = ("published", "head")  # the code that published each row | OpenMixup's HEAD (docs/publication.md)
 INTERPOLATIONS = tuple(KERNELS)  # RandomResizedCrop: bicubic | bilinear
 # The evaluation's BN statistics under bn_groups > 1, per reference: OpenMixup HEAD's ValidateHook broadcasts rank
 # 0's buffers (openmixup/core/hooks/validate_hook.py, since dadfb9b 2023-03-17). The 2022 code (openmixup/hooks/
@@ -91,8 +91,8 @@ class RunConfig:
                                         choices=INTERPOLATIONS)
     init: str = _f("paper", "backbone init: paper (the 2022 code behind the published numbers: kaiming fan_out, "
                             "zero-init residual BN) | pytorch (PyTorch's default, OpenMixup HEAD's)", choices=INITS)
-    batch_size: int = _f(100, "global batch (protocol.md §1.5)")
-    lr: float = _f(0.2, "SGD learning rate (protocol.md §1.5)")
+    batch_size: int = _f(100, "global batch (docs/protocol.md §1.5)")
+    lr: float = _f(0.2, "SGD learning rate (docs/protocol.md §1.5)")
     momentum: float = _f(0.9, "SGD momentum")
     weight_decay: float = _f(1e-4, "on every parameter, BN and bias included")
     min_lr: float | None = _f(None, "cosine floor; None: the method's (0, or 0.05 for AutoMix/SAMix)")
@@ -117,8 +117,6 @@ class RunConfig:
     log_every: int = _f(50, "iterations between host reads of the running loss")
 
     def __post_init__(self) -> None:
-        from mixnb.mixups import get_method
-
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; valid: {', '.join(PROFILES)}")
         if self.backbone not in BACKBONES:
@@ -159,8 +157,6 @@ class RunConfig:
                                  f"got {getattr(self, name)!r}")
         args = typed_method_args(self.method, self.method_args)
         if self.reference == "head":  # HEAD's settings where they differ from the registry's; explicit ones win
-            from mixnb.mixups import get_spec
-
             args = {**get_spec(self.method).head, **args}
         object.__setattr__(self, "method_args", args)
         get_method(self.method, **self.method_args)  # a bad value fails here, with the method's own message
@@ -207,15 +203,11 @@ class RunConfig:
 
     @property
     def batchnorm_groups(self) -> int:
-        from mixnb.mixups import get_spec
-
         return self.bn_groups if self.bn_groups is not None else get_spec(self.method).bn_groups.get(self.backbone, 1)
 
     @property
     def crop(self) -> str:
         """The crop's interpolation: ``crop_interpolation``, else that of the code ``reference`` names."""
-        from mixnb.mixups import reference_code
-
         return self.crop_interpolation or reference_code(self.method, self.backbone, self.reference).crop
 
     @property
@@ -226,14 +218,10 @@ class RunConfig:
 
     @property
     def floor_lr(self) -> float:
-        from mixnb.mixups import get_spec
-
         return self.min_lr if self.min_lr is not None else get_spec(self.method).min_lr
 
     def full_method_args(self) -> dict[str, Any]:
         """The method's settings as the run uses them: registry defaults with ``method_args`` applied."""
-        from mixnb.mixups import get_spec
-
         return json.loads(json.dumps({**get_spec(self.method).defaults, **self.method_args}))
 
     def maths(self) -> dict[str, Any]:
@@ -379,8 +367,6 @@ def typed_method_args(method: str, args: dict[str, Any]) -> dict[str, Any]:
     """``args`` typed like the method's registry defaults (numbers from strings, lists as tuples); a value
     that cannot be typed fails naming the setting and what it expected. Unknown names pass through to
     ``get_method``, which lists the valid ones."""
-    from mixnb.mixups import get_spec
-
     defaults = get_spec(method).defaults
     return {k: _typed(f"{method}: {k}", v, defaults[k]) if k in defaults else v for k, v in dict(args).items()}
 

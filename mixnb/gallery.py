@@ -70,9 +70,9 @@ CAPTIONS = {  # one line each: what the method does to a pair (the gallery's rea
     "adautomix": "AutoMix's machinery with an adversarial generator: a co-attention block mixes three images, "
                  "trained in turn to fool the classifier and to help it.",
 }
-MARKS = {  # label marks, as in OpenMixup's table (protocol.md §4)
-    "*": "* = an arXiv pre-print reproduced by the OpenMixup authors (protocol.md §4).",
-    "📖": "📖 = the original paper's numbers (official code), not run in OpenMixup (protocol.md §4).",
+MARKS = {  # label marks, as in OpenMixup's table (docs/protocol.md §4)
+    "*": "* = an arXiv pre-print reproduced by the OpenMixup authors (docs/protocol.md §4).",
+    "📖": "📖 = the original paper's numbers (official code), not run in OpenMixup (docs/protocol.md §4).",
 }
 
 
@@ -419,14 +419,16 @@ def photo_batch(n: int = 6, size: int = 64) -> tuple[Tensor, Tensor, list[str]]:
 def gallery_parts(name: str, num_classes: int, *, seed: int = 0, run_dir: Path | None = None,
                   **settings: Any) -> tuple[MixMethod, nn.Module]:
     """(method, model) of a photo gallery: the method with its protocol defaults (``settings`` replacing
-    some) on an untrained width-8 ResNet-18 seeded with ``seed``; ``run_dir`` lets AttentiveMix+ find its
-    teacher."""
+    some) on an untrained width-8 ResNet-18 seeded with ``seed``; ``run_dir``: a folder in the profile's runs,
+    where a method that needs another run (AttentiveMix+'s Vanilla teacher) finds it."""
     from mixnb.models import build_model
+    from mixnb.runs import needed_run
 
     torch.manual_seed(seed)
     model = build_model("resnet18", num_classes=num_classes, width=8).eval()
     method = get_method(name, **settings)
-    method.setup(model, cfg=RunConfig(method=name, profile="test", device="cpu"), run_dir=run_dir)
+    cfg = RunConfig(method=name, profile="test", device="cpu")
+    method.setup(model, cfg=cfg, needed=needed_run(cfg, run_dir.parent if run_dir is not None else None))
     method.eval()
     return method, model
 

@@ -316,7 +316,7 @@ class Mixer(nn.Module):
                              f"label_smoothing do not apply to it")
         for m in self.methods:
             if isinstance(m, AttentiveMix) and (m.teacher_weights or TEACHER_ENV in os.environ):
-                m.setup(None, cfg=None, run_dir=None)  # the file teacher, loaded once
+                m.setup(None, cfg=None)  # the file teacher, loaded once
         self.seed = seed
         self.generator = generator
         self._gens: tuple[torch.Generator, torch.Generator] | None = None
@@ -430,7 +430,7 @@ class Mixer(nn.Module):
                 raise ModelHookError(f"{type(model).__name__} lacks the hook {method.name} needs: {hook[1]}, as "
                                      f"mixnb.models.ResNetCifar has")
             if isinstance(method, AutoMix):
-                method.setup(model, cfg=SimpleNamespace(backbone=_backbone(model)), run_dir=None)
+                method.setup(model, cfg=SimpleNamespace(backbone=_backbone(model)))
         self._set_up = True
 
     def param_groups(self, model: nn.Module, *, lr: float, min_lr: float = 0.0) -> list[dict]:

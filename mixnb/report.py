@@ -1,6 +1,6 @@
 """Runs -> DataFrames -> the benchmark table, curves and mixed-sample galleries; HTML rendering.
 
-The table follows OpenMixup's Tiny-ImageNet page (protocol.md §4): rows are methods, columns
+The table follows OpenMixup's Tiny-ImageNet page (docs/protocol.md §4): rows are methods, columns
 backbones, cells the median top-1 of the last 10 epochs, beside the published number and the OpenMixup
 code each cell's runs follow (``code_followed``; docs/publication.md).
 """
@@ -440,7 +440,7 @@ def _rows(df: pd.DataFrame | None) -> list[Any]:
 
 def readout_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """AutoMix/SAMix/AdAutoMix: the plain online-encoder median beside the reference's read-out, which the main
-    table shows: OpenMixup's best of four heads (protocol.md §1.7); for AdAutoMix its authors' EMA one-hot head."""
+    table shows: OpenMixup's best of four heads (docs/protocol.md §1.7); for AdAutoMix its authors' EMA one-hot head."""
     if "reference_top1" not in summaries:
         return pd.DataFrame()
     rows = summaries.dropna(subset=["reference_top1"])
@@ -643,8 +643,8 @@ def table_notes_html(methods: list[str]) -> str:
     from html import escape
 
     items = ["<code>*</code> after a name: an arXiv pre-print whose number OpenMixup's authors reproduced; "
-             "📖: the original paper's number, not run in OpenMixup (protocol.md §4); †: read as OpenMixup read "
-             "these rows, the best of four heads' medians (online/EMA × clean/mixed, protocol.md §1.7); the online "
+             "📖: the original paper's number, not run in OpenMixup (docs/protocol.md §4); †: read as OpenMixup read "
+             "these rows, the best of four heads' medians (online/EMA × clean/mixed, docs/protocol.md §1.7); the online "
              "encoder's plain median is in the read-out table below.",
              "code: the OpenMixup code a cell's runs follow (RunConfig.reference, docs/publication.md): the commit "
              "that published the number (the default, reference=published) or HEAD (reference=head); ‡: a setting "

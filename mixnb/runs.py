@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import pickle
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,9 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixnb.config import PROFILES, RunConfig, default_cache_dir
+from mixnb.config import (ADDED_GROUPED_SETTINGS, ADDED_METHOD_SETTINGS, ADDED_SETTINGS, PROFILES, RunConfig,
+                          default_cache_dir)
 from mixnb.data import TinyImageNetTensors, load_tiny_imagenet, make_sample_dataset
 from mixnb.io import write_json
+from mixnb.mixups import REGISTRY, NeededRun, get_method, get_spec
+from mixnb.models import build_model
 
 PARAMS, METRICS, CHECKPOINT, SUMMARY, FAILED = "params.json", "metrics.csv", "checkpoint.pt", "summary.json", "failed.json"
 LOCK = ".lock"  # held (flock) by the process that trains or analyses the run
@@ -110,8 +114,6 @@ def complete_identity(recorded: dict[str, Any]) -> dict[str, Any]:
     had (``ADDED_SETTINGS``; ``ADDED_GROUPED_SETTINGS`` with bn_groups > 1; a method setting's value from
     ``ADDED_METHOD_SETTINGS``, else its registry default): so adding a setting never orphans a run, and the report
     pools it with the runs written since."""
-    from mixnb.config import ADDED_GROUPED_SETTINGS, ADDED_METHOD_SETTINGS, ADDED_SETTINGS
-    from mixnb.mixups import REGISTRY
 
     out = {**ADDED_SETTINGS, **recorded}
     if isinstance(out["bn_groups"], int) and out["bn_groups"] > 1:
@@ -268,33 +270,72 @@ def open_run(run_dir: str | Path, device: str | torch.device = "cpu") -> OpenRun
     reason: evaluating the model needs no method state.
 
     Raises:
-        FileNotFoundError: no checkpoint.pt; ValueError: a checkpoint this mixnb cannot read, or a dataset that
-        changed since the run trained on it.
+        FileNotFoundError: no checkpoint.pt; ValueError: a corrupt checkpoint, one this mixnb cannot read, or a
+        dataset that changed since the run trained on it.
     """
-    from mixnb.mixups import get_method
-    from mixnb.models import build_model
-
     run_dir, device = Path(run_dir), torch.device(device)
-    path = run_dir / CHECKPOINT
-    ckpt = load_checkpoint(path)
-    if ckpt is None:
-        raise FileNotFoundError(f"{path} not found: the run has not finished an epoch, or its checkpoint was deleted "
-                                f"to save space")
-    try:
-        cfg = RunConfig.from_dict({**ckpt["config"], "device": str(device)})
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: its config cannot be read by this mixnb ({err})") from None
+    ckpt, cfg = _checkpoint(run_dir, device)
     data = load_data(cfg)
     trained_on = ckpt.get("identity", {}).get("dataset", {}).get("manifest_key")
     if trained_on is not None and trained_on != data.manifest_key:
-        raise ValueError(f"{path} was trained on another version of the dataset at {data.root} (manifest key "
-                         f"{trained_on[:12]}, now {data.manifest_key[:12]}); use it with the data it trained on")
-    model = build_model(cfg.backbone, num_classes=len(data.wnids), width=cfg.model_width)
-    model.load_state_dict(ckpt["model"])
+        raise ValueError(f"{run_dir / CHECKPOINT} was trained on another version of the dataset at {data.root} "
+                         f"(manifest key {trained_on[:12]}, now {data.manifest_key[:12]}); use it with the data it "
+                         f"trained on")
+    model = _model(ckpt, cfg)
     method, setup_error = get_method(cfg.method, **cfg.method_args), None
     try:
-        method.setup(model, cfg=cfg, run_dir=run_dir)
+        method.setup(model, cfg=cfg, needed=needed_run(cfg, run_dir.parent))
         method.load_state_dict(ckpt["method"])
     except (FileNotFoundError, RuntimeError) as err:
         method, setup_error = get_method(cfg.method, **cfg.method_args), f"{type(err).__name__}: {err}"
     return OpenRun(run_dir, cfg, ckpt, data, model.to(device).eval(), method.to(device).eval(), setup_error)
+
+
+def _checkpoint(run_dir: Path, device: torch.device) -> tuple[dict[str, Any], RunConfig]:
+    """A run's checkpoint and its config (set to ``device``); a missing, corrupt or unreadable one fails naming it."""
+    path = run_dir / CHECKPOINT
+    ckpt = load_checkpoint(path)
+    if ckpt is None and path.exists():
+        raise ValueError(f"{path} is corrupt (truncated or not a checkpoint); retrain the run (delete {run_dir})")
+    if ckpt is None:
+        raise FileNotFoundError(f"{path} not found: the run has not finished an epoch, or its checkpoint was deleted "
+                                f"to save space")
+    try:
+        return ckpt, RunConfig.from_dict({**ckpt["config"], "device": str(device)})
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: its config cannot be read by this mixnb ({err})") from None
+
+
+def _model(ckpt: dict[str, Any], cfg: RunConfig) -> nn.Module:
+    """The checkpoint's backbone with its weights (classes from its head), on the CPU, in eval mode."""
+    model = build_model(cfg.backbone, num_classes=ckpt["model"]["fc.weight"].shape[0], width=cfg.model_width)
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def find_finished(runs: Path, method: str, backbone: str, seed: int) -> Path | None:
+    """The finished run of ``method`` on ``backbone`` in ``runs`` (a profile's folder), with its checkpoint: seed
+    ``seed`` first, then any other (plain names before ones with overrides)."""
+    plain = re.compile(rf"{re.escape(method)}-{re.escape(backbone)}-s\d+")
+    others = sorted(runs.glob(f"{method}-{backbone}-s*"), key=lambda p: (not plain.fullmatch(p.name), p.name))
+    for run in [runs / f"{method}-{backbone}-s{seed}", *others]:
+        if is_finished(run) and (run / CHECKPOINT).is_file():
+            return run
+    return None
+
+
+def needed_run(cfg: RunConfig, runs: Path | None) -> NeededRun | None:
+    """The trained model and name of the run ``cfg``'s method needs (its registry entry's ``needs``: AttentiveMix+'s Vanilla
+    teacher), found in ``runs`` (the profile's folder) and opened on the CPU; None when the method needs none,
+    or no such run has finished (the method then says what to do)."""
+    needs = get_spec(cfg.method).needs
+    if needs is None or runs is None:
+        return None
+    run = find_finished(runs, needs, cfg.backbone, cfg.seed)
+    if run is None:
+        return None
+    try:
+        ckpt, needed_cfg = _checkpoint(run, torch.device("cpu"))
+        return NeededRun(_model(ckpt, needed_cfg), run.name)
+    except ValueError as err:  # a corrupt checkpoint: say whose teacher it was meant to be
+        raise RuntimeError(f"{err}; until then it cannot be {cfg.method}'s {needs} run") from None

@@ -67,7 +67,6 @@ from mixnb.runs import (RunConflict, analysis_failure, check_identity, dataset_r
                         is_locked, load_data, needs_analysis, read_summary, run_lock)
 
 DEFAULT_BACKBONES = {"tiny-imagenet": ["resnet18", "resnext50"], "sample": ["resnet18"], "test": ["resnet18"]}
-NEEDS = {"attentivemix": "vanilla"}  # default teacher: the finished Vanilla run (protocol.md §2.7)
 LOCK_WAIT_S = 2.0  # a claim retries this long: a probe (``is_locked``) holds the lock for microseconds
 MAX_REQUEUES = 100  # submitit time-outs per job; each requeue resumes from the last epoch's checkpoint
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -99,7 +98,7 @@ class Job:
     def needs(self, other: Job) -> bool:
         """Whether this job waits for ``other`` (its default teacher run)."""
         c, o = self.config, other.config
-        return NEEDS.get(c.method) == o.method and (o.backbone, o.seed) == (c.backbone, c.seed)
+        return get_spec(c.method).needs == o.method and (o.backbone, o.seed) == (c.backbone, c.seed)
 
 
 # ----------------------------------------------------------------------------- the grid

@@ -1,6 +1,6 @@
 """The one training loop, for CPU and CUDA: RunConfig -> Trainer phases -> run folder.
 
-Protocol: protocol.md §1.4-1.5, §1.7. SGD (lr 0.2, momentum 0.9, wd 1e-4 on every parameter),
+Protocol: docs/protocol.md §1.4-1.5, §1.7. SGD (lr 0.2, momentum 0.9, wd 1e-4 on every parameter),
 cosine per epoch to each group's floor, batch 100, the full val set after every epoch, the
 median top-1 of the last 10 epochs. Methods plug in only through ``MixMethod``
 (``setup``, ``param_groups``, ``training_step``, ``on_step_end``, ``eval_logits``).
@@ -21,7 +21,7 @@ helpers live in mixnb.distributed): one run with DistributedDataParallel, NCCL o
 ``batch_size`` (K ranks x batch_size / K); each rank takes its slice of every global batch of the
 one shared permutation and augmentation (``DeviceLoader(shard=...)``), so the union over ranks is
 the single-process batch (every GPU keeps the whole uint8 train set, 1.2 GB for Tiny-ImageNet, and
-its own slice of the val set). BatchNorm is per rank, as the reference's 2 x 50 runs (protocol.md
+its own slice of the val set). BatchNorm is per rank, as the reference's 2 x 50 runs (docs/protocol.md
 §1.5: OpenMixup's DDP has ``broadcast_buffers=False``; ``sync_bn`` for the global batch). At each
 epoch end the ranks' BN running statistics become rank 0's (``running_stats="first"``, the default with
 bn_groups > 1) or their mean ("mean", timm's ``distribute_bn``; the default with one group), so the
@@ -65,9 +65,9 @@ from mixnb.models import build_model
 from mixnb.models.groupbn import group_batchnorm_
 from mixnb.rng import stream_seed
 from mixnb.runs import (CHECKPOINT, FAILED, METRICS, PARAMS, SUMMARY, RunConflict, check_identity, dataset_record, failure,
-                        is_finished, load_checkpoint, load_data, mark_failed, read_summary)
+                        is_finished, load_checkpoint, load_data, mark_failed, needed_run, read_summary)
 
-# protocol.md §1.7, "the median top-1 of the last 10 epochs", read as OpenMixup's own summary script does:
+# docs/protocol.md §1.7, "the median top-1 of the last 10 epochs", read as OpenMixup's own summary script does:
 # tools/summary/find_classification_val_median.py keeps the val lines with epoch >= epoch_num - record_num,
 # and mmcv's logger numbers the validation after training epoch e (0-based) as e + 1 (LoggerHook.get_epoch in
 # train mode), so (400, 10) keeps epochs 390..400: 11 values, whose median is one epoch's top-1.
@@ -272,9 +272,10 @@ def build_parts(
     group_batchnorm_(model, groups, running_stats=cfg.bn_running_stats)
     model = model.to(device)
     if on_cuda:
-        model = model.to(memory_format=torch.channels_last)  # +20-50% for bf16 convs (performance.md §8.3)
+        model = model.to(memory_format=torch.channels_last)  # +20-50% for bf16 convs (docs/performance.md §8.3)
     method = get_method(cfg.method, **cfg.method_args)
-    method.setup(model, cfg=cfg, run_dir=run_dir)  # an EMA copy of the model copies its grouped BN
+    # an EMA copy of the model copies its grouped BN; AttentiveMix+'s teacher is the finished Vanilla run beside it
+    method.setup(model, cfg=cfg, needed=needed_run(cfg, run_dir.parent if run_dir is not None else None))
     group_batchnorm_(method, groups, running_stats=cfg.bn_running_stats)  # its own BN (SAMix's value neck, the
     # MixBlock's q/k BN with att_norm), per group as per GPU
     method.to(device)
@@ -375,7 +376,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
         board = tensorboard_writer(run_dir, start_epoch) if main else None
         for epoch in range(start_epoch, epochs):
             ctx.epoch = epoch
-            for g in optimizer.param_groups:  # per-epoch cosine (protocol.md §1.5)
+            for g in optimizer.param_groups:  # per-epoch cosine (docs/protocol.md §1.5)
                 g["lr"] = cosine_lr(g["base_lr"], g["min_lr"], epoch, epochs)
             if on_cuda:
                 torch.cuda.reset_peak_memory_stats(device)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make gpu-wheels: the wheels the lent GPU machines lack, into .cache/gpu-wheels (git-ignored), for Python $PYVER
-# (3.12: the device image's python3 is 3.12.3, /work/.library/device/KINDS.md). What goes in:
+# (3.12: the lent GPU image's python3 is 3.12.3). What goes in:
 #   - the notebook stack (papermill, nbclient, nbformat, ipykernel) and submitit with their dependencies,
 #     resolved by `pip download --only-binary=:all: --python-version $PYVER --platform manylinux...` from the
 #     configured package index, minus the packages the image already has (IMAGE_HAS, from KINDS.md's list of

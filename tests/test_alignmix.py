@@ -38,7 +38,7 @@ def draw(n: int, lam: float, direction: int, perm: torch.Tensor | None = None) -
 
 def reference_plan(a: torch.Tensor, b: torch.Tensor, eps: float = 0.1, max_iter: int = 100,
                    thresh: float = 0.1) -> tuple[torch.Tensor, int]:
-    """The iteration as methods-more.md §3 writes it: potentials u, v; M = (-C + u_i + v_j) / eps; u, then v
+    """The iteration as docs/methods.md §3 writes it: potentials u, v; M = (-C + u_i + v_j) / eps; u, then v
     from the new u; stop on a host read once mean_n sum_i |u - u_prev| < thresh. Returns (plan, iterations)."""
     cost = ((a[:, :, None, :] - b[:, None, :, :]) ** 2).sum(-1)  # (N, P, Q) the difference tensor
     n, p, q = cost.shape

@@ -50,7 +50,7 @@ def _logits_for(conf: list[float], correct: list[bool]) -> tuple[torch.Tensor, t
 
 # ----------------------------------------------------------------------------- calibration
 def _two_bins() -> tuple[torch.Tensor, torch.Tensor]:
-    # analysis.md §1 test vector: 50 images at confidence 0.55, all right; 50 at 0.95, 60 % right
+    # docs/analysis.md §1 test vector: 50 images at confidence 0.55, all right; 50 at 0.95, 60 % right
     return _logits_for([0.55] * 50 + [0.95] * 50, [True] * 50 + [True] * 30 + [False] * 20)
 
 
@@ -70,7 +70,7 @@ def test_calibration_hand_computed() -> None:
 
 
 def _openmixup_ece(conf: torch.Tensor, correct: torch.Tensor, n_bins: int = 10) -> float:
-    """OpenMixup's ECE (analysis.md §1): per-bin accuracies and confidences sorted independently, then paired."""
+    """OpenMixup's ECE (docs/analysis.md §1): per-bin accuracies and confidences sorted independently, then paired."""
     acc, cf, cnt = np.zeros(n_bins), np.zeros(n_bins), np.zeros(n_bins)
     for m in range(n_bins):
         inside = (conf > m / n_bins) & (conf <= (m + 1) / n_bins)
@@ -179,7 +179,7 @@ def test_gaussian_noise_variance_rises_with_severity() -> None:
     x = torch.full((4, 3, 64, 64), 128, dtype=torch.uint8)  # mid-grey: no clipping
     var = [float(((A.corrupt(x, "gaussian_noise", s).float() - 128) / 255).var()) for s in range(1, 6)]
     assert var == sorted(var) and len(set(var)) == 5
-    sigma = [0.04, 0.08, 0.12, 0.15, 0.18]  # analysis.md §4.2, severities 1..5
+    sigma = [0.04, 0.08, 0.12, 0.15, 0.18]  # docs/analysis.md §4.2, severities 1..5
     raw = [float((A.gaussian_noise(x, c, gen=torch.Generator().manual_seed(0)) / 255 - 128 / 255).std()) for c in sigma]
     assert raw == pytest.approx(sigma, rel=0.03)
 
@@ -338,7 +338,7 @@ def test_grad_cam_is_cam_with_negatives_clipped(run: A.Run) -> None:
     logits, cam = A.grad_cam(run.model, x, y)
     assert cam.shape == (5, 8, 8) and float(cam.min()) >= 0 and float(cam.max()) <= 1
     assert torch.allclose(logits, run.model(x), atol=1e-5)
-    with torch.no_grad():  # analysis.md §5: GAP + linear head, so Grad-CAM = ReLU(CAM) / (hw), then min-max
+    with torch.no_grad():  # docs/analysis.md §5: GAP + linear head, so Grad-CAM = ReLU(CAM) / (hw), then min-max
         feats = run.model.forward_stages(x)[-1]
         ref = F.relu(torch.einsum("nk,nkij->nij", run.model.fc.weight[y], feats)) / 64  # hw = 8 x 8
         ref = ref - ref.flatten(1).amin(1)[:, None, None]
@@ -415,7 +415,7 @@ def test_flops_of_a_training_step(run: A.Run) -> None:
     f = A.flops(run)
     assert f["what"].startswith("method.training_step + backward (vanilla)")
     assert f["forward_per_image"] == A.count_flops(lambda: run.model(torch.zeros(1, 3, 64, 64)))
-    assert 2.5 < f["train_step_per_image"] / f["forward_per_image"] < 3.1  # analysis.md §6: ~3x, no stem grad-input
+    assert 2.5 < f["train_step_per_image"] / f["forward_per_image"] < 3.1  # docs/analysis.md §6: ~3x, no stem grad-input
 
 
 # ----------------------------------------------------------------------------- analyze_run and its file

@@ -35,7 +35,7 @@ def setup_method(name: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     model = build_model("resnet18", num_classes=4, width=8)
     method = get_method(name, **overrides)
-    method.setup(model, cfg=RunConfig(method=name, profile="test", device="cpu"), run_dir=None)
+    method.setup(model, cfg=RunConfig(method=name, profile="test", device="cpu"))
     return model, method
 
 

@@ -214,7 +214,8 @@ def test_multimode_bad_settings_fail_clearly(kwargs, match):
 def test_multimode_switches_with_the_given_probabilities():
     draws = 2000
     for prob in ([0.5, 0.5], [0.2, 0.3, 0.5], [0.0, 1.0]):
-        method = MultiMode(mix_modes=["mixup", "cutmix", "fmix"][: len(prob)], mix_prob=prob, alphas=[1.0] * len(prob))
+        method = get_method("mixup+cutmix", mix_modes=["mixup", "cutmix", "fmix"][: len(prob)], mix_prob=prob,
+                            alphas=[1.0] * len(prob))
         g = gen(11)
         counts = torch.bincount(torch.tensor([method.draw_mode(g) for _ in range(draws)]), minlength=len(prob))
         for count, p in zip(counts.tolist(), prob):

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from mixnb.config import RunConfig
 from mixnb.models import build_model
+from mixnb.runs import needed_run
 from mixnb.mixups import LOSS_DEFAULTS, REGISTRY, StepContext, get_method, soft_target
 from mixnb.mixups.attentivemix import (
     TEACHER_ENV,
@@ -276,7 +277,7 @@ def _fake_vanilla_run(runs: Path, seed: int, *, finished: bool = True) -> torch.
 def _setup(runs: Path, seed: int) -> AttentiveMix:
     method = get_method("attentivemix")
     cfg = RunConfig(method="attentivemix", profile="test", seed=seed)
-    method.setup(build_model("resnet18", num_classes=4, width=8), cfg=cfg, run_dir=runs / cfg.run_name())
+    method.setup(build_model("resnet18", num_classes=4, width=8), cfg=cfg, needed=needed_run(cfg, runs))
     return method
 
 
@@ -288,7 +289,7 @@ def test_missing_teacher_says_how_to_get_one(monkeypatch: pytest.MonkeyPatch, tm
     for hint in (TEACHER_ENV, "resnet18-f37072fd.pth", "make sweep METHODS=vanilla", "vanilla-resnet18"):
         assert hint in str(err.value)
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        get_method("attentivemix", teacher_weights=str(tmp_path / "nope.pth")).setup(None, cfg=None, run_dir=None)
+        get_method("attentivemix", teacher_weights=str(tmp_path / "nope.pth")).setup(None, cfg=None)
 
 
 def test_teacher_from_own_vanilla_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -342,7 +343,7 @@ def test_teacher_from_imagenet_file_via_env_var(monkeypatch: pytest.MonkeyPatch,
     # the setting works too, and wins over the env var
     monkeypatch.setenv(TEACHER_ENV, str(tmp_path / "missing.pth"))
     by_setting = get_method("attentivemix", teacher_weights=str(path))
-    by_setting.setup(None, cfg=None, run_dir=None)
+    by_setting.setup(None, cfg=None)
     assert by_setting.teacher_label.startswith("ImageNet R-18")
 
 

@@ -31,7 +31,7 @@ ID5 = torch.arange(5)
 
 
 def rolled_gaussian(h: int, shift_row: int, shift_col: int, sigma: torch.Tensor) -> torch.Tensor:
-    """The reference's construction (methods-more.md §1): a 2H x 2H grid of (col, row) coordinates,
+    """The reference's construction (docs/methods.md §1): a 2H x 2H grid of (col, row) coordinates,
     circularly shifted, its central H x H crop, exp(-|p - (2H - 1) / 2|^2 / (2 sigma^2))."""
     s = 2 * h
     cols = torch.arange(s).repeat(s, 1)  # (2H, 2H): the column index
@@ -103,7 +103,7 @@ def test_smoothmix_sampler_ranges_order_and_seed():
         assert torch.equal(draw.perm, perm) and torch.equal(draw.center, center) and torch.equal(draw.sigma, sigma)
         assert h / 4 <= draw.sigma < h / 2 and draw.sigma.dtype == torch.float32
     lams = torch.stack([smoothmix_mask(sample_smoothmix(2, H, W, gen=gen(s)), H, W).mean() for s in range(300)])
-    assert 0.40 < lams.mean() < 0.46 and lams.min() > 0.1 and lams.max() < 0.75  # methods-more.md §1: mean 0.430
+    assert 0.40 < lams.mean() < 0.46 and lams.min() > 0.1 and lams.max() < 0.75  # docs/methods.md §1: mean 0.430
 
 
 def test_smoothmix_alpha_has_no_effect():
@@ -235,7 +235,7 @@ def test_gridmix_sampler_ranges_order_and_seed():
     assert (ratios[:, 0] == 1).all() and ratios[:, 1].min() >= 0.5 and ratios[:, 1].max() <= 1
     assert ratios[:, 2].min() >= 0.5 and ratios[:, 2].max() <= 2
     lams = torch.stack([gridmix_mask(d, H, W).float().mean() for d in draws])
-    assert 0.2 < lams.mean() < 0.38  # methods-more.md §2 (sim): mean lam 0.713, i.e. holes ~0.29 of the image
+    assert 0.2 < lams.mean() < 0.38  # docs/methods.md §2 (sim): mean lam 0.713, i.e. holes ~0.29 of the image
 
 
 @pytest.mark.parametrize(

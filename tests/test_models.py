@@ -8,7 +8,7 @@ from mixnb.models import FeatureMix, build_model
 
 @pytest.mark.parametrize("backbone,params", [("resnet18", 11_271_432), ("resnext50", 23_382_024)])
 def test_parameter_counts_at_200_classes(backbone, params):
-    # protocol.md §1.3: torchvision counts minus the 7x7 stem difference (7,680) with a 200-way fc
+    # docs/protocol.md §1.3: torchvision counts minus the 7x7 stem difference (7,680) with a 200-way fc
     model = build_model(backbone, num_classes=200)
     assert sum(p.numel() for p in model.parameters()) == params
 
@@ -56,7 +56,7 @@ def test_unknown_backbone():
 
 def test_init_setting_paper_or_pytorch_default():
     """init="paper" (the 2022 code: zero-init residual BN, fc N(0, 0.01)); "pytorch": the modules' defaults,
-    as OpenMixup HEAD leaves the hand-crafted methods' backbone (protocol.md §1.3)."""
+    as OpenMixup HEAD leaves the hand-crafted methods' backbone (docs/protocol.md §1.3)."""
     from mixnb.config import RunConfig
 
     torch.manual_seed(0)

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import mixnb.train as t
 from mixnb import runs
 from mixnb.__main__ import main
 from mixnb.config import RunConfig
@@ -19,7 +18,6 @@ from mixnb.gallery import photo_galleries
 from mixnb.io import HOST
 from mixnb.paths import NOTEBOOKS
 from mixnb.mixups import StepOutput
-from mixnb.mixups.attentivemix import vanilla_teacher
 from mixnb.mixups.vanilla import Vanilla
 from mixnb.report import load_runs, render_report
 from mixnb.runs import is_finished
@@ -47,7 +45,7 @@ def test_a_malicious_checkpoint_runs_no_code(tmp_path):
     with pytest.raises(ValueError, match="holds Python objects.*will not load"):
         runs.load_checkpoint(run / "checkpoint.pt")
     with pytest.raises(Exception):  # the AttentiveMix+ teacher lookup reads the same file
-        vanilla_teacher(run)
+        runs.needed_run(RunConfig(method="attentivemix", **TEST), tmp_path)
     [(_, why)] = photo_galleries(tmp_path / "gallery", methods=["attentivemix"], n_images=2)  # the report's teacher
     assert "holds Python objects" in why
     notebook = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOKS / "train.ipynb"), str(tmp_path / "o.ipynb"),

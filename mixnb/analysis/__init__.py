@@ -3,8 +3,8 @@
 ``analyze_run(run_dir)`` rebuilds a finished run's model and method from its checkpoint (weights only),
 evaluates it on its own val set on the run's device, writes ``run_dir/analysis.json`` atomically and
 returns it. The file is keyed on the checkpoint's sha256 and the settings: a second call skips, a
-retrained run is analysed again, ``force=True`` always re-runs. Facts and constants: analysis.md
-(``/work/shared/spec/analysis.md``; sections cited as §n), written to avoid the reference tools' bugs (§7).
+retrained run is analysed again, ``force=True`` always re-runs. Facts and constants: docs/analysis.md
+(sections cited as §n), written to avoid the reference tools' bugs (§7).
 What each number is: ``definitions()``, one line each, for the report.
 
 The modules, in reading order (each section's module docstring says how its numbers are computed):

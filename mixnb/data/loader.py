@@ -1,10 +1,10 @@
 """Batched, device-side augmentation and the `DeviceLoader` that feeds the trainer.
 
-Protocol: protocol.md §1.4. Train = RandomResizedCrop(64, scale (0.08, 1), ratio (3/4, 4/3)),
+Protocol: docs/protocol.md §1.4. Train = RandomResizedCrop(64, scale (0.08, 1), ratio (3/4, 4/3)),
 bicubic or bilinear (``RunConfig.crop_interpolation``: OpenMixup's Tiny configs were bilinear until
 ``ce8974d``, 2022-03-19, bicubic since; docs/publication.md), then a horizontal flip with p = 0.5, then
 normalisation with the ImageNet mean/std; test = normalisation only. The whole uint8 set sits on the
-device (performance.md §2.3), every random draw comes from an explicit `torch.Generator`, and nothing
+device (docs/performance.md §2.3), every random draw comes from an explicit `torch.Generator`, and nothing
 syncs with the host while iterating.
 
 `resized_crop` resamples with PIL's separable bicubic (a = -0.5) or bilinear (triangle) kernel,

@@ -5,7 +5,7 @@ Layout (as the official zip http://cs231n.stanford.edu/tiny-imagenet-200.zip unp
 `val/images/*.JPEG` + `val/val_annotations.txt` (filename, wnid, x0, y0, x1, y1; tab-separated).
 `test/` and `train/<wnid>/<wnid>_boxes.txt` are ignored. Text files are UTF-8 (a BOM is fine).
 
-Protocol: protocol.md §1.4 (PIL decode, `.convert("RGB")`, native 64x64, no resizing). 16-bit grey
+Protocol: docs/protocol.md §1.4 (PIL decode, `.convert("RGB")`, native 64x64, no resizing). 16-bit grey
 images keep their high byte (value >> 8), as Pillow reads 16-bit RGB files.
 
 The decoded set is saved once with `torch.save`, so later runs load it in about a second. The cache

@@ -1,8 +1,8 @@
 """Mixup methods and their registry: the one place that holds each method's protocol defaults.
 
-Defaults come from protocol.md §2.1 (alpha per method) and §2.x (method settings). ``min_lr``
-is the backbone's cosine floor (protocol.md §1.5). ``published`` is OpenMixup's Tiny-ImageNet
-top-1 beside which the report sets ours (protocol.md §4, methods-more.md §8).
+Defaults come from docs/protocol.md §2.1 (alpha per method) and §2.x (method settings). ``min_lr``
+is the backbone's cosine floor (docs/protocol.md §1.5). ``published`` is OpenMixup's Tiny-ImageNet
+top-1 beside which the report sets ours (docs/protocol.md §4, docs/methods.md §8).
 
 Reference code (``RunConfig.reference``, docs/publication.md): ``defaults`` are the settings of the OpenMixup
 code that published each row (``code``: commit, date and crop per backbone); ``head`` holds the settings that
@@ -11,17 +11,18 @@ OpenMixup's 2025 HEAD code runs instead, applied with ``reference="head"``.
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from typing import Any
 
-from mixnb.config import REFERENCES
 from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
 from mixnb.mixups._helpers import NO_REPEAT_TRIES, mixed_cross_entropy, sample_beta, soft_target
 from mixnb.mixups.adautomix import AdAutoMix
 from mixnb.mixups.alignmix import AlignMix
 from mixnb.mixups.attentivemix import AttentiveMix
 from mixnb.mixups.automix import AutoMix
-from mixnb.mixups.base import MixedBatch, MixLoss, MixMethod, StepContext, StepOutput
+from mixnb.mixups.base import MixedBatch, MixLoss, MixMethod, NeededRun, StepContext, StepOutput
 from mixnb.mixups.cutmix import CutMix
 from mixnb.mixups.fmix import FMix
 from mixnb.mixups.gridmix import GridMix
@@ -34,6 +35,8 @@ from mixnb.mixups.saliencymix import SaliencyMix
 from mixnb.mixups.samix import SAMix
 from mixnb.mixups.smoothmix import SmoothMix
 from mixnb.mixups.vanilla import Vanilla
+
+REFERENCES = ("published", "head")  # the code that published each row | OpenMixup's HEAD (docs/publication.md)
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,14 @@ class MethodSpec:
     auto_compile: bool = True  # RunConfig.compile="auto" compiles on CUDA; False where make bench found it slower
     sweep: bool = True  # in the default sweep (METHODS unset); False: only with METHODS=all or by name
     bn_groups: dict[str, int] = field(default_factory=dict)  # backbone -> BN groups of the batch (default 1)
-    published: dict[str, float] = field(default_factory=dict)  # Tiny-ImageNet top-1 (%) by backbone (protocol.md §4)
+    published: dict[str, float] = field(default_factory=dict)  # Tiny-ImageNet top-1 (%) by backbone (docs/protocol.md §4)
     published_alpha: float | None = None  # the alpha printed beside it (None: Vanilla, no alpha)
     reproduced: bool = True  # False = 📖: the original paper's number, not run in OpenMixup
     note: str = ""  # a footnote to the published number
     code: dict[str, Code] = field(default_factory=dict)  # backbone -> the code that published it (absent: HEAD)
     head: dict[str, Any] = field(default_factory=dict)  # the settings OpenMixup HEAD runs where ``defaults`` differ
     deviations: str = ""  # what the published reference still does not reproduce (the report prints it)
+    needs: str | None = None  # a method whose finished run of the same backbone this one uses (its model: ``setup``)
 
     def __post_init__(self) -> None:
         if takes_loss_settings(self.cls):  # DecoupleMix's settings join the method's own: one dict, everywhere
@@ -93,12 +97,12 @@ def _tiny(resnet18: float, resnext50: float) -> dict[str, float]:
     return {"resnet18": resnet18, "resnext50": resnext50}
 
 
-# AutoMix/SAMix settings (protocol.md §3.1-3.4): EMA momentum 0.999 -> 0.999999 after 10% of the
+# AutoMix/SAMix settings (docs/protocol.md §3.1-3.4): EMA momentum 0.999 -> 0.999999 after 10% of the
 # iterations, lam margin 0.08, mask loss 0.1 with margin 0.1, MixBlock lr 0.1 -> 1e-3.
 _AUTOMIX = {"alpha": 2.0, "momentum": 0.999, "end_momentum": 0.999999, "momentum_warmup": 0.1, "lam_margin": 0.08,
             "mask_loss": 0.1, "mask_margin": 0.1, "mixblock_lr": 0.1, "mixblock_min_lr": 1e-3}
-_2X50 = {"resnext50": 2}  # OpenMixup trains these RX-50 rows on 2 GPUs x 50 with per-GPU BN (protocol.md §1.5)
-_HEADS = "OpenMixup read out the best of 4 heads (EMA included) by median (protocol.md §1.7)"
+_2X50 = {"resnext50": 2}  # OpenMixup trains these RX-50 rows on 2 GPUs x 50 with per-GPU BN (docs/protocol.md §1.5)
+_HEADS = "OpenMixup read out the best of 4 heads (EMA included) by median (docs/protocol.md §1.7)"
 # att_norm: BN after the MixBlock's q/k convs in all four e81ed85 Tiny configs, commented out in 1ae985f (2022-03-17)
 _AUTOMIX_DEVIATIONS = ("the committed 2022 R-18 configs have 100-class heads, so the runs used uncommitted configs "
                        "(the 2022 files are the nearest record); RX-50 (bn_groups 2): partners are drawn over the "
@@ -110,7 +114,7 @@ def _both(code: Code) -> dict[str, Code]:
     return {"resnet18": code, "resnext50": code}
 
 
-# OpenMixup's Tiny-ImageNet table order; published = its page (docs/en/model_zoos/Mixup_sup.md, protocol.md §4)
+# OpenMixup's Tiny-ImageNet table order; published = its page (docs/en/model_zoos/Mixup_sup.md, docs/protocol.md §4)
 REGISTRY: dict[str, MethodSpec] = {
     "vanilla": MethodSpec(Vanilla, {}, label="Vanilla", published=_tiny(61.68, 65.04), code=_both(_E81)),
     "mixup": MethodSpec(MixUp, {"alpha": 1.0}, label="MixUp", published=_tiny(63.86, 66.36), published_alpha=1.0,
@@ -130,7 +134,7 @@ REGISTRY: dict[str, MethodSpec] = {
     "attentivemix": MethodSpec(AttentiveMix, {"alpha": 2.0, "teacher_weights": None, "lam_rule": "first"},
                                label="AttentiveMix+", published=_tiny(64.85, 67.42), published_alpha=2.0,
                                note="OpenMixup's page gives 64.85 / 67.42; the survey's table gives 64.01 / 66.84",
-                               code=_both(_7BF),
+                               code=_both(_7BF), needs="vanilla",  # the default teacher (docs/protocol.md §2.7)
                                deviations="teacher: the published runs used torchvision's ImageNet R-18; without that "
                                           "file (teacher_weights or $MIXNB_ATTENTIVEMIX_TEACHER) it is our own Vanilla "
                                           "run"),
@@ -153,7 +157,7 @@ REGISTRY: dict[str, MethodSpec] = {
                           published=_tiny(65.14, 66.53), published_alpha=0.2,
                           note="GridMixup's holes in a crop, not the paper's local-context loss",
                           code={"resnet18": _11D, "resnext50": _E01}),
-    # AlignMix (methods-more.md §3): OpenMixup's Tiny config, ManifoldMix (alpha 2, {input, layer1, layer2}) or
+    # AlignMix (docs/methods.md §3): OpenMixup's Tiny config, ManifoldMix (alpha 2, {input, layer1, layer2}) or
     # AlignMix on the layer-4 map, uniform per step; sweep False: the Sinkhorn step is not in the sample sweep's budget
     "alignmix": MethodSpec(AlignMix, {"alpha": 2.0, "manifold_alpha": None, "layers": ("input", "layer1", "layer2"),
                                       "align_prob": 0.5, "eps": 0.1, "max_iter": 100, "tol": 0.1},
@@ -170,7 +174,7 @@ REGISTRY: dict[str, MethodSpec] = {
     "samix": MethodSpec(SAMix, {**_AUTOMIX, "lam_mul_k": "auto", "att_norm": True}, min_lr=0.05, label="SAMix*",
                         auto_compile=False, bn_groups=_2X50, published=_tiny(68.89, 72.18), published_alpha=2.0,
                         note=_HEADS, code=_both(_E81), head={"att_norm": False}, deviations=_AUTOMIX_DEVIATIONS),
-    # AdAutoMix (methods-more.md §4): the Tiny R-18 config (its RX-50 config: --set min_lr=0.05 and
+    # AdAutoMix (docs/methods.md §4): the Tiny R-18 config (its RX-50 config: --set min_lr=0.05 and
     # --arg mixblock_min_lr=0.001) and the published run's mask loss; sweep False: a step costs 1.7x AutoMix's
     # (CPU, width 8, batch 100, one thread: 2.2 s against 1.3 s; Vanilla 0.4 s)
     "adautomix": MethodSpec(AdAutoMix, {**_AUTOMIX, "alpha": 1.0, "mix_samples": 3, "lam_margin": 0.03,
@@ -181,7 +185,7 @@ REGISTRY: dict[str, MethodSpec] = {
                             note="the authors' number (their README), not in OpenMixup's table: R-18 = their log's "
                                  "median of the EMA one-hot head over epochs 390-400"),
     # timm's per-batch switch as DeiT's recipe sets it (MixUp alpha 0.8 / CutMix alpha 1.0, switch 0.5; multimode.py);
-    # not in OpenMixup's table, whose Tiny multi-mode config is [mixup, cutmix, vanilla] uniform (methods-more.md §7)
+    # not in OpenMixup's table, whose Tiny multi-mode config is [mixup, cutmix, vanilla] uniform (docs/methods.md §7)
     "mixup+cutmix": MethodSpec(MultiMode, {"mix_modes": ("mixup", "cutmix"), "mix_prob": (0.5, 0.5),
                                            "alphas": (0.8, 1.0)}, label="MixUp+CutMix", sweep=False),
 }
@@ -211,6 +215,8 @@ def get_method(name: str, **overrides: Any) -> MixMethod:
         raise ValueError(f"method {name!r} has no setting(s) {sorted(unknown)}; its settings: {valid}")
     settings = {**spec.defaults, **overrides}
     loss = {k: settings.pop(k) for k in LOSS_DEFAULTS} if takes_loss_settings(spec.cls) else None
+    if "build" in inspect.signature(spec.cls).parameters:  # a method made of other methods builds them here
+        settings.update(build=get_method, spec_of=get_spec)
     method = spec.cls(**settings)
     if loss is not None:
         method.mix_loss = MixLoss(**loss)
@@ -227,6 +233,7 @@ __all__ = [
     "MixLoss",
     "MixMethod",
     "MixedBatch",
+    "NeededRun",
     "StepContext",
     "StepOutput",
     "get_method",

@@ -1,6 +1,6 @@
 """AutoMix/SAMix building blocks: the MixBlock, the momentum (EMA) encoder and its schedule, the read-out.
 
-Protocol: protocol.md §3.1 (EMA schedule), §3.2 (PixelMixBlock, mask loss), §1.7 (read-out rule).
+Protocol: docs/protocol.md §3.1 (EMA schedule), §3.2 (PixelMixBlock, mask loss), §1.7 (read-out rule).
 Facts from OpenMixup's ``heads/pmix_block.py`` (HEAD; ``att_norm_cfg`` as at ``e81ed85``),
 ``core/hooks/momentum_hook.py`` (``CosineScheduleHook``) and ``tools/summary/find_automix_val_median.py``; our own
 code.
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 def lam_rescale(lam: Tensor, k: float) -> Tensor:
     """SAMix's lambda encoding: identity for k < 0, else the S-curve through (0.5, 0.5)
-    (4/3 lam^3 - 2 lam^2 + K lam) / (K - 2/3) with K = k + 1 (protocol.md §3.2)."""
+    (4/3 lam^3 - 2 lam^2 + K lam) / (K - 2/3) with K = k + 1 (docs/protocol.md §3.2)."""
     if k < 0:
         return lam
     kk = k + 1
@@ -68,7 +68,7 @@ class MixBlock(nn.Module):
             self.value = nn.Conv2d(in_channels, 1, 1)
         self.lam_mul_k = lam_mul_k
         self.upsample = upsample
-        for m in self.modules():  # protocol.md §3.2: convs N(0, 0.01), bias 0; BN weight 1, bias 0 (its own init)
+        for m in self.modules():  # docs/protocol.md §3.2: convs N(0, 0.01), bias 0; BN weight 1, bias 0 (its own init)
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 if m.bias is not None:
@@ -120,7 +120,7 @@ def mask_loss(m: Tensor, lam: Tensor, *, margin: float, var_weight: float) -> Te
 
 def backbone_weight(m: Tensor, lam: Tensor, *, lam_margin: float) -> Tensor:
     """The weight of x for the backbone branch: 1 - m, or the constant lam (plain mixup) when
-    lam <= margin or 1 - lam <= margin (``lam_margin``, protocol.md §3.3.4). No host sync."""
+    lam <= margin or 1 - lam <= margin (``lam_margin``, docs/protocol.md §3.3.4). No host sync."""
     plain = (lam <= lam_margin) | (1 - lam <= lam_margin)  # () bool, on the device
     return torch.where(plain, lam, 1 - m)  # (N, 1, H, W) float32
 
@@ -160,7 +160,7 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 def ema_momentum(step: int, total_steps: int, *, base: float, end: float, warmup: float) -> float:
     """CosineScheduleHook(adjust_scope=[warmup, 1], warming_up="constant"): ``base`` for
     it < int(warmup * itmax), then end - (end - base) * (cos(pi * it / itmax) + 1) / 2 with the
-    absolute it / itmax (protocol.md §3.1). ``step`` is the 0-based iteration just trained."""
+    absolute it / itmax (docs/protocol.md §3.1). ``step`` is the 0-based iteration just trained."""
     if step < int(total_steps * warmup):
         return base
     return end - (end - base) * (math.cos(math.pi * step / total_steps) + 1) / 2
@@ -169,7 +169,7 @@ def ema_momentum(step: int, total_steps: int, *, base: float, end: float, warmup
 @torch.no_grad()
 def ema_update_(target: nn.Module, source: nn.Module, momentum: float) -> None:
     """target <- momentum * target + (1 - momentum) * source, parameters only (BN buffers of the
-    target come from its own train-mode forwards, protocol.md §3.1). One batched foreach lerp:
+    target come from its own train-mode forwards, docs/protocol.md §3.1). One batched foreach lerp:
     with weight 1 - m (computed in float64, then rounded) it stays exact near m = 0.999999,
     where m itself rounds to float32 with a 1% error in 1 - m."""
     dst, src = list(target.parameters()), list(source.parameters())

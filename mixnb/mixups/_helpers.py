@@ -1,7 +1,7 @@
 """Small pure helpers shared by every method: Beta draws, partners, boxes, targets.
 
 All draws take an explicit ``torch.Generator`` and stay on its device, so the training
-step never waits on the host (performance.md §8.4).
+step never waits on the host (docs/performance.md §8.4).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def gather_rows(x: Tensor, perm: Tensor) -> Tensor:
 
 def box_from_lam(lam: Tensor, center: Tensor, h: int, w: int) -> Tensor:
     """CutMix box (y0, y1, x0, x1) int64 with side int(size * sqrt(1 - lam)) around ``center``,
-    corners at center -/+ side // 2, clipped to the image (protocol.md §2.4)."""
+    corners at center -/+ side // 2, clipped to the image (docs/protocol.md §2.4)."""
     ratio = torch.sqrt(1 - lam)
     # floor(floor(s * r) / 2) == floor(s * r / 2); halving is exact in float, .long() floors r >= 0: 2 kernels, not 6
     half = (ratio * (h / 2)).long() if h == w else torch.stack([ratio * (h / 2), ratio * (w / 2)]).long()  # () or (2,)
@@ -116,7 +116,7 @@ def mixed_cross_entropy(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor) -
     """Soft cross-entropy against lam*onehot(y_a) + (1-lam)*onehot(y_b), mean over N.
 
     Equals lam*CE(y_a) + (1-lam)*CE(y_b) for scalar lam and supports per-sample (N,) lam
-    (protocol.md §1.5, §2.13). Computed in float32.
+    (docs/protocol.md §1.5, §2.13). Computed in float32.
     """
     logp = torch.log_softmax(logits.float(), dim=1)  # (N, K) float32
     nll_a = -logp.gather(1, y_a[:, None]).squeeze(1)  # (N,)

@@ -2,7 +2,7 @@
 called directly, or on a persistent process pool), and the greedy block transport. The method
 itself is in ``puzzlemix.py``.
 
-Energy (protocol.md §2.10; the terms as OpenMixup's ``augments/puzzlemix.py`` builds them).
+Energy (docs/protocol.md §2.10; the terms as OpenMixup's ``augments/puzzlemix.py`` builds them).
 Each of the B x B blocks takes a label l in {0, ..., L-1}; label l shows x with weight
 m_l = 1 - l / (L - 1) and the partner with 1 - m_l. For a labelling:
 

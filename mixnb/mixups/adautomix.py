@@ -3,8 +3,8 @@
 Paper: Qin, Jin et al., "Adversarial AutoMixup", ICLR 2024, https://arxiv.org/abs/2312.11954.
 Code: https://github.com/JinXins/Adversarial-AutoMixup (the authors', "ADA": ``AdAutoMix.py``,
 ``heads/Ada_mix_pine.py``) and https://github.com/Westlake-AI/openmixup (``classifiers/adautomix.py``,
-``heads/adaptive_mask.py``). Protocol: methods-more.md §4 (the paper's body was not readable: code only);
-the AutoMix machinery (EMA encoder k, its schedule, heads, read-out) as protocol.md §3, §1.5, §1.7.
+``heads/adaptive_mask.py``). Protocol: docs/methods.md §4 (the paper's body was not readable: code only);
+the AutoMix machinery (EMA encoder k, its schedule, heads, read-out) as docs/protocol.md §3, §1.5, §1.7.
 
 One step, K = ``mix_samples`` = 3 (§4.5): label weights lam_i = b_i / sum(b), b_i ~ Beta(alpha, alpha); two
 sets of K random permutations, sigma (generator) and rho (backbone): x itself is no source. The EMA encoder k
@@ -71,7 +71,7 @@ MARGIN_RULES = ("authors", "openmixup")
 
 
 class AdaptiveMask(nn.Module):
-    """AdAutoMix's mix block for K >= 3 sources (``AdaptiveMask.co_mix``, methods-more.md §4.4).
+    """AdAutoMix's mix block for K >= 3 sources (``AdaptiveMask.co_mix``, docs/methods.md §4.4).
 
     For source i: q_i = ReLU(conv_q(f_i)), k_i = ReLU(conv_k(f_i)) (1x1, C -> C/2, bias; mmcv ConvModule's
     default ReLU), v_i = conv_v(f_i) (1x1, C -> 1, bias); attention softmax(q_i sum_{j != i} k_j^T / sqrt(d))

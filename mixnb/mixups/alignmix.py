@@ -3,9 +3,9 @@
 Paper: Venkataramanan et al., "AlignMixup: Improving Representations By Interpolating Aligned Features",
 CVPR 2022, https://arxiv.org/abs/2103.15375. Code: https://github.com/shashankvkt/AlignMixup_CVPR22 (official)
 and OpenMixup's ``alignmix`` mode (openmixup/models/augments/alignmix.py, ``MixUpClassification``).
-Protocol: methods-more.md §3 (OpenMixup's Tiny config ``r18_alignmix_CE_none.py``: mix_mode [manifoldmix,
+Protocol: docs/methods.md §3 (OpenMixup's Tiny config ``r18_alignmix_CE_none.py``: mix_mode [manifoldmix,
 alignmix], alpha [2, 2], uniform). Each step draws one branch:
-- ManifoldMix at alpha 2 (not the ManifoldMix row's 0.2) over {input, layer1, layer2} (protocol.md §2.5);
+- ManifoldMix at alpha 2 (not the ManifoldMix row's 0.2) over {input, layer1, layer2} (docs/protocol.md §2.5);
 - AlignMix: lam ~ Beta(alpha, alpha) per batch, a plain random partner, A = the layer-4 map (the one the head
   pools) as HW = 64 points of C channels, A' = A[perm]. An entropic OT plan P (N, HW, HW) between them (cost
   |a_i - a'_j|^2, uniform marginals, eps 0.1, log-domain Sinkhorn, at most 100 iterations), R = HW * P (rows sum
@@ -15,7 +15,7 @@ alignmix], alpha [2, 2], uniform). Each step draws one branch:
   abstract and figures were read here). Then GAP, fc and the mixed CE.
 
 Where OpenMixup's code and the official code differ. The published 66.87 is the authors' (official code,
-their PreAct ResNet-18, 1200 epochs, best epoch; methods-more.md §3), not an OpenMixup run, so the code behind
+their PreAct ResNet-18, 1200 epochs, best epoch; docs/methods.md §3), not an OpenMixup run, so the code behind
 it is the official one; the defaults are nevertheless OpenMixup's Tiny config, the row of the table this
 benchmark runs under its protocol (OpenMixup's ResNet-18, 400 epochs), and the official code is an option:
 - The other branch: OpenMixup's is ManifoldMix over {input, layer1, layer2}; the official code's is input

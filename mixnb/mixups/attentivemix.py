@@ -3,7 +3,7 @@
 Paper: Walawalkar et al., "Attentive CutMix: An Enhanced Data Augmentation Approach for Deep
 Learning Based Image Classification", ICASSP 2020, https://arxiv.org/abs/2003.13048.
 Code: https://github.com/xden2331/attentive_cutmix; the "+" variant is OpenMixup's.
-Protocol: protocol.md §2.7 (alpha 2), following the reference's code where its docs differ:
+Protocol: docs/protocol.md §2.7 (alpha 2), following the reference's code where its docs differ:
 - lam ~ Beta(alpha, alpha), not the docs' Beta(alpha, 8) (the config's ``beta=8`` is ignored).
 - top_k = clip(int(49 * lam), 1, 49) cells of the 7x7 channel-mean teacher map, per sample.
 - The binary 7x7 mask is nearest-upsampled to 64x64 as ``F.interpolate(size=64, mode="nearest")``
@@ -27,7 +27,6 @@ width 64, ImageNet teacher): 24 ms/step vs 16.3 ms vanilla; the teacher forward 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mixnb.mixups._helpers import eager, mix_with_mask, random_partner, sample_beta
-from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
+from mixnb.mixups.base import MixedBatch, MixMethod, NeededRun, check_alpha
 
 TEACHER_ENV = "MIXNB_ATTENTIVEMIX_TEACHER"
 GRID = 7  # teacher feature grid (ImageNet R-18 layer4 at 224 px)
@@ -125,36 +124,9 @@ def imagenet_teacher(path: Path) -> Teacher:
     return Teacher(feats, f"ImageNet R-18 (file {path.name})")
 
 
-def find_vanilla_run(runs: Path, backbone: str, seed: int) -> Path | None:
-    """The finished Vanilla run of ``backbone`` in ``runs``: seed ``seed`` first, then any other
-    (plain names before ones with overrides); finished as ``mixnb.runs.is_finished``, with its checkpoint."""
-    from mixnb.runs import CHECKPOINT, is_finished
-
-    plain = re.compile(rf"vanilla-{re.escape(backbone)}-s\d+")
-    others = sorted(runs.glob(f"vanilla-{backbone}-s*"), key=lambda p: (not plain.fullmatch(p.name), p.name))
-    for run in [runs / f"vanilla-{backbone}-s{seed}", *others]:
-        if is_finished(run) and (run / CHECKPOINT).is_file():
-            return run
-    return None
-
-
-def vanilla_teacher(run: Path) -> Teacher:
-    """The model of a finished Vanilla run (checkpoint keys "model" and "config"), in eval mode."""
-    from mixnb.config import RunConfig
-    from mixnb.models import build_model
-
-    from mixnb.train import load_checkpoint
-
-    ckpt = load_checkpoint(run / "checkpoint.pt")  # weights only; unreadable or foreign files fail naming the path
-    if ckpt is None:
-        raise RuntimeError(f"{run / 'checkpoint.pt'} is corrupt (truncated or not a checkpoint), so the Vanilla run "
-                           f"cannot be the AttentiveMix+ teacher; retrain it (delete {run}) or set "
-                           f"MIXNB_ATTENTIVEMIX_TEACHER")
-    state = {k.removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}  # torch.compile prefix
-    cfg = RunConfig.from_dict(ckpt["config"])
-    model = build_model(cfg.backbone, num_classes=state["fc.weight"].shape[0], width=cfg.model_width)
-    model.load_state_dict(state)
-    return Teacher(_OwnFeatures(model).requires_grad_(False).eval(), f"own Vanilla run {run.name}")
+def run_teacher(model: nn.Module, label: str) -> Teacher:
+    """A trained mixnb backbone (the finished Vanilla run's, opened by the loop) as the teacher, in eval mode."""
+    return Teacher(_OwnFeatures(model).requires_grad_(False).eval(), label)
 
 
 class AttentiveMix(MixMethod):
@@ -179,23 +151,21 @@ class AttentiveMix(MixMethod):
         self.teacher: Teacher | None = None  # built in setup
         self.teacher_label = ""
 
-    def setup(self, model: nn.Module, *, cfg: Any, run_dir: Path | None) -> None:
+    def setup(self, model: nn.Module, *, cfg: Any, needed: NeededRun | None = None) -> None:
+        """The teacher: ``teacher_weights`` (or $MIXNB_ATTENTIVEMIX_TEACHER), else ``needed``, the model of the
+        finished Vanilla run of the same backbone that the loop found and opened (``mixnb.runs.needed_run``)."""
         path = self.teacher_weights or os.environ.get(TEACHER_ENV)
-        run = None
-        if not path and cfg is not None and run_dir is not None:
-            run = find_vanilla_run(Path(run_dir).parent, cfg.backbone, cfg.seed)
         if path:
             self.teacher = imagenet_teacher(Path(path))
-        elif run is not None:
-            self.teacher = vanilla_teacher(run)
+        elif needed is not None:
+            self.teacher = run_teacher(needed.model, f"own Vanilla run {needed.name}")
         else:
             backbone = getattr(cfg, "backbone", "<backbone>")
-            where = Path(run_dir).parent if run_dir is not None else "the runs folder"
             raise FileNotFoundError(
                 f"AttentiveMix+ needs a teacher and found none: set {TEACHER_ENV} (or method_args "
                 "teacher_weights) to a torchvision resnet18 ImageNet state_dict file, e.g. "
                 f"resnet18-f37072fd.pth, or first finish a Vanilla run of the same profile and backbone "
-                f"(vanilla-{backbone}-s<seed>, finished, with its checkpoint.pt, in {where}), "
+                f"(vanilla-{backbone}-s<seed>, finished, with its checkpoint.pt, in the runs folder), "
                 "e.g. `make sweep METHODS=vanilla`"
             )
         self.teacher_label = self.teacher.label

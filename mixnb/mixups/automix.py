@@ -3,7 +3,7 @@
 Paper: Liu et al., "AutoMix: Unveiling the Power of Mixup for Stronger Classifiers", ECCV 2022,
 https://arxiv.org/abs/2103.13027. Code: https://github.com/Westlake-AI/openmixup
 (``models/classifiers/automix.py`` ``AutoMixup``, ``models/heads/pmix_block.py`` ``PixelMixBlock``).
-Protocol: protocol.md §3 (alpha 2, EMA 0.999 -> 0.999999 after 10% of the iterations, lam_margin
+Protocol: docs/protocol.md §3 (alpha 2, EMA 0.999 -> 0.999999 after 10% of the iterations, lam_margin
 0.08, mask loss 0.1 with margin 0.1, MixBlock lr 0.1 -> 1e-3, backbone floor 0.05) and §1.7.
 
 One step (§3.3): lam_mb, lam_bb ~ Beta(alpha, alpha) and two partner permutations; the EMA
@@ -38,7 +38,6 @@ the bb mask is computed under no_grad instead of computed then detached (same va
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,7 +56,7 @@ from mixnb.mixups._automix_ops import (
     training_forward,
 )
 from mixnb.mixups._helpers import eager, mix_with_mask, mixed_cross_entropy, random_partner, sample_beta
-from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
+from mixnb.mixups.base import MixedBatch, MixMethod, NeededRun, StepContext, StepOutput, check_alpha
 
 
 @dataclass(frozen=True)
@@ -134,7 +133,7 @@ class AutoMix(MixMethod):
         return MixBlock(in_channels, pair_qk=False, value_neck=False, lam_mul_k=None, upsample="nearest",
                         att_norm=self.att_norm)
 
-    def setup(self, model: nn.Module, *, cfg: Any, run_dir: Path | None) -> None:
+    def setup(self, model: nn.Module, *, cfg: Any, needed: NeededRun | None = None) -> None:
         """The EMA encoder k (with its fc = head_one_k), head_mix_q/k and the MixBlock."""
         device = next(model.parameters()).device
         self.encoder_k = frozen_copy(model)  # starts equal to q; requires_grad False

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +29,15 @@ class MixedBatch:
     y_b: Tensor  # (N,) int64
     lam: Tensor  # () or (N,) float32
     mask: Tensor | None = None  # (N or 1, 1, H, W) float32 weight of x, for galleries
+
+
+@dataclass(frozen=True)
+class NeededRun:
+    """The finished run a method needs (its registry entry's ``needs``), opened by the loop: its trained model and
+    its run name (recorded in the summary)."""
+
+    model: nn.Module
+    name: str
 
 
 @dataclass
@@ -79,7 +87,7 @@ class MixLoss:
 
     DecoupleMix: Liu, Li et al., "Harnessing Hard Mixed Samples with Decoupled Regularizer", NeurIPS 2023,
     https://arxiv.org/abs/2203.10761. Code: OpenMixup's ``soft_mix_cross_entropy``
-    (openmixup/models/losses/cross_entropy_loss.py) with ``ClsMixupHead(eta_weight=...)``; methods-more.md §5.
+    (openmixup/models/losses/cross_entropy_loss.py) with ``ClsMixupHead(eta_weight=...)``; docs/methods.md §5.
     For an image mixing classes a != b the regulariser is the NLL of each class under a softmax without the
     other one, -log(e^z_a / sum_{k != b} e^z_k) and the same for b, so a class can be predicted confidently
     whatever its share. loss = MCE + sum over rows of (w_a * nll_a + w_b * nll_b) / N.
@@ -98,7 +106,7 @@ class MixLoss:
             lam (AttentiveMix+) takes each image's own lam where OpenMixup needs one per batch.
             "paper": eta on both classes of every image with two classes and 0 < lam < 1: the two-hot
             regulariser, independent of lam (OpenMixup's head defaults, lam_scale_mode "none"; the paper's
-            equations were not readable here, methods-more.md §5).
+            equations were not readable here, docs/methods.md §5).
     """
 
     decouple: bool = False
@@ -145,8 +153,10 @@ class MixMethod(nn.Module):
     name: str = "base"
     mix_loss: MixLoss = MixLoss()  # the default step's loss; get_method sets it from the DecoupleMix settings
 
-    def setup(self, model: nn.Module, *, cfg: Any, run_dir: Path | None) -> None:
-        """Build state that depends on the model or the run (EMA copies, teachers); default none."""
+    def setup(self, model: nn.Module, *, cfg: Any, needed: NeededRun | None = None) -> None:
+        """Build state that depends on the model or the run (EMA copies, teachers); default none. ``needed``: the
+        finished run the registry says this method needs (``MethodSpec.needs``), opened by the loop
+        (``mixnb.runs.needed_run``), or None when there is none."""
 
     def mix(self, x: Tensor, y: Tensor, *, gen: torch.Generator) -> MixedBatch:
         raise NotImplementedError(f"{type(self).__name__} mixes inside training_step; it has no input-space mix")

@@ -3,7 +3,7 @@
 Paper: Yun et al., "CutMix: Regularization Strategy to Train Strong Classifiers with
 Localizable Features", ICCV 2019, https://arxiv.org/abs/1905.04899.
 Code: https://github.com/clovaai/CutMix-PyTorch.
-Protocol: protocol.md §2.4 (alpha 1): side int(64 * sqrt(1 - lam)), uniform integer centre,
+Protocol: docs/protocol.md §2.4 (alpha 1): side int(64 * sqrt(1 - lam)), uniform integer centre,
 corners centre -/+ side // 2 clipped to the image, one box for the batch, lam corrected to
 the true area. Partner (``partner_tries``, docs/publication.md): a plain ``torch.randperm`` in the code
 that published the table (OpenMixup ``e81ed85``, ``openmixup/models/utils/augments/mixup_input.py``), 1

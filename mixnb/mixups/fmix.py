@@ -2,7 +2,7 @@
 
 Paper: Harris et al., "FMix: Enhancing Mixed Sample Data Augmentation", arXiv 2020,
 https://arxiv.org/abs/2002.12047. Code: https://github.com/ecs-vlc/FMix (``fmix.py``).
-Protocol: protocol.md §2.8 (alpha 1, decay_power 3, size (64, 64), max_soft 0): a Gaussian
+Protocol: docs/protocol.md §2.8 (alpha 1, decay_power 3, size (64, 64), max_soft 0): a Gaussian
 spectrum over the rfft grid (``fftfreq`` along rows, the first W // 2 + 1 ``fftfreq`` bins along
 columns) scaled by 1 / max(f, 1 / max(H, W)) ** decay_power, inverse FFT to H x W; the top
 ``num`` pixels become 1, num = ceil(lam * HW) or floor(lam * HW) on a fair coin; one mask for

@@ -5,7 +5,7 @@ Pattern Recognition 109, 2021 (no arXiv version),
 https://www.sciencedirect.com/science/article/pii/S0031320320303976.
 Code: https://github.com/IlyaDobrynin/GridMixup, the implementation OpenMixup's
 ``openmixup/models/augments/gridmix.py`` follows (the reference here).
-Protocol: protocol.md §2.12, methods-more.md §2 (alpha 0.2, n_holes (2, 6), hole_aspect_ratio 1,
+Protocol: docs/protocol.md §2.12, docs/methods.md §2 (alpha 0.2, n_holes (2, 6), hole_aspect_ratio 1,
 cut_area_ratio (0.5, 1), cut_aspect_ratio (0.5, 2)). Per batch: lam ~ Beta(alpha, alpha); n holes
 across, a hole aspect, a crop area share r and a crop aspect a, each uniform in its range. Crop:
 area int(HW r), width cw = int(sqrt(area / a)), height ch = int(cw a), top-left corner

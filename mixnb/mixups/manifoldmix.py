@@ -2,7 +2,7 @@
 
 Paper: Verma et al., "Manifold Mixup: Better Representations by Interpolating Hidden States",
 ICML 2019, https://arxiv.org/abs/1806.05236. Code: https://github.com/vikasverma1077/manifold_mixup.
-Protocol: protocol.md §2.5 (alpha 0.2, layer=(0, 3)): lam ~ Beta(alpha, alpha), a plain random
+Protocol: docs/protocol.md §2.5 (alpha 0.2, layer=(0, 3)): lam ~ Beta(alpha, alpha), a plain random
 permutation (fixed points allowed, as in the code), and a layer drawn uniformly
 from {input, after layer1, after layer2}; there h = lam * h + (1 - lam) * h[perm]
 (``FeatureMix`` in ``mixnb/models/resnet.py``); mixed CE with y_a = y, y_b = y[perm].
@@ -24,7 +24,7 @@ from mixnb.mixups._helpers import eager, mixed_cross_entropy, random_partner, sa
 from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
 from mixnb.models.resnet import STAGES, FeatureMix
 
-DEFAULT_LAYERS = ("input", "layer1", "layer2")  # protocol.md §2.5: layer=(0, 3), upper bound exclusive
+DEFAULT_LAYERS = ("input", "layer1", "layer2")  # docs/protocol.md §2.5: layer=(0, 3), upper bound exclusive
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Paper: Zhang et al., "mixup: Beyond Empirical Risk Minimization", ICLR 2018,
 https://arxiv.org/abs/1710.09412. Code: https://github.com/facebookresearch/mixup-cifar10.
-Protocol: protocol.md §2.3 (alpha 1 on Tiny-ImageNet, §2.1); one lam and one random
+Protocol: docs/protocol.md §2.3 (alpha 1 on Tiny-ImageNet, §2.1); one lam and one random
 permutation per batch (§2.2).
 """
 

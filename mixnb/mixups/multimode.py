@@ -1,7 +1,7 @@
 """Multi-mode mixing: each step draws one method from a list, each with its own alpha.
 
 Reference code: OpenMixup's ``MixUpClassification`` with lists ``mix_mode``, ``alpha`` and ``mix_prob``
-(openmixup/models/classifiers/mixup_classification.py; protocol.md §1.6, methods-more.md §7), and timm's
+(openmixup/models/classifiers/mixup_classification.py; docs/protocol.md §1.6, docs/methods.md §7), and timm's
 ``Mixup`` (timm/data/mixup.py), which switches between MixUp and CutMix per batch with ``switch_prob``.
 Protocol: no published Tiny-ImageNet number. The registry's ``mixup+cutmix`` is timm's switch with
 ``switch_prob`` 0.5 (timm's default) and the alphas of DeiT's recipe on it, MixUp 0.8 and CutMix 1.0 (DeiT
@@ -19,13 +19,13 @@ partners, where timm pairs each image with the batch reversed.
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput
+from mixnb.mixups.base import MixedBatch, MixMethod, NeededRun, StepContext, StepOutput
 
 _OWN = ("param_groups", "on_step_end", "eval_logits")  # what a mode may not own: one model, one optimizer, one head
 
@@ -41,15 +41,16 @@ class MultiMode(MixMethod):
         Not AutoMix/SAMix (they own optimizer groups, an EMA and heads; OpenMixup's modes stub them too).
     mix_prob: each mode's probability, >= 0, summing to 1 (timm's switch_prob 0.5 is (0.5, 0.5)).
     alphas: each mode's Beta(alpha, alpha) concentration, > 0; ignored for a mode without alpha (vanilla).
+    build, spec_of: the registry's ``get_method`` and ``get_spec``, which ``get_method`` passes in (the registry
+        imports this module, so this module does not import the registry).
     """
 
     name = "multimode"
 
     def __init__(self, *, mix_modes: Sequence[str] = ("mixup", "cutmix"), mix_prob: Sequence[float] = (0.5, 0.5),
-                 alphas: Sequence[float] = (0.8, 1.0)) -> None:
+                 alphas: Sequence[float] = (0.8, 1.0), build: Callable[..., MixMethod],
+                 spec_of: Callable[[str], Any]) -> None:
         super().__init__()
-        from mixnb.mixups import get_method, get_spec  # the registry imports this module
-
         if not isinstance(mix_modes, (list, tuple)) or not mix_modes:
             raise ValueError(f"mix_modes must be a non-empty list of method names, got {mix_modes!r}")
         n = len(mix_modes)
@@ -63,14 +64,14 @@ class MultiMode(MixMethod):
         modes = []
         for mode, alpha in zip(mix_modes, alphas):
             try:
-                spec = get_spec(mode)
+                spec = spec_of(mode)
             except ValueError as err:
                 raise ValueError(f"mix_modes: {err}") from None
             own = [f for f in _OWN if getattr(spec.cls, f) is not getattr(MixMethod, f)]
             if issubclass(spec.cls, MultiMode) or own:
                 why = "is itself multi-mode" if not own else f"has its own {', '.join(own)}"
                 raise ValueError(f"mix_modes: {mode!r} {why}; a mode may only own its training step")
-            modes.append(get_method(mode, **spec.head, **({"alpha": alpha} if "alpha" in spec.defaults else {})))
+            modes.append(build(mode, **spec.head, **({"alpha": alpha} if "alpha" in spec.defaults else {})))
         self.mix_modes = tuple(mix_modes)
         self.mix_prob, self.alphas = tuple(map(float, mix_prob)), tuple(map(float, alphas))
         self.modes = nn.ModuleList(modes)  # submodules: their state goes into the checkpoint with this one
@@ -80,9 +81,9 @@ class MultiMode(MixMethod):
         """The index of this step's mode, drawn on ``gen`` (a host generator: Python steers on it, no sync)."""
         return int(torch.multinomial(self._prob.to(gen.device), 1, generator=gen))
 
-    def setup(self, model: nn.Module, *, cfg: Any, run_dir: Path | None) -> None:
+    def setup(self, model: nn.Module, *, cfg: Any, needed: NeededRun | None = None) -> None:
         for mode in self.modes:
-            mode.setup(model, cfg=cfg, run_dir=run_dir)
+            mode.setup(model, cfg=cfg, needed=needed)
 
     def training_step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
         return self.modes[self.draw_mode(ctx.cpu_gen)].training_step(model, x, y, ctx)

@@ -2,7 +2,7 @@
 
 Paper: Kim et al., "Puzzle Mix: Exploiting Saliency and Local Statistics for Optimal Mixup",
 ICML 2020, https://arxiv.org/abs/2009.06962. Code: https://github.com/snu-mllab/PuzzleMix.
-Protocol: protocol.md §2.10 (prior alpha 1, beta 1.2, gamma 0.5, eta 0.2, neigh_size 4, 3 labels,
+Protocol: docs/protocol.md §2.10 (prior alpha 1, beta 1.2, gamma 0.5, eta 0.2, neigh_size 4, 3 labels,
 t_eps 0.8, transport on). The code that published the table (OpenMixup ``e81ed85``/``7bf8bcf``, Tiny
 ``mix_args`` from ``3fea614`` to ``a0c5840``; docs/publication.md) is the default: block count
 2^randint(1, 5) in {2, 4, 8, 16}, 4-px transport cells (t_size 4) and the CIFAR mean/std to
@@ -20,7 +20,7 @@ y_a = y), soft cross-entropy with that (N,) lam.
 
 Where we follow OpenMixup's code (``augments/puzzlemix.py``) rather than the paper:
 - one graph cut then one transport, no alternation; no clean-input loss, no adversarial noise
-  (protocol.md §7.6);
+  (docs/protocol.md §7.6);
 - transport: block_num rounds; in each position's contest, sources that did not claim it
   count as cost 0 (the later official code counts them as +1); the last round's winners are
   kept and positions without a winner become zeros;
@@ -28,7 +28,7 @@ Where we follow OpenMixup's code (``augments/puzzlemix.py``) rather than the pap
   scaled by 1000 * block_num^2 and truncated to integers.
 Deviations, all in ``_puzzlemix_ops.py``: integer-only gco inputs (same energy up to a factor,
 without the reference's int32 overflow), mean/std passed explicitly instead of guessed from
-the image size (peers.md §7), a guard against an all-zero saliency map.
+the image size (docs/protocol.md §2.10), a guard against an all-zero saliency map.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class PuzzleMixArgs:
 def sample_puzzlemix(
     n: int, *, gen: torch.Generator, cpu_gen: torch.Generator, alpha: float, block_nums: Sequence[int] = BLOCK_NUMS
 ) -> PuzzleMixDraw:
-    lam = sample_beta(alpha, alpha, gen=gen)  # once per batch (protocol.md §2.10)
+    lam = sample_beta(alpha, alpha, gen=gen)  # once per batch (docs/protocol.md §2.10)
     perm = random_partner(n, gen=gen)  # plain randperm in the reference
     block_num = block_nums[int(torch.randint(len(block_nums), (), generator=cpu_gen))]  # CPU draw: no device sync
     return PuzzleMixDraw(lam, perm, int(block_num))

@@ -3,7 +3,7 @@
 Paper: Qin et al., "ResizeMix: Mixing Data with Preserved Object Information and True Labels",
 arXiv 2020, https://arxiv.org/abs/2012.11101. No official code; the reference is OpenMixup's
 ``openmixup/models/augments/resizemix.py``.
-Protocol: protocol.md §2.11 (alpha 1, scope (0.1, 0.8), nearest). The side ratio: with ``use_alpha``
+Protocol: docs/protocol.md §2.11 (alpha 1, scope (0.1, 0.8), nearest). The side ratio: with ``use_alpha``
 tau ~ Beta(alpha, alpha), redrawn from U(scope) when outside it (OpenMixup since ``3fea614``, HEAD);
 without, tau ~ U(scope) as the paper, alpha unused: the configs that published the table
 (``e81ed85``, docs/publication.md), so the default; equal in distribution at alpha 1. Box side

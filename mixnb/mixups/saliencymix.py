@@ -3,7 +3,7 @@
 Paper: Uddin et al., "SaliencyMix: A Saliency Guided Data Augmentation Strategy for Better
 Regularization", ICLR 2021, https://arxiv.org/abs/2006.01791.
 Code: https://github.com/SaliencyMix/SaliencyMix.
-Protocol: protocol.md §2.6 (alpha 1): lam ~ Beta(alpha, alpha) first, then a plain random
+Protocol: docs/protocol.md §2.6 (alpha 1): lam ~ Beta(alpha, alpha) first, then a plain random
 permutation (no self-pair redraws); OpenCV's ``StaticSaliencyFineGrained`` runs on ONE image,
 the first permuted sample ``x[perm[0]]``, given as the normalised float32 HWC array (not
 rescaled to 0..255, as the reference does); the map is multiplied by 255 and cast to uint8 and
@@ -12,7 +12,7 @@ int(64 * sqrt(1 - lam)) shared by the whole batch, clipped; lam is corrected to 
 
 Host sync: the saliency map is computed by OpenCV on the CPU, so every step copies one image
 (3 x 64 x 64 float32, 48 KiB) device -> host and waits for it (inherent to the method;
-performance.md §6 "SaliencyMix"). The centre goes back as a 2-element tensor. Measured: the
+docs/performance.md §6 "SaliencyMix"). The centre goes back as a 2-element tensor. Measured: the
 OpenCV call takes ~1.6 ms on a 2-core CPU box; on one H100 (torch 2.11, bf16, batch 100, R-18
 width 64) a CutMix step with the same round trip (cv2 left out) took 19-20 ms vs 16.3 ms vanilla.
 Requires ``opencv-contrib-python-headless`` (cv2.saliency); there is no fallback.

@@ -3,7 +3,7 @@
 Paper: Li et al., "Boosting Discriminative Visual Representation Learning with Scenario-Agnostic
 Mixup", arXiv 2021, https://arxiv.org/abs/2111.15454. Code: https://github.com/Westlake-AI/openmixup
 (``AutoMixup`` with the SAMix ``PixelMixBlock`` settings).
-Protocol: protocol.md §3 (everything of AutoMix, see ``automix.py``), §3.2 for what differs:
+Protocol: docs/protocol.md §3 (everything of AutoMix, see ``automix.py``), §3.2 for what differs:
 - q and k: two 1x1 convs on concat(x_lam, x_(1-lam)) (2C -> C/2);
 - lambda: x_lam * (1 + lam^), x_(1-lam) * (1 + (1 - lam^)), lam^ = lam for R-18 (``lam_mul_k`` -1)
   and the S-curve with k = 1.25 for RX-50 (``lam_mul_k`` 0.25); "auto" picks by backbone;
@@ -24,7 +24,7 @@ from typing import Any
 from mixnb.mixups._automix_ops import MixBlock
 from mixnb.mixups.automix import AutoMix
 
-LAM_MUL_K = {"resnet18": -1.0, "resnext50": 0.25}  # protocol.md §3.2, per backbone ("auto")
+LAM_MUL_K = {"resnet18": -1.0, "resnext50": 0.25}  # docs/protocol.md §3.2, per backbone ("auto")
 
 
 class SAMix(AutoMix):

@@ -4,7 +4,7 @@ Paper: Lee et al., "SmoothMix: a Simple Yet Effective Data Augmentation to Train
 Classifiers", CVPR Workshops 2020 (no arXiv version),
 https://openaccess.thecvf.com/content_CVPRW_2020/papers/w45/Lee_SmoothMix_A_Simple_Yet_Effective_Data_Augmentation_to_Train_Robust_CVPRW_2020_paper.pdf.
 No official code; the reference is OpenMixup's ``openmixup/models/augments/smoothmix.py``.
-Protocol: protocol.md §2.9, methods-more.md §1 (alpha 0.2 in the table, unused): one mask for the
+Protocol: docs/protocol.md §2.9, docs/methods.md §1 (alpha 0.2 in the table, unused): one mask for the
 batch, G(i, j) = exp(-((i - r)^2 + (j - c)^2) / (2 sigma^2)) with sigma = (U(0, 1) / 4 + 1/4) * H,
 i.e. [16, 32) px at 64 px, and the peak at (r, c) = (row - 1/2, col - 1/2), row and col uniform
 integers in [0, H) x [0, W) (the reference rolls a 2H x 2H coordinate grid by randint(H) - H/2 and

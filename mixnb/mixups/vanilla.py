@@ -1,4 +1,4 @@
-"""Vanilla: no mixing, plain cross-entropy (protocol.md §1.5, ``mix_mode="vanilla"``)."""
+"""Vanilla: no mixing, plain cross-entropy (docs/protocol.md §1.5, ``mix_mode="vanilla"``)."""
 
 from __future__ import annotations
 

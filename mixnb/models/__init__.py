@@ -1,4 +1,4 @@
-"""Backbones: CIFAR-variant ResNet-18 and ResNeXt-50 32x4d (protocol.md §1.3)."""
+"""Backbones: CIFAR-variant ResNet-18 and ResNeXt-50 32x4d (docs/protocol.md §1.3)."""
 
 from mixnb.models.resnet import (
     BACKBONES,

@@ -1,12 +1,12 @@
 """CIFAR-variant ResNet-18 and ResNeXt-50 (32x4d), as OpenMixup's Tiny-ImageNet benchmark uses them.
 
-Protocol: protocol.md §1.3. A 3x3 stride-1 stem without max-pool, stage strides (1, 2, 2, 2),
+Protocol: docs/protocol.md §1.3. A 3x3 stride-1 stem without max-pool, stage strides (1, 2, 2, 2),
 global average pool and one Linear. Initialisation (``init``, a recorded RunConfig setting):
 "paper" (default) follows the 2022 code the published numbers came from (kaiming fan_out, zero-init
 of each residual branch's last BN, fc N(0, 0.01)); "pytorch" is PyTorch's default init, which
 OpenMixup HEAD gives the hand-crafted methods' backbone, since ``MixUpClassification.init_weights``
 calls no backbone init without pretrained weights (AutoMix/SAMix at HEAD still get the paper's;
-protocol.md §1.3, §7.1). The difference is what ``init`` lets one measure.
+docs/protocol.md §1.3, §7.1). The difference is what ``init`` lets one measure.
 
 ``forward(x, mix=FeatureMix(...))`` mixes hidden features after a named stage (ManifoldMix); any
 ``StageMix`` plugs in the same way (AlignMix's ``FeatureAlign`` after layer4); ``forward_stages``

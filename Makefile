@@ -46,7 +46,7 @@ SWEEP_ARGS = --profile $(PROFILE) \
 	$(if $(QOS),--qos $(QOS)) \
 	$(if $(TIME),--time $(TIME))
 
-.PHONY: install sweep report analyze test bench lab
+.PHONY: install sweep report analyze test test-fast bench lab
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -83,6 +83,9 @@ analyze: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-fast: $(STAMP)  # the unit tests: everything but the end-to-end ones (marked slow)
+	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

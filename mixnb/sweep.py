@@ -629,6 +629,22 @@ def measured_rates(path: Path = ROOT / "BENCHMARKS.md") -> tuple[str, dict[tuple
     return card, rates
 
 
+# The settings that change a method's cost beyond BENCHMARKS.md's rates, which were measured at OpenMixup HEAD's
+# settings: PuzzleMix's published 16x16 blocks and 4-px transport cost ~26x more per batch on the CPU than HEAD's
+# (docs/publication.md), not yet measured on a GPU, so such runs get no estimate rather than a wrong one.
+COSTLIER_THAN_MEASURED = {"puzzlemix": ("block_nums", "t_size")}
+
+
+def rate_for(job: Job, rates: dict[tuple[str, str], tuple[float, str]]) -> tuple[float, str] | None:
+    """The measured (s/epoch, how) of ``job``'s backbone and method, or None when none was measured at its
+    costly settings (``COSTLIER_THAN_MEASURED``)."""
+    spec, args = get_spec(job.config.method), job.config.full_method_args()
+    head = json.loads(json.dumps(spec.head))
+    if any(args[k] != head.get(k, args[k]) for k in COSTLIER_THAN_MEASURED.get(job.config.method, ())):
+        return None
+    return rates.get((job.config.backbone, job.config.method))
+
+
 def dry_run(jobs: list[Job]) -> str:
     """The runs of a sweep, which are finished, the GPU time of those to run at the measured rates, and each
     run's predicted peak memory and analysis batch (mixnb.memory; measured on the CPU once, then cached)."""
@@ -637,7 +653,7 @@ def dry_run(jobs: list[Job]) -> str:
     lines, total, unknown = [f"{'state':<10}{'GPU time':>9}  {'step peak':>9}  analysis batch (peak)  run"], 0.0, []
     for job in jobs:
         state = status[job.run_dir]
-        rate = rates.get((job.config.backbone, job.config.method))
+        rate = rate_for(job, rates)
         hours = rate[0] * job.config.num_epochs / 3600 if rate else None
         if state == "to run":
             total += hours or 0.0
@@ -650,6 +666,9 @@ def dry_run(jobs: list[Job]) -> str:
                  f"~{total:.1f} GPU-hours on one {card} at the measured s/epoch in BENCHMARKS.md")
     if unknown:
         lines.append(f"no measured rate for {len(unknown)} of them (not counted): {', '.join(unknown)}")
+        if any(j.config.method in COSTLIER_THAN_MEASURED and j.config.run_name() in unknown for j in jobs):
+            lines.append("PuzzleMix at the published settings (16x16 blocks, 4-px transport) has no GPU rate yet: "
+                         "its transport costs ~26x HEAD's per batch on the CPU (docs/publication.md)")
     lines.append(f"step peak: predicted GiB of a training step on CUDA; analysis: the attack/CAM batch under "
                  f"{ANALYSIS_BUDGET_GIB:g} GiB and its peak (mixnb.memory)")
     return "\n".join(lines)

@@ -356,6 +356,7 @@ def test_one_epoch_through_the_trainer(tmp_path):
     assert 0 <= summary["median_top1"] <= 100 and "openmixup_rule_top1" in summary
 
 
+@pytest.mark.slow
 def test_a_killed_run_restores_the_ema_encoder_mix_block_and_step_parity(tmp_path):
     cfg = RunConfig(method="adautomix", profile="test", epochs=2, width=4, device="cpu")
     straight = fit(cfg, tmp_path / "straight", progress="none")

@@ -316,6 +316,7 @@ def test_automix_runs_through_the_trainer(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_samix_runs_and_a_killed_run_restores_the_ema_encoder_and_mixblock(tmp_path):
     cfg = RunConfig(method="samix", profile="test", epochs=2, width=4, device="cpu")
     straight = fit(cfg, tmp_path / "straight", progress="none")

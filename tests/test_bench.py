@@ -57,6 +57,7 @@ def kernels_run(results):
     return code, out, printed
 
 
+@pytest.mark.slow
 def test_bench_writes_json_and_markdown_with_every_field(bench_run):
     code, out, printed = bench_run
     assert code == 0
@@ -118,6 +119,7 @@ def test_capture_reaches_the_run_config_and_the_report(tmp_path):
         assert rig.cfg.capture == capture and ("training_step" in vars(rig.method)) == (capture == "step")
 
 
+@pytest.mark.slow
 def test_concurrent_processes_and_their_sum(concurrent_run):
     code, out, printed = concurrent_run
     assert code == 0

@@ -77,6 +77,7 @@ def test_compile_and_precision_resolve_per_device():
         RunConfig(precision="fp16")
 
 
+@pytest.mark.slow
 def test_inductor_compiled_run_matches_eager(tmp_path):
     """The Trainer's compiled path end to end, the whole step captured: one step's loss and gradients,
     then two epochs (train, eval through the compiled ``eval_logits``, checkpoint) against the eager run."""
@@ -98,6 +99,7 @@ def test_inductor_compiled_run_matches_eager(tmp_path):
         assert ra["val_loss"] == pytest.approx(rb["val_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["manifoldmix", "puzzlemix", "automix"])
 def test_captured_graphs_match_eager(method):
     cfg = RunConfig(method=method, profile="test", device="cpu", precision="fp32", compile="off")
@@ -156,6 +158,7 @@ def recompile_limit(limit: int) -> Iterator[None]:
 # CUDA paste alike: test_cuda_graphs_match_eager has CutMix); the mixing layer drawn on the host (ManifoldMix: one
 # graph per layer); graph cuts in numpy between two model passes (PuzzleMix); four passes of two encoders and the
 # MixBlock with its value neck (SAMix; AutoMix is the same step without the neck). AdAutoMix is left out: 50 s here.
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mixup", "manifoldmix", "puzzlemix", "samix"])
 def test_captured_step_matches_eager(method):
     """capture="step": five Trainer steps give eager's losses, weights after each step and eval logits (the draws
@@ -182,6 +185,7 @@ def test_captured_step_matches_eager(method):
             torch.testing.assert_close(value, eager_state[key], rtol=1e-5, atol=1e-6, msg=f"step {step}: {key}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(REGISTRY))
 def test_every_method_captures_its_step_without_per_step_recompiles(method, monkeypatch):
     """capture="step" for every registered method (multi-mode, AlignMix and AdAutoMix included): four Trainer

@@ -47,6 +47,7 @@ def test_unknown_notebook_parameter_fails_with_the_valid_names():
     assert from_parameters({"method": "cutmix", "method_args": "alpha=0.3"})[0].method_args == {"alpha": 0.3}
 
 
+@pytest.mark.slow
 def test_papermill_runs_what_its_parameters_say(tmp_path):
     """`-p lr 0.1` trains at 0.1 (it was dropped); `-p epoch 1` fails naming `epochs` (it started 400)."""
     def papermill(*params: str) -> subprocess.CompletedProcess:
@@ -64,6 +65,7 @@ def test_papermill_runs_what_its_parameters_say(tmp_path):
     assert proc.returncode != 0 and "unknown parameter(s) ['epoch']" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_accumulates_repeated_options_and_types_method_args(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--method", "mixup", "--profile", "test", "--epochs", "1", "--device", "cpu",
@@ -171,6 +173,7 @@ def test_best_alpha_selection_and_no_pooling_across_settings():
     assert sorted(appendix["median top-1"]) == ["51.00 ± 1.41", "59.00 ± 1.41"]
 
 
+@pytest.mark.slow
 def test_alphas_sweep_reports_the_better_alpha_and_runs_nothing_twice(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
     jobs = expand("test", ["mixup"], alphas=[0.5, 1], epochs=1, analysis=False)
@@ -197,3 +200,15 @@ def test_a_setting_added_later_at_its_default_does_not_orphan_a_finished_run(tmp
     assert fit(cfg, tmp_path, progress="none")["median_top1"] == summary["median_top1"]
     with pytest.raises(RunConflict, match="method_args.decouple: False there, True now"):
         fit(RunConfig(method="cutmix", method_args={"decouple": True}, **TEST), tmp_path, progress="none")
+
+
+def test_the_gpu_time_of_puzzlemix_at_the_published_settings_is_not_guessed_from_heads_rate():
+    from mixnb.sweep import measured_rates, rate_for
+
+    _, rates = measured_rates()
+    [published] = expand("tiny-imagenet", ["puzzlemix"], backbones=["resnet18"])
+    [head] = expand("tiny-imagenet", ["puzzlemix"], backbones=["resnet18"], sets={"reference": ["head"]})
+    [cutmix] = expand("tiny-imagenet", ["cutmix"], backbones=["resnet18"])
+    assert rate_for(published, rates) is None  # 16x16 blocks and 4-px transport: ~26x HEAD's per batch, no GPU rate
+    assert rate_for(head, rates) == rates[("resnet18", "puzzlemix")]  # measured at HEAD's settings
+    assert rate_for(cutmix, rates) == rates[("resnet18", "cutmix")]

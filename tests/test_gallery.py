@@ -155,6 +155,7 @@ def test_full_class_names_wrapped_not_cut(photos):
     plt.close(fig)
 
 
+@pytest.mark.slow
 def test_a_figure_for_every_method_and_legends(photos):
     out = dict(gallery.photo_galleries(None, seed=0, n_images=6))
     multi = [m for m, spec in REGISTRY.items() if "mix_modes" in spec.defaults]

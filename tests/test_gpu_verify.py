@@ -25,6 +25,7 @@ def check_names() -> tuple[str, ...]:
     return module.NAMES
 
 
+@pytest.mark.slow
 def test_gpu_verify_dry_runs_every_check_and_fails_none(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--dry", "--slack", "4", "--budget-s", "900"], cwd=ROOT,

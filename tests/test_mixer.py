@@ -392,3 +392,10 @@ def test_the_api_is_exported_from_mixnb():
     assert mixnb.Mixer is Mixer and mixnb.SoftTargetCrossEntropy is mixnb.mixer.SoftTargetCrossEntropy
     with pytest.raises(AttributeError):
         mixnb.NoSuchThing  # noqa: B018
+
+
+def test_calling_a_registry_method_on_a_batch_points_to_the_mixer():
+    from mixnb.mixups import get_method
+
+    with pytest.raises(TypeError, match=r"use mixnb.Mixer\('cutmix', num_classes=K\)"):
+        get_method("cutmix")(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))

@@ -79,6 +79,7 @@ def test_train_notebook_has_one_parameters_cell():
     assert len(tagged) == 1 and "method =" in tagged[0].source
 
 
+@pytest.mark.slow
 def test_sweep_then_report_end_to_end():
     """Two methods on the test profile through papermill, a re-run that skips them, the report."""
     failures = run_sweep(expand("test", ["vanilla", "cutmix"], epochs=2))
@@ -110,6 +111,7 @@ def test_sweep_then_report_end_to_end():
     assert r"\begin{tabular}" in (html.parent / "benchmark.tex").read_text()
 
 
+@pytest.mark.slow
 def test_sweep_keeps_going_and_reports_failures(monkeypatch, tmp_path):
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))  # no Vanilla run here: AttentiveMix+ has no teacher
     failures = run_sweep(expand("test", ["attentivemix", "mixup"], epochs=1, analysis=False))
@@ -121,6 +123,7 @@ def test_sweep_keeps_going_and_reports_failures(monkeypatch, tmp_path):
     assert proc.returncode == 1 and "FAILED attentivemix-resnet18-s0" in proc.stdout
 
 
+@pytest.mark.slow
 def test_explore_notebook_runs():
     out = runs_root().parent / "explore.ipynb"
     proc = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOKS / "explore.ipynb"), str(out), "-k",

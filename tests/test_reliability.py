@@ -37,6 +37,7 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.slow
 def test_a_malicious_checkpoint_runs_no_code(tmp_path):
     run = tmp_path / "vanilla-resnet18-s0"  # where AttentiveMix+ looks for its teacher
     fit(RunConfig(method="vanilla", **TEST), run, progress="none")
@@ -77,6 +78,7 @@ def test_non_finite_loss_stops_the_run_at_its_first_bad_step(tmp_path, monkeypat
         fit(cfg, tmp_path, progress="none")
 
 
+@pytest.mark.slow
 def test_a_diverged_sweep_run_is_failed_with_its_reason_and_shown_as_diverged(tmp_path, monkeypatch):
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
     jobs = expand("test", ["mixup"], epochs=2, sets={"lr": [1e6]}, analysis=False)
@@ -108,6 +110,7 @@ def test_unreadable_and_corrupt_checkpoints(tmp_path, monkeypatch):
     assert stat.S_IMODE((tmp_path / "run" / "checkpoint.pt").stat().st_mode) == 0o644  # shared like the rest
 
 
+@pytest.mark.slow
 def test_a_report_from_a_folder_full_of_markup_has_none_of_it_live(tmp_path, monkeypatch):
     evil = "<svg onload=alert(1)>"
     runs = tmp_path / f"runs{evil}"
@@ -128,6 +131,7 @@ def test_a_report_from_a_folder_full_of_markup_has_none_of_it_live(tmp_path, mon
     assert "<code>vanilla-resnet18-s&lt;seed&gt;</code> unreadable" in html  # the foreign folder named as left out
 
 
+@pytest.mark.slow
 def test_the_sweep_survives_a_crashing_worker_and_the_report_a_broken_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
     import mixnb.sweep as s
@@ -204,6 +208,7 @@ def test_user_errors_print_one_line_and_debug_keeps_the_traceback(tmp_path, caps
     assert "min_lr 0.5 is above lr 0.2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_failed_analysis_keeps_the_run_is_reported_and_is_retried_by_the_next_sweep(tmp_path, monkeypatch):
     from mixnb.report import analysis_failures_html
     from mixnb.runs import analysis_failure, needs_analysis, read_analysis

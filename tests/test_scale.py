@@ -57,6 +57,7 @@ def ddp(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_bn_groups_on_one_process_equal_per_rank_bn_on_two(ddp, tmp_path):
     """bn_groups=2 on one process normalises each half batch on its own: the 2-process per-rank BN run.
     Metrics agree to TOL; weights after 8 steps to 2e-5 (measured; the grouped BN's backward rounds differently
@@ -106,6 +107,7 @@ def test_resume_with_the_same_process_count_is_exact(ddp):
     assert torch.equal(gens[0]["data"], gens[1]["data"])  # one shared permutation + augmentation stream
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["vanilla", "automix", "manifoldmix", "puzzlemix"])
 def test_per_rank_batchnorm_trains_and_ranks_stay_in_step(ddp, method):
     ranks = [torch.load(ddp / method / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
@@ -122,6 +124,7 @@ def test_per_rank_batchnorm_trains_and_ranks_stay_in_step(ddp, method):
         assert m["train_loss"].iloc[-1] < m["train_loss"].iloc[0]  # it learns
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_bad_settings_fail_clearly(ddp):
     r0, r1 = (json.loads((ddp / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r1["writes"] == [] and {"write_json", "atomic_torch_save", "_write_metrics"} <= set(r0["writes"])
@@ -165,6 +168,7 @@ LOCK_SWEEP = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_sweeps_at_once_run_each_job_once(tmp_path):
     methods = ["vanilla", "attentivemix", "mixup", "cutmix"]
     env = {**os.environ, "MIXNB_RUNS": str(tmp_path / "runs")}
@@ -224,6 +228,7 @@ def test_slurm_job_script_carries_the_options(tmp_path, monkeypatch):
     assert isinstance(delayed.function, TrainJob) and delayed.args[0].config.method == "vanilla"
 
 
+@pytest.mark.slow
 def test_submitit_sweep_of_a_two_process_run_survives_preemption(tmp_path, monkeypatch):
     """submitit's local executor end to end: the job executes train.ipynb with world_size=2 (torchrun,
     gloo); SIGUSR2 mid-run (SLURM's warning before preemption or the time limit) requeues it, and

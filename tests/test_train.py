@@ -14,6 +14,7 @@ from mixnb.train import cosine_lr, fit
 MATH_COLUMNS = ["epoch", "lr", "train_loss", "top1", "top5", "val_loss"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     cfg = RunConfig(method="mixup", profile="test", epochs=4, device="cpu")
     straight = fit(cfg, tmp_path / "straight", progress="none")
@@ -35,6 +36,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_a_resume_restores_through_the_device_path(tmp_path, monkeypatch):
     """CUDA proxy: a checkpoint loaded with ``map_location=<the run's device>`` puts the RNG byte tensors on the
     device, and ``Generator.set_state`` / ``torch.set_rng_state`` accept only CPU ones (every CUDA resume
@@ -82,6 +84,7 @@ def test_cosine_schedule_is_per_epoch_to_the_floor():
     assert cosine_lr(0.2, 0.05, 400, 400) == pytest.approx(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [m for m in REGISTRY if m != "attentivemix"])
 def test_every_method_trains_one_epoch_through_the_trainer(method, tmp_path):
     summary = fit(RunConfig(method=method, profile="test", epochs=1, device="cpu"), tmp_path, progress="none")

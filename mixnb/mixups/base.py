@@ -158,6 +158,10 @@ class MixMethod(nn.Module):
         finished run the registry says this method needs (``MethodSpec.needs``), opened by the loop
         (``mixnb.runs.needed_run``), or None when there is none."""
 
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"a {type(self).__name__} is not called on a batch directly: use mixnb.Mixer({self.name!r}, "
+                        f"num_classes=K) in your own loop (x_mixed, soft targets = mixer(x, y)), or .mix(x, y, gen=...)")
+
     def mix(self, x: Tensor, y: Tensor, *, gen: torch.Generator) -> MixedBatch:
         raise NotImplementedError(f"{type(self).__name__} mixes inside training_step; it has no input-space mix")
 

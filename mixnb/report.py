@@ -716,7 +716,8 @@ def header_html(runs: Runs, profile: str) -> str:
                    "with OpenMixup's published Tiny-ImageNet numbers, shown beside them for reference only."
                    "</blockquote>")
     items = ["Protocol: OpenMixup's Tiny-ImageNet benchmark (SGD with momentum, per-epoch cosine, 64 px, "
-             "RandomResizedCrop (bilinear or bicubic, as the code column says) + flip, no centre crop at test; the median top-1 of the last 10 epochs)."]
+             "RandomResizedCrop (bilinear or bicubic, as the code column says) + flip, no centre crop at test; the "
+             "median top-1 of the last 10 epochs)."]
     if not s.empty:
         used = {name: _values(s[col]) for name, col in (
             ("epochs", "epochs"), ("width", "width"), ("batch", "batch_size"), ("lr", "lr"), ("momentum", "momentum"),

@@ -298,7 +298,8 @@ def test_every_generated_corruption_runs(run: A.Run, tmp_path: Path, monkeypatch
         A.corrupt(x, "snow", 1)
 
 
-def test_generated_set_is_seeded_and_cached(run: A.Run, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generated_set_is_seeded_and_cached(run: A.Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MIXNB_CACHE", str(tmp_path))  # a cold cache, whatever an earlier session left in $MIXNB_CACHE
     s = A.AnalysisSettings(corruptions=("gaussian_noise", "contrast", "motion_blur"), corruption_images=5,
                            corruption_severities=(2, 5), seed=7)
     first = A.generated_corruptions(run.data, s)
@@ -307,7 +308,7 @@ def test_generated_set_is_seeded_and_cached(run: A.Run, monkeypatch: pytest.Monk
     monkeypatch.setattr(A.corruptions, "corrupt", lambda *a, **k: pytest.fail("regenerated instead of reading the cache"))
     second = A.generated_corruptions(run.data, s)
     assert second["cached"] and torch.equal(first["x"], second["x"]) and torch.equal(first["idx"], second["idx"])
-    monkeypatch.undo()
+    monkeypatch.setattr(A.corruptions, "corrupt", A.corruption_ops.corrupt)
     other = A.generated_corruptions(run.data, dataclasses.replace(s, seed=8))
     assert not other["cached"] and not torch.equal(first["x"], other["x"])
 

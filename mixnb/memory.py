@@ -19,7 +19,7 @@ measured on the meta device: PuzzleMix's graph cuts, SaliencyMix's OpenCV salien
 values. An analysis pass is ``mixnb.analysis.attacks._input_grad`` on the meta device (the plain model reads
 no values): eval mode, fp32, forward + input gradient, plus the val images on the device twice (the moved set
 and the attacked subset). Measurements are cached under ``default_cache_dir() / "memory"``, keyed by method
-(and its overrides), backbone, width, BN groups, image size, classes, precision and torch version; the
+(every resolved setting), backbone, width, BN groups, image size, classes, precision and torch version; the
 26-run tiny-imagenet dry run measures once (~3 CPU-minutes on 2 cores; RX-50 AutoMix/SAMix ~20 s each on a
 quiet machine) and then reads the files in a second.
 
@@ -274,7 +274,8 @@ def _random_teacher() -> Any:
 
 # ----------------------------------------------------------------------------- cache
 def _step_key(cfg: RunConfig) -> dict[str, Any]:
-    return {"kind": "step", "method": cfg.method, "method_args": cfg.method_args, "backbone": cfg.backbone,
+    # every resolved setting, not only the overrides: a changed registry default (the MixBlock's q/k BN) re-measures
+    return {"kind": "step", "method": cfg.method, "method_args": cfg.full_method_args(), "backbone": cfg.backbone,
             "width": cfg.model_width, "bn_groups": cfg.batchnorm_groups, "classes": _dataset(cfg.profile)[2],
             "precision": "fp32" if cfg.precision == "fp32" else "bf16", **_common()}
 

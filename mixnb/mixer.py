@@ -69,7 +69,7 @@ from mixnb.mixups.automix import AutoMix
 from mixnb.mixups.base import MixedBatch, MixMethod, StepContext
 from mixnb.mixups.manifoldmix import ManifoldMix
 from mixnb.mixups.multimode import MultiMode
-from mixnb.mixups.puzzlemix import PuzzleMix, input_saliency, puzzlemix, sample_puzzlemix
+from mixnb.mixups.puzzlemix import PuzzleMix
 from mixnb.models.resnet import Bottleneck, ResNetCifar
 from mixnb.rng import stream_seed
 
@@ -388,10 +388,7 @@ class Mixer(nn.Module):
             if model is None:
                 raise ModelHookError("puzzlemix reads the model's input-gradient saliency: call "
                                      "mixer(x, y, model=model) with any classifier returning logits")
-            saliency = input_saliency(model, x, y)  # (N, H, W)
-            draw = sample_puzzlemix(x.shape[0], gen=gen, cpu_gen=host, alpha=method.alpha, block_nums=method.block_nums)
-            x_mixed, lam, mask = puzzlemix(x, saliency, draw, method.args)
-            return method.name, MixedBatch(x_mixed, y, y[draw.perm], lam, mask)
+            return method.name, method.mix_with(model, x, y, gen=gen, cpu_gen=host)
         file_teacher = isinstance(method, AttentiveMix) and method.teacher is not None \
             and not isinstance(method.teacher.net, _LastFeatures)
         if isinstance(method, AttentiveMix) and not file_teacher:

@@ -218,19 +218,22 @@ class PuzzleMix(MixMethod):
         self.args = PuzzleMixArgs(beta, gamma, eta, neigh_size, n_labels, t_eps, transport, t_size,
                                   tuple(mean), tuple(std), workers)
 
+    def mix_with(self, model: nn.Module, x: Tensor, y: Tensor, *, gen: torch.Generator,
+                 cpu_gen: torch.Generator) -> MixedBatch:
+        """The model's input-gradient saliency (one extra forward/backward), the draw, the mix: what the training
+        step, the preview and ``mixnb.Mixer`` share."""
+        saliency = input_saliency(model, x, y)  # (N, H, W)
+        draw = sample_puzzlemix(x.shape[0], gen=gen, cpu_gen=cpu_gen, alpha=self.alpha, block_nums=self.block_nums)
+        x_mixed, lam, mask = puzzlemix(x, saliency, draw, self.args)
+        return MixedBatch(x_mixed, y, y[draw.perm], lam, mask)
+
     def training_step(self, model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
-        saliency = input_saliency(model, x, y)  # (N, H, W): one extra forward/backward
-        draw = sample_puzzlemix(
-            x.shape[0], gen=ctx.gen, cpu_gen=ctx.cpu_gen, alpha=self.alpha, block_nums=self.block_nums
-        )
-        x_mixed, lam, _ = puzzlemix(x, saliency, draw, self.args)
-        loss = mixed_cross_entropy(model(x_mixed), y, y[draw.perm], lam)
-        return StepOutput(loss, {"loss": loss.detach(), "lam": lam.mean().detach()})
+        batch = self.mix_with(model, x, y, gen=ctx.gen, cpu_gen=ctx.cpu_gen)
+        loss = mixed_cross_entropy(model(batch.x), batch.y_a, batch.y_b, batch.lam)
+        return StepOutput(loss, {"loss": loss.detach(), "lam": batch.lam.mean().detach()})
 
     def preview(self, model: nn.Module, x: Tensor, y: Tensor, *, gen: torch.Generator) -> MixedBatch:
         """One PuzzleMix batch; the block count comes from a CPU generator seeded from ``gen``."""
         seed = int(torch.randint(2**62, (), generator=gen, device=gen.device))  # a host read: galleries only
         cpu_gen = torch.Generator().manual_seed(seed)
-        draw = sample_puzzlemix(x.shape[0], gen=gen, cpu_gen=cpu_gen, alpha=self.alpha, block_nums=self.block_nums)
-        x_mixed, lam, mask = puzzlemix(x, input_saliency(model, x, y), draw, self.args)
-        return MixedBatch(x_mixed, y, y[draw.perm], lam, mask)
+        return self.mix_with(model, x, y, gen=gen, cpu_gen=cpu_gen)

@@ -45,11 +45,7 @@ class RunConflict(ValueError):
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     """summary.json as a dict, or None when it is missing or unreadable."""
-    try:
-        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
+    return _read_record(Path(run_dir) / SUMMARY)
 
 
 def metric_rows(run_dir: Path) -> int:

@@ -43,6 +43,7 @@ import csv
 import io
 import math
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -373,7 +374,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
         _log(progress, f"{cfg.run_name()} on {env['device_name']} ({device}{f' x {world}' if world > 1 else ''}): "
                        f"epochs {start_epoch}->{epochs}, {len(data.y_train)} train / {len(data.y_val)} val images, "
                        f"{len(data.wnids)} classes")
-        board = tensorboard_writer(run_dir, start_epoch) if main else None
+        board = tensorboard_writer(run_dir, rows) if main else None
         for epoch in range(start_epoch, epochs):
             ctx.epoch = epoch
             for g in optimizer.param_groups:  # per-epoch cosine (docs/protocol.md §1.5)
@@ -416,9 +417,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
             }, ckpt_path)
             _write_metrics(run_dir / METRICS, rows)  # after the checkpoint: metrics never run ahead of it
             if board is not None:
-                for key, value in row.items():
-                    board.add_scalar(key, value, epoch + 1)
-                board.flush()
+                log_scalars(board, row)
         if board is not None:
             board.close()
 
@@ -429,16 +428,28 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
         return summary
 
 
-def tensorboard_writer(run_dir: Path, start_epoch: int) -> Any:
+def tensorboard_writer(run_dir: Path, rows: list[dict[str, Any]]) -> Any:
     """A SummaryWriter on ``run_dir/tensorboard`` when tensorboard is installed (``pip install -e '.[tensorboard]'``),
-    else None. ``purge_step`` drops the events a killed run wrote past its checkpoint, so a resumed run's curves
-    have each epoch once. metrics.csv stays the report's source; these are for watching (``tensorboard --logdir
-    runs/``)."""
+    else None. The folder is rebuilt from the checkpoint's rows: a killed attempt's events (some past its checkpoint)
+    are dropped and the kept epochs written again into one file, so a resumed run's curves hold each epoch once
+    whatever order TensorBoard reads event files in. metrics.csv stays the report's source; these are for watching
+    (``tensorboard --logdir runs/``)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    board = SummaryWriter(str(run_dir / "tensorboard"))
+    for row in rows:
+        log_scalars(board, row)
+    return board
+
+
+def log_scalars(board: Any, row: dict[str, Any]) -> None:
+    """One epoch's row as scalars at step ``row["epoch"]``."""
+    for key, value in row.items():
+        board.add_scalar(key, value, row["epoch"])
+    board.flush()
 
 
 def summarize(rows: list[dict[str, Any]], cfg: RunConfig, *, env: dict[str, Any], identity: dict[str, Any],

@@ -10,6 +10,7 @@ definition (``is_finished``), used by ``fit``, the sweep, the report and the Att
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import json
 import os
@@ -191,6 +192,8 @@ def load_checkpoint(path: Path, *, progress: str = "none", move_corrupt: bool = 
         with open(path, "rb") as f:
             ckpt = torch.load(f, map_location="cpu", weights_only=True)
     except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EIO):  # truncated: torch seeks past the end (EINVAL)
+            return _corrupt(path, err, progress, move_corrupt)
         raise OSError(err.errno, f"{path} cannot be read ({err.strerror}); fix its permissions "
                                  f"(chmod a+r) or the disk, then run again. Nothing was changed") from None
     except pickle.UnpicklingError as err:

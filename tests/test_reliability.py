@@ -229,3 +229,14 @@ def test_a_failed_analysis_keeps_the_run_is_reported_and_is_retried_by_the_next_
     assert (job.run_dir / "summary.json").read_text() == trained
     assert read_analysis(job.run_dir) is not None and analysis_failure(job.run_dir) is None
     assert analysis_failures_html(load_runs("test").summaries, "test") == ""
+
+
+def test_a_checkpoint_truncated_anywhere_is_moved_aside_not_called_unreadable(tmp_path):
+    """torch.load of a checkpoint cut past its first bytes seeks beyond the end (OSError EINVAL): corrupt."""
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"identity": {}, "model": {"w": torch.zeros(64, 64)}, "rows": [], "epoch": 1}, ckpt)
+    whole = ckpt.read_bytes()
+    for size in (100, 5000, len(whole) // 2, len(whole) - 10):
+        ckpt.write_bytes(whole[:size])
+        assert runs.load_checkpoint(ckpt, move_corrupt=True) is None and not ckpt.exists()
+    assert len(list(tmp_path.glob("checkpoint.pt.corrupt-*"))) == 4

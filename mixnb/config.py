@@ -313,8 +313,15 @@ def _token(key: str, value: Any) -> str | None:
     if key == "data":
         return None
     prefix = _TOKENS.get(key, key.removeprefix("method_args.").replace("_", ""))
-    text = f"{value:g}" if isinstance(value, float) else str(value)
+    text = _float_text(value) if isinstance(value, float) else str(value)
     return prefix + text if re.fullmatch(r"[A-Za-z0-9.]+", text) and not text.startswith(".") else None
+
+
+def _float_text(value: float) -> str:
+    """``:g`` where it reads back as ``value`` (the names existing runs have), else the shortest exact form
+    (``repr``): 0.2 and 0.2000001 never share a run folder."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 # ----------------------------------------------------------------------------- method_args

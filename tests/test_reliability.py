@@ -240,3 +240,10 @@ def test_a_checkpoint_truncated_anywhere_is_moved_aside_not_called_unreadable(tm
         ckpt.write_bytes(whole[:size])
         assert runs.load_checkpoint(ckpt, move_corrupt=True) is None and not ckpt.exists()
     assert len(list(tmp_path.glob("checkpoint.pt.corrupt-*"))) == 4
+
+
+def test_run_names_tell_apart_floats_that_print_alike_and_keep_todays_names():
+    names = [RunConfig(method="mixup", method_args={"alpha": a}).run_name() for a in (0.2, 0.2000001, 0.5)]
+    assert names == ["mixup-resnet18-s0-a0.2", "mixup-resnet18-s0-a0.2000001", "mixup-resnet18-s0-a0.5"]
+    assert RunConfig(method="mixup", lr=0.1, epochs=100).run_name() == "mixup-resnet18-s0-ep100-lr0.1"
+    assert len(expand("test", ["mixup"], alphas=[0.2, 0.2000001])) == 2  # the sweep kept only the first

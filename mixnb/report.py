@@ -559,6 +559,8 @@ def render_report(profile: str) -> Path:
     Writes reports/<profile>/analysis.ipynb and benchmark.html (the stable path of a profile's report),
     and reports/index.html, which lists every profile's report with its run count and date.
     """
+    import nbformat
+
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
     out_dir = reports_root() / profile
@@ -568,7 +570,8 @@ def render_report(profile: str) -> Path:
                     "-k", KERNEL, "-y", json.dumps({"profile": profile, "runs_root": str(runs_root())}),
                     "--no-progress-bar"], check=True)
     html = out_dir / "benchmark.html"
-    _to_html(executed, html, title=f"mixnb benchmark: {profile} ({time.strftime('%Y-%m-%d %H:%M')})")
+    _to_html(nbformat.read(executed, as_version=4), html,
+             title=f"mixnb benchmark: {profile} ({time.strftime('%Y-%m-%d %H:%M')})")
     runs = load_runs(profile)
     write_exports(runs.summaries, out_dir)
     write_run_pages([Path(d) for d in [*_col(runs.summaries, "run_dir"), *_col(runs.diverged, "run_dir")]], out_dir)
@@ -594,8 +597,22 @@ def write_run_pages(run_dirs: list[Path], out_dir: Path) -> None:
         for name in (PARAMS, METRICS, "summary.json", "failed.json", "analysis.json"):  # analysis: per corruption
             if (run_dir / name).exists():
                 shutil.copyfile(run_dir / name, page / name)
-        if (run_dir / "train.ipynb").exists():
-            _to_html(run_dir / "train.ipynb", page / "index.html", title=f"mixnb run {run_dir.name}", code=True)
+        if (run_dir / "train.ipynb").exists() and (notebook := _read_notebook(run_dir / "train.ipynb")) is not None:
+            _to_html(notebook, page / "index.html", title=f"mixnb run {run_dir.name}", code=True)
+
+
+def _read_notebook(path: Path) -> Any:
+    """A run's executed notebook, or None after one line naming it when it is damaged (a kill cut papermill's write
+    short, or not a notebook at all): one run never keeps the rest of the report from rendering."""
+    import nbformat
+
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as err:  # NotJSONError, UnicodeDecodeError, a schema error ...: whatever the file holds
+        print(f"warning: {path} is damaged ({type(err).__name__}: {' '.join(str(err).split())[:80]}); its run page "
+              f"is left out. Re-execute notebooks/train.ipynb into it with the run's config (docs/recipes.md) or "
+              f"delete it", flush=True)
+        return None
 
 
 def write_index() -> Path:
@@ -620,21 +637,19 @@ def write_index() -> Path:
     return index
 
 
-def _to_html(notebook: Path, html: Path, *, title: str, code: bool = False) -> None:
+def _to_html(notebook: Any, html: Path, *, title: str, code: bool = False) -> None:
     """nbconvert without code cells, images embedded: a single self-contained file. Its template's scripts
     (require.js, MathJax and mermaid from a CDN) are dropped: the report uses none of them, and a page that
     stands alone must not reach out when opened offline."""
     import re
 
-    import nbformat
     from nbconvert import HTMLExporter
 
     from mixnb.io import atomic_write_text
 
     exporter = HTMLExporter(exclude_input=not code, exclude_input_prompt=True, exclude_output_prompt=True,
                             embed_images=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4),
-                                          resources={"metadata": {"name": title}})
+    body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": title}})
     atomic_write_text(html, re.sub(r"<script\b[^>]*>.*?</script>\s*", "", body, flags=re.DOTALL))
 
 

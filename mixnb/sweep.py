@@ -45,6 +45,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -58,6 +59,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mixnb.config import RunConfig, parse_value, resolve_device, split_top
+from mixnb.io import remove_stale_temps, temp_path
 from mixnb.memory import (ANALYSIS_BUDGET_GIB, CARD_GIB, CONTEXT_GIB, GIB, analysis_batch, predict_analysis_gib,
                           predict_step_gib)
 from mixnb.mixups import REGISTRY, get_spec
@@ -209,14 +211,32 @@ def execute(job: Job, *, env: dict[str, str] | None = None, pass_fds: tuple[int,
 
     ``pass_fds``: descriptors papermill inherits (the run lock, so it lasts as long as papermill)."""
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / "train.ipynb"), str(job.run_dir / "train.ipynb"),
+    notebook = job.run_dir / "train.ipynb"
+    remove_stale_temps(notebook)
+    tmp = temp_path(notebook, folder=True)  # papermill rewrites its output after every cell: a kill can cut it short
+    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOKS / "train.ipynb"), str(tmp / notebook.name),
            "-k", KERNEL, "-y", json.dumps(job.parameters()), "--cwd", str(job.run_dir), "--no-progress-bar",
            "--log-output"]
-    with open(job.run_dir / "papermill.log", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                              pass_fds=pass_fds)
+    try:
+        with open(job.run_dir / "papermill.log", "w") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                  pass_fds=pass_fds)
+        _replace_if_whole(tmp / notebook.name, notebook)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if proc.returncode:
         raise RuntimeError(failure_reason(job.run_dir))
+
+
+def _replace_if_whole(executed: Path, notebook: Path) -> None:
+    """Move papermill's ``executed`` notebook over ``notebook`` if it parses; if it is missing or cut short by a
+    kill, remove ``notebook`` too: an earlier attempt's notebook would misstate this one's outcome."""
+    try:
+        json.loads(executed.read_text())
+    except (OSError, ValueError):
+        notebook.unlink(missing_ok=True)
+        return
+    os.replace(executed, notebook)
 
 
 class AnalysisFailed(RuntimeError):

@@ -247,3 +247,38 @@ def test_run_names_tell_apart_floats_that_print_alike_and_keep_todays_names():
     assert names == ["mixup-resnet18-s0-a0.2", "mixup-resnet18-s0-a0.2000001", "mixup-resnet18-s0-a0.5"]
     assert RunConfig(method="mixup", lr=0.1, epochs=100).run_name() == "mixup-resnet18-s0-ep100-lr0.1"
     assert len(expand("test", ["mixup"], alphas=[0.2, 0.2000001])) == 2  # the sweep kept only the first
+
+
+def test_a_damaged_executed_notebook_is_skipped_by_the_report_and_never_left_by_the_sweep(tmp_path, monkeypatch,
+                                                                                           capsys):
+    import nbformat
+
+    import mixnb.report as report
+    import mixnb.sweep as sweep
+
+    whole = nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# curves")]))
+    cut, fine = tmp_path / "runs" / "cut", tmp_path / "runs" / "fine"
+    for run_dir, text in ((cut, whole[:40]), (fine, whole)):
+        run_dir.mkdir(parents=True)
+        (run_dir / "train.ipynb").write_text(text)
+    pages = []
+    monkeypatch.setattr(report, "_to_html", lambda notebook, html, **kw: pages.append(html.parent.name))
+    report.write_run_pages([cut, fine], tmp_path / "report")  # raised NotJSONError, without the path, on the first
+    assert pages == ["fine"]
+    out = capsys.readouterr().out
+    assert f"{cut / 'train.ipynb'} is damaged (NotJSONError" in out and "delete it" in out and out.count("\n") == 1
+
+    def papermill(text, rc):  # writes ``text`` to its output path, as papermill killed mid-write (or not) would
+        def run(cmd, **kwargs):
+            Path(cmd[4]).write_text(text)
+            return subprocess.CompletedProcess(cmd, rc)
+        return run
+
+    job = sweep.Job(RunConfig(method="vanilla", profile="test"), runs=tmp_path / "sweep")
+    monkeypatch.setattr(sweep.subprocess, "run", papermill(whole, 0))
+    sweep.execute(job)
+    assert (job.run_dir / "train.ipynb").read_text() == whole
+    monkeypatch.setattr(sweep.subprocess, "run", papermill(whole[:40], -9))
+    with pytest.raises(RuntimeError, match="papermill failed; see"):
+        sweep.execute(job)
+    assert sorted(p.name for p in job.run_dir.iterdir()) == ["papermill.log"]  # no cut notebook, no stale one, no temp

@@ -8,6 +8,7 @@ code each cell's runs follow (``code_followed``; docs/publication.md).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -598,7 +599,7 @@ def write_run_pages(run_dirs: list[Path], out_dir: Path) -> None:
             if (run_dir / name).exists():
                 shutil.copyfile(run_dir / name, page / name)
         if (run_dir / "train.ipynb").exists() and (notebook := _read_notebook(run_dir / "train.ipynb")) is not None:
-            _to_html(notebook, page / "index.html", title=f"mixnb run {run_dir.name}", code=True)
+            _to_html(notebook, page / "index.html", title=f"mixnb run {run_dir.name}", run_page=True)
 
 
 def _read_notebook(path: Path) -> Any:
@@ -637,20 +638,50 @@ def write_index() -> Path:
     return index
 
 
-def _to_html(notebook: Any, html: Path, *, title: str, code: bool = False) -> None:
-    """nbconvert without code cells, images embedded: a single self-contained file. Its template's scripts
-    (require.js, MathJax and mermaid from a CDN) are dropped: the report uses none of them, and a page that
-    stands alone must not reach out when opened offline."""
-    import re
-
+def _to_html(notebook: Any, html: Path, *, title: str, run_page: bool = False) -> None:
+    """nbconvert, images embedded: a single self-contained file. Its template's scripts (require.js, MathJax and
+    mermaid from a CDN) are dropped: the report uses none of them, and a page that stands alone must not reach out
+    when opened offline. ``run_page``: a run folder's notebook, with its code; anyone who can write a run folder
+    can craft it, so its cells pass through ``sanitised`` into the template's page of an empty notebook."""
+    import nbformat
     from nbconvert import HTMLExporter
 
     from mixnb.io import atomic_write_text
 
-    exporter = HTMLExporter(exclude_input=not code, exclude_input_prompt=True, exclude_output_prompt=True,
+    exporter = HTMLExporter(exclude_input=not run_page, exclude_input_prompt=True, exclude_output_prompt=True,
                             embed_images=True)
-    body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": title}})
-    atomic_write_text(html, re.sub(r"<script\b[^>]*>.*?</script>\s*", "", body, flags=re.DOTALL))
+    resources = {"metadata": {"name": title}}
+    page, _ = exporter.from_notebook_node(nbformat.v4.new_notebook() if run_page else notebook, resources=resources)
+    page = re.sub(r"<script\b[^>]*>.*?</script>\s*", "", page, flags=re.DOTALL)  # the template's own: trusted
+    if run_page:
+        cells, _ = exporter.from_notebook_node(notebook, resources=resources)
+        start, end, rest = page.partition("</main>")
+        page = start + sanitised(cells) + end + rest
+    atomic_write_text(html, page)
+
+
+# What a run page keeps of its notebook: nbconvert's cells (divs and spans with classes), text, headings, code,
+# tables and embedded images. Scripts, styles, event handlers, frames, forms, SVG and fetched images are dropped.
+PAGE_TAGS = {"a", "blockquote", "br", "code", "div", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "img", "li", "ol",
+             "p", "pre", "span", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul"}
+PAGE_ATTRIBUTES = {"*": {"class", "id"}, "a": {"href"}, "img": {"src", "alt"}, "div": {"data-mime-type"},
+                   "td": {"colspan", "rowspan"}, "th": {"colspan", "rowspan"}}
+
+
+def sanitised(html: str) -> str:
+    """Untrusted ``html`` with only ``PAGE_TAGS`` and ``PAGE_ATTRIBUTES`` left, parsed and rebuilt by ammonia
+    (nh3): no script, event handler or javascript: URL survives, however the markup is split or nested."""
+    import nh3
+
+    return nh3.clean(html, tags=PAGE_TAGS, clean_content_tags={"script", "style", "title"}, attributes=PAGE_ATTRIBUTES,
+                     attribute_filter=_page_attribute, url_schemes={"http", "https", "mailto", "data"})
+
+
+def _page_attribute(tag: str, name: str, value: str) -> str | None:
+    """An image only from a data: URL (any other would be fetched when the page opens); data: URLs nowhere else."""
+    if (tag, name) == ("img", "src"):
+        return value if re.match(r"data:image/(png|jpeg|gif|webp);base64,", value) else None
+    return None if value.strip().lower().startswith("data:") else value
 
 
 def table_notes_html(methods: list[str]) -> str:

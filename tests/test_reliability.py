@@ -282,3 +282,44 @@ def test_a_damaged_executed_notebook_is_skipped_by_the_report_and_never_left_by_
     with pytest.raises(RuntimeError, match="papermill failed; see"):
         sweep.execute(job)
     assert sorted(p.name for p in job.run_dir.iterdir()) == ["papermill.log"]  # no cut notebook, no stale one, no temp
+
+
+PAYLOADS = ['<scr<script></script>ipt>alert(1)</script>', "<img src=x onerror=alert(2)>",
+            '<a href="javascript:alert(3)">j</a>', "<svg onload=alert(4)>",
+            '<iframe src="https://example.com"></iframe>', '<a href=" JaVaScRiPt:alert(5)">k</a>',
+            '<a href="data:text/html,<script>alert(6)</script>">d</a>']
+PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAQAAAAECAIAAAAmkwkpAAAAEElEQVR4nGP8z4AATAxEcQAz0QEHOoQ+uAAA"
+       "AABJRU5ErkJggg==")  # a 4x4 red PNG
+
+
+def _live_markup(html: str) -> list[str]:
+    return [m for m in ("<script", "<svg", "<iframe", "onerror=", "onload=", "javascript:", 'href="data:')
+            if m in html.lower()]
+
+
+def test_a_run_page_keeps_its_notebook_and_none_of_its_script(tmp_path):
+    """A crafted train.ipynb in a run folder: markdown and HTML outputs full of payloads, a JavaScript output."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    from mixnb.report import sanitised, write_run_pages
+
+    assert _live_markup(sanitised("".join(PAYLOADS))) == []
+    legit = (f'<div class="jp-OutputArea-output"><img alt="curve" src="{PNG}"><table class="dataframe"><tbody><tr>'
+             '<td>1.5</td></tr></tbody></table></div>')
+    assert sanitised(legit) == legit
+
+    outputs = [new_output("display_data", data={"text/html": "".join(PAYLOADS) + legit}),
+               new_output("display_data", data={"image/png": PNG.split(",")[1]}),
+               new_output("display_data", data={"application/javascript": "alert(7)"})]
+    notebook = new_notebook(cells=[new_markdown_cell("## Learning curve\n" + "\n".join(PAYLOADS)),
+                                   new_code_cell("print(1)", outputs=outputs)],
+                            metadata={"title": "<script>alert(8)</script>"})
+    run = tmp_path / "run"
+    run.mkdir()
+    nbformat.write(notebook, run / "train.ipynb")
+    write_run_pages([run], tmp_path / "report")
+    page = (tmp_path / "report" / "runs" / "run" / "index.html").read_text()
+    assert _live_markup(page) == [] and "alert(" not in page.replace("ipt&gt;alert(1)", "")  # text, not script
+    assert page.count(f'src="{PNG}"') == 2 and "<td>1.5</td>" in page and '<h2 id="Learning-curve">' in page
+    assert "<style" in page and "<title>mixnb run run</title>" in page  # the template's CSS and title kept

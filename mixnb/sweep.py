@@ -2,9 +2,10 @@
 
 The grid is (backbone x seed x method) times any setting's values, from the command line or a grid
 file: ``ALPHAS=0.2,1,2`` (every method that has an alpha), ``SET="lr=0.1,0.2 weight_decay=5e-4"`` (any
-RunConfig field; commas outside brackets separate values), ``ARGS="cutmix:alpha=0.5"`` (a method's
-setting; without ``method:`` every method that has it), ``GRID=grids/alpha-search.toml`` (per-method
-value lists, as OpenMixup's ``auto_train_mixups.py``). Later sources win: the grid file, then ALPHAS,
+RunConfig field but the loop's own, which have METHODS, BACKBONES, PROFILE and SEEDS; commas outside brackets
+separate values), ``ARGS="cutmix:alpha=0.5"`` (a method's setting; without ``method:`` every method that has
+it), ``GRID=grids/alpha-search.toml`` (per-method value lists, as OpenMixup's ``auto_train_mixups.py``). A
+setting no method has, or an empty list, fails. Later sources win: the grid file, then ALPHAS,
 then SET/ARGS. ``DRY_RUN=1`` lists the runs, which are finished, and their GPU time from the measured
 seconds per epoch in BENCHMARKS.md.
 
@@ -72,6 +73,8 @@ DEFAULT_BACKBONES = {"tiny-imagenet": ["resnet18", "resnext50"], "sample": ["res
 LOCK_WAIT_S = 2.0  # a claim retries this long: a probe (``is_locked``) holds the lock for microseconds
 MAX_REQUEUES = 100  # submitit time-outs per job; each requeue resumes from the last epoch's checkpoint
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
+METHOD_SETTINGS = sorted({key for spec in REGISTRY.values() for key in spec.defaults})  # what [all] and --arg may set
+LOOP_OPTIONS = {"method": "methods", "backbone": "backbones", "profile": "profile", "seed": "seeds"}  # the loop's axes
 
 
 @dataclass(frozen=True)
@@ -173,13 +176,26 @@ def read_grid(path: str | Path) -> dict[str, Axes]:
             get_spec(name)
         if not isinstance(table, dict):
             raise ValueError(f"grid file {path}: {name} must be a table ([{name}]) of setting = [values]")
-        for key in table:
-            valid = name == "all" or key in CONFIG_FIELDS or key in get_spec(name).defaults
-            if not valid:
+        settings = METHOD_SETTINGS if name == "all" else list(get_spec(name).defaults)
+        for key, value in table.items():
+            _refuse_loop_axis(key, f"grid file {path}: [{name}]")
+            if key not in CONFIG_FIELDS and key not in settings:
                 raise ValueError(f"grid file {path}: [{name}] has no setting {key!r}; its settings: "
-                                 f"{', '.join(get_spec(name).defaults) or 'none'}, or a RunConfig field")
+                                 f"{', '.join(settings) or 'none'}, or a RunConfig field")
+            if value == []:
+                left_out = "every method" if name == "all" else name
+                raise ValueError(f"grid file {path}: [{name}] {key} = [] would leave {left_out} out of the sweep; "
+                                 f"give it a value or more")
         grid[name] = {k: v if isinstance(v, list) else [v] for k, v in table.items()}
     return grid
+
+
+def _refuse_loop_axis(key: str, where: str) -> None:
+    """Fail on a RunConfig field that the sweep's loop sets for each run, which would overwrite the value given."""
+    if key in LOOP_OPTIONS:
+        option = LOOP_OPTIONS[key]
+        raise ValueError(f"{where}: {key} is an axis of the sweep's own loop, which would overwrite it; give it with "
+                         f"--{option} (make {option.upper()}=...)")
 
 
 def parse_axes(items: list[str]) -> Axes:
@@ -189,19 +205,24 @@ def parse_axes(items: list[str]) -> Axes:
         key, sep, text = item.partition("=")
         if not sep or not key.strip() or not text.strip():
             raise ValueError(f"expected key=value[,value...], got {item!r}")
+        _refuse_loop_axis(key.strip(), repr(item))
         axes[key.strip()] = [parse_value(v.strip()) for v in split_top(text, ",")]
     return axes
 
 
 def parse_method_axes(items: list[str]) -> dict[str | None, Axes]:
-    """``[method:]key=v1,v2`` items -> {method or None: {key: [values]}}."""
+    """``[method:]key=v1,v2`` items -> {method or None: {key: [values]}}; a key that ``method`` (without one: every
+    method) lacks fails with the valid names."""
     out: dict[str | None, Axes] = {}
     for item in items:
         head, sep, _ = item.partition("=")
         method, colon, key = head.rpartition(":") if ":" in head else (None, "", head)
-        if method is not None:
-            get_spec(method)
-        out.setdefault(method, {}).update(parse_axes([item[len(head) - len(key):] if colon else item]))
+        [(key, values)] = parse_axes([item[len(head) - len(key):] if colon else item]).items()
+        settings = METHOD_SETTINGS if method is None else list(get_spec(method).defaults)
+        if key not in settings:
+            raise ValueError(f"--arg {item!r}: {'no method has' if method is None else method + ' has no'} setting "
+                             f"{key!r}; valid: {', '.join(settings) or 'none'} (RunConfig fields go in --set)")
+        out.setdefault(method, {})[key] = values
     return out
 
 

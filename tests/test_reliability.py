@@ -323,3 +323,30 @@ def test_a_run_page_keeps_its_notebook_and_none_of_its_script(tmp_path):
     assert _live_markup(page) == [] and "alert(" not in page.replace("ipt&gt;alert(1)", "")  # text, not script
     assert page.count(f'src="{PNG}"') == 2 and "<td>1.5</td>" in page and '<h2 id="Learning-curve">' in page
     assert "<style" in page and "<title>mixnb run run</title>" in page  # the template's CSS and title kept
+
+
+def test_every_grid_value_reaches_a_run_or_is_refused(tmp_path):
+    """The loop's own axes given as settings, a setting no method has, an empty list: each one line, no run."""
+    import re
+
+    from mixnb.sweep import parse_axes, parse_method_axes, read_grid
+
+    for item, option in (("seed=1,2", "seeds"), ("method=mixup", "methods"), ("backbone=resnext50", "backbones"),
+                         ("profile=test", "profile")):
+        with pytest.raises(ValueError, match=rf"an axis of the sweep's own loop.*--{option} \(make {option.upper()}="):
+            parse_axes([item])  # SET="seed=1,2" ran seed 0 only
+    with pytest.raises(ValueError, match=r"--arg 'apha=0.5': no method has setting 'apha'; valid: .*\balpha\b"):
+        parse_method_axes(["apha=0.5"])  # dropped
+    with pytest.raises(ValueError, match=r"cutmix has no setting 'lr'.*RunConfig fields go in --set"):
+        parse_method_axes(["cutmix:lr=0.1"])
+    assert parse_method_axes(["alpha=0.5", "cutmix:alpha=1,2"]) == {None: {"alpha": [0.5]}, "cutmix": {"alpha": [1, 2]}}
+    grid = tmp_path / "grid.toml"
+    for text, message in (("[all]\nseed = [0, 1]", r"\[all\]: seed is an axis.*--seeds"),
+                          ("[all]\napha = [0.2]", r"\[all\] has no setting 'apha'; its settings: .*\balpha\b"),
+                          ("[mixup]\nalpha = []", r"\[mixup\] alpha = \[\] would leave mixup out of the sweep"),
+                          ("[cutmix]\nbackbone = 'resnext50'", r"\[cutmix\]: backbone is an axis.*--backbones")):
+        grid.write_text(text)
+        with pytest.raises(ValueError, match=rf"^grid file {re.escape(str(grid))}: {message}"):
+            read_grid(grid)
+    grid.write_text("[all]\nepochs = 2\nalpha = [0.2, 1.0]\n[cutmix]\nalpha = 0.5")
+    assert read_grid(grid) == {"all": {"epochs": [2], "alpha": [0.2, 1.0]}, "cutmix": {"alpha": [0.5]}}

@@ -365,8 +365,8 @@ def _table_files(stem: Path, header: list[str], rows: list[list[tuple[str, bool]
     """``stem``.md and ``stem``.tex of ``rows`` (cells as (text, bold)); the first ``text_columns`` left-aligned."""
     from mixnb.io import atomic_write_text
 
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(f"**{c}**" if bold else c for c, bold in row) + " |" for row in rows]
+    md = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(f"**{_md(c)}**" if bold else _md(c) for c, bold in row) + " |" for row in rows]
     tex = [r"\begin{tabular}{" + "l" * text_columns + "r" * (len(header) - text_columns) + "}", r"\toprule",
            " & ".join(_tex(h) for h in header) + r" \\", r"\midrule",
            *(" & ".join(rf"\textbf{{{_tex(c)}}}" if bold else _tex(c) for c, bold in row) + r" \\" for row in rows),
@@ -377,11 +377,19 @@ def _table_files(stem: Path, header: list[str], rows: list[list[tuple[str, bool]
     return paths
 
 
+def _md(text: str) -> str:
+    """A Markdown table cell: backslashes and pipes escaped (a pipe would split the cell), on one line."""
+    return " ".join(text.replace("\\", "\\\\").replace("|", r"\|").splitlines())
+
+
+TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+               "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "α": r"$\alpha$",
+               "–": "--"}
+
+
 def _tex(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                 ("±", r"$\pm$"), ("α", r"$\alpha$"), ("–", "--")):
-        text = text.replace(a, b)
-    return text
+    """A LaTeX table cell: every special character escaped, in one pass (so no replacement is escaped again)."""
+    return re.sub("|".join(map(re.escape, TEX_ESCAPES)), lambda m: TEX_ESCAPES[m.group()], text)
 
 
 def appendix_table(summaries: pd.DataFrame, diverged: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -492,8 +500,9 @@ def method_style(method: str) -> dict[str, Any]:
 
 
 def config_label(method: str, alpha: float | None, settings: str) -> str:
+    """A plot legend's label, ``$`` escaped: matplotlib reads ``$...$`` as maths (a bad formula stops the plot)."""
     parts = [method_label(method)] + ([f"α {_alpha(alpha)}"] if alpha is not None and pd.notna(alpha) else [])
-    return " ".join(parts) + (f" ({settings})" if settings else "")
+    return (" ".join(parts) + (f" ({settings})" if settings else "")).replace("$", r"\$")
 
 
 def plot_curves(metrics: pd.DataFrame) -> plt.Figure:

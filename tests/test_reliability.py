@@ -350,3 +350,18 @@ def test_every_grid_value_reaches_a_run_or_is_refused(tmp_path):
             read_grid(grid)
     grid.write_text("[all]\nepochs = 2\nalpha = [0.2, 1.0]\n[cutmix]\nalpha = 0.5")
     assert read_grid(grid) == {"all": {"epochs": [2], "alpha": [0.2, 1.0]}, "cutmix": {"alpha": [0.5]}}
+
+
+def test_labels_and_exports_escape_what_matplotlib_markdown_and_latex_would_read(tmp_path):
+    import pandas as pd
+
+    from mixnb.report import _md, _tex, config_label, plot_curves
+
+    assert config_label("mixup", 0.2, "spectrum $x$") == r"MixUp α 0.2 (spectrum \$x\$)"
+    metrics = pd.DataFrame({"backbone": "resnet18", "method": "mixup", "alpha": 0.2, "settings": r"eps $\frac{$",
+                            "epoch": [1, 2], "top1": [1.0, 2.0], "train_loss": [3.0, 2.5]})
+    plot_curves(metrics).savefig(tmp_path / "curves.png")  # mathtext: ParseFatalException, the report stopped
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert _md(r"lr 0.1 | a\b") == r"lr 0.1 \| a\\b"
+    assert _tex(r"\ & % $ # _ { } ~ ^ ±") == (r"\textbackslash{} \& \% \$ \# \_ \{ \} \textasciitilde{} "
+                                               r"\textasciicircum{} $\pm$")

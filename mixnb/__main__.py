@@ -65,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="validate a tiny-imagenet-200 folder and build its uint8 cache")
-    p.add_argument("data", help="path to tiny-imagenet-200")
+    p = sub.add_parser("prepare", help="detect a dataset folder's form (docs/datasets.md), validate it, build its uint8 "
+                                       "cache and say what it holds")
+    p.add_argument("data", help="the dataset folder: tiny-imagenet-200, its parquet files, cifar-100-python, "
+                                "ImageNet 64x64 batches")
 
     p = sub.add_parser("train", help="train one run (resumes from the run folder's checkpoint); "
                                      "under torchrun, one run on several GPUs")
@@ -102,10 +104,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "prepare":
-        from mixnb.data import load_tiny_imagenet
+        from mixnb.data import load_dataset
 
-        data = load_tiny_imagenet(args.data)
-        print(f"{args.data}: {len(data.y_train)} train, {len(data.y_val)} val images, {len(data.wnids)} classes: ok")
+        data = load_dataset(args.data)
+        print(f"{data.root}: {data.form}, ok\n"
+              f"  classes      {len(data.wnids)} (label order: {data.label_order})\n"
+              f"  images       {len(data.y_train)} train, {len(data.y_val)} val, {data.image_size}x{data.image_size}\n"
+              f"  val boxes    {'present' if data.has_boxes else 'absent (whole images)'}\n"
+              f"  content key  {data.content_key}\n"
+              f"  cache        {data.cache_file}")
     elif args.command == "train":
         from mixnb.paths import run_dir
         from mixnb.train import fit

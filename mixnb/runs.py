@@ -17,7 +17,7 @@ import os
 import pickle
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,8 @@ from torch import nn
 
 from mixnb.config import (ADDED_GROUPED_SETTINGS, ADDED_METHOD_SETTINGS, ADDED_SETTINGS, PROFILES, RunConfig,
                           default_cache_dir)
-from mixnb.data import TinyImageNetTensors, load_tiny_imagenet, make_sample_dataset
+from mixnb.data import DatasetError, ImageTensors, load_dataset, make_sample_dataset
+from mixnb.data.tinyimagenet import folder_stat_key
 from mixnb.io import write_json
 from mixnb.mixups import REGISTRY, NeededRun, get_method, get_spec
 from mixnb.models import build_model
@@ -99,7 +100,11 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     if recorded is None:
         raise RunConflict(f"{run_dir} holds {', '.join(holds)} but no record of its config (written by an older "
                           f"mixnb?); move it away or train into another folder")
-    diff = differences(complete_identity(recorded), identity)
+    recorded = complete_identity(recorded)
+    diff = differences({**recorded, "dataset": None}, {**identity, "dataset": None})
+    now = identity.get("dataset") or {}
+    diff.update({f"dataset.{k}": v for k, v in dataset_differences(
+        recorded.get("dataset") or {}, now, lambda: _folder_stat_key(now.get("root"))).items()})
     if diff:
         shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
         raise RunConflict(f"{run_dir} holds another run ({shown}); train into another folder (the default "
@@ -162,19 +167,51 @@ def needs_analysis(run_dir: str | Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- opening a run
-def load_data(cfg: RunConfig) -> TinyImageNetTensors:
-    """The profile's dataset: the real folder, or the generated sample set (made once, cached)."""
+def load_data(cfg: RunConfig) -> ImageTensors:
+    """The profile's dataset: the real folder in whichever form it is (mixnb.data.load_dataset), or the generated
+    sample set (made once, cached)."""
     root = cfg.data_root()
     if root is None:
         sample = PROFILES[cfg.profile]["sample"]
         root = make_sample_dataset(default_cache_dir() / f"sample-{cfg.profile}", seed=0, **sample)
-    return load_tiny_imagenet(root)
+    return load_dataset(root)
 
 
-def dataset_record(data: TinyImageNetTensors) -> dict[str, Any]:
-    """What a run records of its dataset: the resolved folder, the reader's manifest key and the sizes."""
-    return {"root": data.root, "manifest_key": data.manifest_key, "train_images": len(data.y_train),
-            "val_images": len(data.y_val), "classes": len(data.wnids)}
+# Recorded with a run's dataset for its reader, never compared: the content key says what the data is, so the
+# same data moved, copied or read from another form with the same order keeps its runs.
+DATASET_INFO = ("root", "form", "label_order", "boxes")
+
+
+def dataset_record(data: ImageTensors) -> dict[str, Any]:
+    """What a run records of its dataset: the content key and the sizes, which identify it, then ``DATASET_INFO``."""
+    return {"content_key": data.content_key, "classes": len(data.wnids), "train_images": len(data.y_train),
+            "val_images": len(data.y_val), "root": data.root, "form": data.form, "label_order": data.label_order,
+            "boxes": data.has_boxes}
+
+
+def dataset_differences(recorded: dict[str, Any], now: dict[str, Any],
+                        stat_key: Callable[[], str | None]) -> dict[str, tuple[Any, Any]]:
+    """{key: (recorded, now)} for what differs between a run's dataset record and today's, ``DATASET_INFO`` aside.
+
+    A record written before the content key (a stat-based ``manifest_key`` instead) is today's dataset when that key
+    is today's stat key (``stat_key()``, called only then), or else, the data re-staged (copied, chmod-ed,
+    regenerated), when the folder's name, the class count and the image counts agree: such a record cannot tell a
+    changed pixel, so only the content key can.
+    """
+    if "manifest_key" in recorded and "content_key" not in recorded and "content_key" in now:
+        sizes = ("classes", "train_images", "val_images")
+        if (Path(str(recorded.get("root"))).name == Path(str(now.get("root"))).name
+                and all(recorded.get(k) == now.get(k) for k in sizes)) or recorded["manifest_key"] == stat_key():
+            return {}
+    return {k: v for k, v in differences(recorded, now).items() if k not in DATASET_INFO}
+
+
+def _folder_stat_key(root: str | None) -> str | None:
+    """Today's stat key of a tiny-imagenet-200 folder (what runs recorded before the content key hold), or None."""
+    try:
+        return folder_stat_key(root) if root else None
+    except (DatasetError, OSError):
+        return None
 
 
 def load_checkpoint(path: Path, *, progress: str = "none", move_corrupt: bool = False) -> dict[str, Any] | None:
@@ -256,7 +293,7 @@ class OpenRun:
     run_dir: Path
     cfg: RunConfig
     ckpt: dict[str, Any]
-    data: TinyImageNetTensors
+    data: ImageTensors
     model: nn.Module
     method: Any  # MixMethod
     setup_error: str | None  # why the method could not be set up (AttentiveMix+ without its teacher), or None
@@ -275,11 +312,11 @@ def open_run(run_dir: str | Path, device: str | torch.device = "cpu") -> OpenRun
     run_dir, device = Path(run_dir), torch.device(device)
     ckpt, cfg = _checkpoint(run_dir, device)
     data = load_data(cfg)
-    trained_on = ckpt.get("identity", {}).get("dataset", {}).get("manifest_key")
-    if trained_on is not None and trained_on != data.manifest_key:
+    trained_on = ckpt.get("identity", {}).get("dataset") or {}
+    if trained_on and (diff := dataset_differences(trained_on, dataset_record(data), lambda: data.manifest_key)):
+        shown = "; ".join(f"{k} {str(a)[:12]} then, {str(b)[:12]} now" for k, (a, b) in diff.items())
         raise ValueError(f"{run_dir / CHECKPOINT} was trained on another version of the dataset at {data.root} "
-                         f"(manifest key {trained_on[:12]}, now {data.manifest_key[:12]}); use it with the data it "
-                         f"trained on")
+                         f"({shown}); use it with the data it trained on")
     model = _model(ckpt, cfg)
     method, setup_error = get_method(cfg.method, **cfg.method_args), None
     try:

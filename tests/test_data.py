@@ -36,7 +36,7 @@ from mixnb.data import (
     resized_crop,
     sample_crop_boxes,
 )
-from mixnb.data import tinyimagenet
+from mixnb.data import base, tinyimagenet
 from mixnb.data.sample import COLOURS, SHAPES, class_specs
 
 
@@ -191,7 +191,7 @@ def _dead_pid() -> int:
 def test_stale_temps_are_removed_on_the_next_start(tiny: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
-    name = tinyimagenet._cache_path(tiny.resolve(), cache).name
+    name = base.cache_path(tiny.resolve(), "tinyimagenet", cache).name
     dead, live = f"{HOST}-{_dead_pid()}", f"{HOST}-{os.getpid()}"
     elsewhere = f".{name}.other_host-{_dead_pid()}.n0de2.tmp"  # another node's writer may be alive
     (cache / elsewhere).write_bytes(b"another node's temp")
@@ -367,7 +367,7 @@ def test_val_boxes_are_kept_and_cached(tiny: Path, tmp_path: Path, monkeypatch: 
     assert data.val_boxes.dtype == torch.int16 and data.val_boxes.shape == (6, 4)
     assert data.val_boxes.tolist() == [[int(v) for v in a[2:]] for a in ann]
     assert data.root == str(tiny.resolve()) and len(data.manifest_key) == 40
-    monkeypatch.setattr(tinyimagenet, "_decode_all", None)  # from the cache now
+    monkeypatch.setattr(tinyimagenet, "decode_images", None)  # from the cache now
     again = load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache")
     assert torch.equal(again.val_boxes, data.val_boxes) and again.manifest_key == data.manifest_key
 
@@ -389,10 +389,10 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny: Path, monkeypatch
     first = load_tiny_imagenet(tiny)  # default cache dir: <root>/.mixnb-cache
     assert len(list((tiny / ".mixnb-cache").glob("*.pt"))) == 1
 
-    def no_decode(*args: object) -> None:
+    def no_decode(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(tinyimagenet, "_decode_all", no_decode)
+    monkeypatch.setattr(tinyimagenet, "decode_images", no_decode)
     again = load_tiny_imagenet(tiny)
     assert torch.equal(first.x_train, again.x_train) and torch.equal(first.y_val, again.y_val)
 
@@ -406,7 +406,7 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tiny: Path, monkeypatch
     assert torch.equal(changed.x_train[1:], first.x_train[1:])
 
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # same bytes, newer mtime
-    monkeypatch.setattr(tinyimagenet, "_decode_all", no_decode)
+    monkeypatch.setattr(tinyimagenet, "decode_images", no_decode)
     with pytest.raises(AssertionError, match="decoded"):
         load_tiny_imagenet(tiny)
 
@@ -460,7 +460,7 @@ def test_full_disk_fails_naming_the_cache_file(tiny: Path, tmp_path: Path, monke
 
     monkeypatch.setattr(mixnb.io, "open", lambda *a, **k: FullDisk(open(*a, **k)), raising=False)
     cache = tmp_path / "cache"
-    path = tinyimagenet._cache_path(tiny.resolve(), cache)
+    path = base.cache_path(tiny.resolve(), "tinyimagenet", cache)
     with pytest.raises(OSError, match=f"no space left \\(disk full or over quota\\) while writing {path}") as err:
         load_tiny_imagenet(tiny, cache_dir=cache)
     assert err.value.errno == errno.ENOSPC and list(cache.iterdir()) == []  # no temp left
@@ -477,10 +477,10 @@ def test_corrupt_cache_is_rebuilt(tiny: Path, tmp_path: Path) -> None:
 def test_cache_dir_falls_back_when_root_is_read_only(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert tinyimagenet.default_cache_dir(tiny) == tiny / ".mixnb-cache"
-    monkeypatch.setattr(tinyimagenet.os, "access", lambda path, mode: False)
+    assert base.default_cache_dir(tiny) == tiny / ".mixnb-cache"
+    monkeypatch.setattr(base.os, "access", lambda path, mode: False)
     monkeypatch.setenv("MIXNB_CACHE", str(tmp_path / "shared-cache"))
-    assert tinyimagenet.default_cache_dir(tiny) == tmp_path / "shared-cache"
+    assert base.default_cache_dir(tiny) == tmp_path / "shared-cache"
     load_tiny_imagenet(tiny)
     assert len(list((tmp_path / "shared-cache").glob("tinyimagenet-tiny-*.pt"))) == 1
 

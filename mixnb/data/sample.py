@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from mixnb.data.tinyimagenet import IMAGE_SIZE, DatasetError
+from mixnb.data.base import DatasetError
+from mixnb.data.tinyimagenet import IMAGE_SIZE
 from mixnb.io import remove_stale_temps, temp_path
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond")

@@ -236,7 +236,8 @@ class RunConfig:
 
     def identity(self, device: torch.device, dataset: dict[str, Any]) -> dict[str, Any]:
         """What makes two runs the same run: ``maths()`` plus precision, device type and the dataset
-        (``{"root": ..., "manifest_key": ...}``). Stored in params.json, checkpoints and summary.json."""
+        (``mixnb.runs.dataset_record``: its content key and sizes, then where and how it was read, which
+        ``mixnb.runs.check_identity`` does not compare). Stored in params.json, checkpoints and summary.json."""
         precision = "bf16" if resolve_precision(self, device) == torch.bfloat16 else "fp32"
         return {**self.maths(), "precision": precision, "device_type": device.type, "dataset": dataset}
 

@@ -91,7 +91,8 @@ def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> d
 
 
 def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
-    """Refuse a folder that holds (or started) another configuration's run, naming the differences and the way out."""
+    """Refuse a folder that holds (or started) another configuration's run, naming the differences and the way out.
+    The datasets are compared by ``dataset_differences``: a moved, copied or re-staged dataset keeps its runs."""
     run_dir = Path(run_dir)
     recorded = recorded_identity(run_dir)
     holds = [n for n in (SUMMARY, CHECKPOINT, METRICS) if (run_dir / n).exists()]

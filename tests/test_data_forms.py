@@ -370,7 +370,8 @@ def test_cifar100_python_is_read(cifar: tuple[Path, dict], tmp_path: Path, at: s
     assert detect_form(root) == "cifar-100-python"
     data = load_dataset(root, cache_dir=tmp_path / "cache")
     assert data.form == "cifar-100-python" and data.image_size == 32 and data.label_order == "meta"
-    assert torch.equal(data.x_train, torch.from_numpy(x["train"])) and torch.equal(data.x_val, torch.from_numpy(x["test"]))
+    assert torch.equal(data.x_train, torch.from_numpy(x["train"]))
+    assert torch.equal(data.x_val, torch.from_numpy(x["test"]))
     assert data.y_train.tolist() == [0, 99, 5, 5, 42] and data.y_val.tolist() == [1, 2, 3]
     assert data.wnids[99] == "class_99" and data.words["class_1"] == "class 1" and not data.has_boxes
     assert data.val_boxes.tolist() == [[0, 0, 31, 31]] * 3

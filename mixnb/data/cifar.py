@@ -31,10 +31,11 @@ FILES = ("train", "test", "meta")
 HINT = ("download https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz and untar it, then point MIXNB_DATA at "
         "the cifar-100-python folder")
 CLASSES = 100
-# What numpy arrays (and Python 2's str inside them) are rebuilt from; any other class in a pickle is refused.
-ARRAY_CLASSES = {(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar")}
-ARRAY_CLASSES |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-                  ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+# What numpy arrays (and Python 2's str inside them) are rebuilt from, under numpy 1's and numpy 2's module names;
+# any other class in a pickle is refused.
+ARRAY_CLASSES = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+    (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -190,7 +190,7 @@ class DeviceLoader:
     """Batches of a uint8 image set held on the device, shuffled and augmented there.
 
     Args:
-        images: (N, H, W, 3) uint8, as `TinyImageNetTensors.x_train`; copied to `device` once as (N, 3, H, W).
+        images: (N, H, W, 3) uint8, as `ImageTensors.x_train`; copied to `device` once as (N, 3, H, W).
         labels: (N,) integer labels.
         batch_size: images per batch.
         device: where the data lives and batches are made.

@@ -54,8 +54,9 @@ def parquet_folder(root: Path) -> Path | None:
     folder's snapshot; None if there is none."""
     folders = [root, root / "data"]
     if (root / "snapshots").is_dir():
-        ref = root / "refs" / "main"
-        snapshots = [ref.read_text().strip()] if ref.is_file() else sorted(p.name for p in (root / "snapshots").iterdir())
+        ref = root / "refs" / "main"  # the hub's pointer to the snapshot it last downloaded
+        snapshots = [ref.read_text().strip()] if ref.is_file() else sorted(p.name for p in
+                                                                            (root / "snapshots").iterdir())
         if len(snapshots) != 1:
             raise DatasetError(f"{root / 'snapshots'} holds {len(snapshots)} snapshots and {root} no refs/main to "
                                "choose one; point MIXNB_DATA at one snapshot folder.")

@@ -91,8 +91,8 @@ def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> d
 
 
 def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
-    """Refuse a folder that holds (or started) another configuration's run, naming the differences and the way out.
-    The datasets are compared by ``dataset_differences``: a moved, copied or re-staged dataset keeps its runs."""
+    """Refuse a folder that holds (or started) another configuration's run, naming the differences
+    (``identity_differences``: a moved, copied or re-staged dataset keeps its runs) and the way out."""
     run_dir = Path(run_dir)
     recorded = recorded_identity(run_dir)
     holds = [n for n in (SUMMARY, CHECKPOINT, METRICS) if (run_dir / n).exists()]
@@ -101,15 +101,21 @@ def check_identity(run_dir: Path, identity: dict[str, Any]) -> None:
     if recorded is None:
         raise RunConflict(f"{run_dir} holds {', '.join(holds)} but no record of its config (written by an older "
                           f"mixnb?); move it away or train into another folder")
+    if diff := identity_differences(recorded, identity):
+        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+        raise RunConflict(f"{run_dir} holds another run ({shown}); train into another folder (the default "
+                          f"runs/<profile>/<run name> names each config) or delete that one")
+
+
+def identity_differences(recorded: dict[str, Any], identity: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (recorded, now)} for what makes a recorded identity another run than ``identity``: the recorded
+    one completed (``complete_identity``), the datasets compared by ``dataset_differences``."""
     recorded = complete_identity(recorded)
     diff = differences({**recorded, "dataset": None}, {**identity, "dataset": None})
     now = identity.get("dataset") or {}
     diff.update({f"dataset.{k}": v for k, v in dataset_differences(
         recorded.get("dataset") or {}, now, lambda: _folder_stat_key(now.get("root"))).items()})
-    if diff:
-        shown = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-        raise RunConflict(f"{run_dir} holds another run ({shown}); train into another folder (the default "
-                          f"runs/<profile>/<run name> names each config) or delete that one")
+    return diff
 
 
 def complete_identity(recorded: dict[str, Any]) -> dict[str, Any]:

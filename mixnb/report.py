@@ -22,7 +22,7 @@ import pandas as pd
 from mixnb.config import ADDED_METHOD_SETTINGS, PROFILES, PROTOCOL, REFERENCES, RunConfig
 from mixnb.mixups import HEAD, REGISTRY, get_spec, reference_code
 from mixnb.paths import KERNEL, NOTEBOOKS, reports_root, runs_root
-from mixnb.runs import METRICS, PARAMS, complete_identity, failure, is_finished, metric_rows, read_summary
+from mixnb.runs import DATASET_INFO, METRICS, PARAMS, complete_identity, failure, is_finished, metric_rows, read_summary
 
 BACKBONE_LABELS = {"resnet18": "R-18", "resnext50": "RX-50"}
 
@@ -76,7 +76,9 @@ def _summary_row(run_dir: Path) -> dict[str, Any]:
     flat.update(run_dir=str(run_dir), device_name=s.get("environment", {}).get("device_name"),
                 torch=s.get("environment", {}).get("torch"), commit=s.get("git", {}).get("commit"),
                 alpha=cfg.full_method_args().get("alpha"), settings=settings_label(cfg),
-                config_key=json.dumps({k: v for k, v in identity.items() if k != "seed"}, sort_keys=True),
+                config_key=json.dumps({k: v for k, v in identity.items() if k != "seed"}
+                                      | {"dataset": {k: v for k, v in identity["dataset"].items() if k not in DATASET_INFO}},
+                                      sort_keys=True),
                 data_root=identity["dataset"]["root"], precision=identity["precision"],
                 device_type=identity["device_type"],
                 **{k: identity[k] for k in ("epochs", "width", "batch_size", "lr", "momentum", "weight_decay", "min_lr")})

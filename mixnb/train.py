@@ -66,7 +66,8 @@ from mixnb.models import build_model
 from mixnb.models.groupbn import group_batchnorm_
 from mixnb.rng import stream_seed
 from mixnb.runs import (CHECKPOINT, FAILED, METRICS, PARAMS, SUMMARY, RunConflict, check_identity, dataset_record, failure,
-                        is_finished, load_checkpoint, load_data, mark_failed, needed_run, read_summary)
+                        identity_differences, is_finished, load_checkpoint, load_data, mark_failed, needed_run,
+                        read_summary)
 
 # docs/protocol.md §1.7, "the median top-1 of the last 10 epochs", read as OpenMixup's own summary script does:
 # tools/summary/find_classification_val_median.py keeps the val lines with epoch >= epoch_num - record_num,
@@ -351,7 +352,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
         with main_first(rank, world):  # rank 0 moves a corrupt checkpoint aside before the others look
             ckpt = load_checkpoint(ckpt_path, progress=progress if main else "none", move_corrupt=main)
         if ckpt is not None:
-            if ckpt.get("identity") != identity:
+            if identity_differences(ckpt.get("identity") or {}, identity):
                 raise RunConflict(f"{ckpt_path} was written for another run; move it away or train into another "
                                   f"folder")
             rows, start_epoch = ckpt["rows"], ckpt["epoch"]

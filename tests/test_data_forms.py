@@ -482,3 +482,21 @@ def test_prepare_says_what_it_found(pristine: Path, zip_data: ImageTensors, tmp_
                  "val boxes    absent (whole images)", f"content key  {zip_data.content_key}",
                  f"cache        {root / '.mixnb-cache'}"):
         assert line in out
+
+
+def test_an_unfinished_run_recorded_before_the_content_key_resumes(tmp_path: Path) -> None:
+    """fit compares its checkpoint's identity as check_identity does: an old dataset record in the checkpoint and
+    params.json maps to today's data and the run resumes (it was refused as "written for another run")."""
+    from mixnb.train import fit
+
+    cfg = RunConfig(method="vanilla", profile="test", epochs=1, device="cpu")
+    fit(cfg, tmp_path, progress="none")
+    data = runs.load_data(cfg)
+    (tmp_path / "summary.json").unlink()  # unfinished again
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    ckpt["identity"]["dataset"] = _old_record(data)
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    params = json.loads((tmp_path / "params.json").read_text())
+    params["identity"]["dataset"] = _old_record(data)
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    assert fit(cfg, tmp_path, progress="none")["epochs"] == 1  # resumed at its end, not refused

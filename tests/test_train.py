@@ -75,7 +75,7 @@ def test_summary_and_metrics_files(tmp_path):
     assert list(metrics["epoch"]) == [1, 2] and metrics["lr"].iloc[0] == pytest.approx(0.2)
     params = json.loads((tmp_path / "params.json").read_text())
     assert params["config"]["method"] == "cutmix" and params["identity"]["epochs"] == 2  # resolved
-    assert params["identity"]["dataset"]["manifest_key"] and summary["identity"] == params["identity"]
+    assert params["identity"]["dataset"]["content_key"] and summary["identity"] == params["identity"]
 
 
 def test_cosine_schedule_is_per_epoch_to_the_floor():

@@ -39,7 +39,7 @@ def generated_corruptions(data: Any, s: AnalysisSettings) -> dict[str, Any]:
     """The generated corruption set of ``data``'s val images: {"x": (C, S, K, 3, H, W) uint8, "idx": (K,),
     "names", "severities", "skipped": {name: reason}, "key", "generation_seconds"}; made once on the CPU (the
     same set whatever device analyses; CPU and CUDA generators differ), cached under
-    ``mixnb.config.default_cache_dir()`` keyed on the dataset's manifest key, the settings that shape it and
+    ``mixnb.config.default_cache_dir()`` keyed on the dataset's content key, the settings that shape it and
     the frost pictures."""
     names = [c for c in s.corruptions if skip_reason(c) is None]
     skipped = {c: skip_reason(c) for c in s.corruptions if skip_reason(c) is not None}
@@ -47,7 +47,7 @@ def generated_corruptions(data: Any, s: AnalysisSettings) -> dict[str, Any]:
     frost = None
     if "frost" in names:
         frost = hashlib.sha1(b"".join(f.read_bytes() for f in frost_files() or [])).hexdigest()
-    key = hashlib.sha1(json.dumps({"manifest": data.manifest_key, "names": names, "severities": s.corruption_severities,
+    key = hashlib.sha1(json.dumps({"content": data.content_key, "names": names, "severities": s.corruption_severities,
                                    "images": s.corruption_images, "seed": s.seed, "frost": frost,
                                    "version": CORRUPTION_CACHE_VERSION}, sort_keys=True).encode()).hexdigest()
     path = _corruption_cache_path(data, key)

@@ -312,7 +312,7 @@ def plot_mixed_grid(batch: MixedBatch, x: Tensor, *, mean: tuple[float, ...], st
     for r, (name, imgs) in enumerate(rows):
         for i in range(n):
             ax = axes[r][i]
-            ax.imshow(imgs[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(imgs[i].float().numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

@@ -6,6 +6,7 @@ a generator; their cache and the evaluation on a run are ``mixnb.analysis.corrup
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from mixnb.rng import stream_seed
@@ -274,10 +276,13 @@ def contrast(x: Tensor, c: float, *, gen: torch.Generator) -> Tensor:
 
 
 def jpeg_round_trip(x: Tensor, quality: int) -> Tensor:
-    """(N, 3, H, W) uint8 through libjpeg at ``quality`` (torchvision.io; 4:2:0 as PIL's default)."""
-    from torchvision.io import decode_jpeg, encode_jpeg
-
-    return torch.stack(decode_jpeg(encode_jpeg([im.contiguous() for im in x], quality=quality)))
+    """(N, 3, H, W) uint8 through Pillow's JPEG codec at ``quality`` (4:2:0), as ImageNet-C saves its images."""
+    out = []
+    for im in x.permute(0, 2, 3, 1).cpu().numpy():
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, "JPEG", quality=quality)
+        out.append(np.asarray(Image.open(buf).convert("RGB")))
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous().to(x.device)
 
 
 def jpeg_compression(x: Tensor, c: int, *, gen: torch.Generator) -> Tensor:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import resource
 import shutil
 import statistics
@@ -403,7 +404,7 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
                     bar.close()
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_logs, **val,
                    "train_seconds": t_train, "epoch_seconds": time.perf_counter() - t0,
-                   "peak_mem_mb": peak_memory_mb(device), "world_size": world}
+                   "peak_mem_mb": peak_memory_mb(device), "world_size": world, "load_avg": os.getloadavg()[0]}
             rows.append(row)
             rank_generators = gather_objects(gens.state())
             if not main:

@@ -364,7 +364,7 @@ def test_a_killed_run_restores_the_ema_encoder_mix_block_and_step_parity(tmp_pat
     run_until_killed(cfg, killed, 1)
     resumed = fit(cfg, killed, progress="none")
     a, b = pd.read_csv(tmp_path / "straight" / "metrics.csv"), pd.read_csv(killed / "metrics.csv")
-    cols = [c for c in a.columns if "seconds" not in c and c != "peak_mem_mb"]
+    cols = [c for c in a.columns if "seconds" not in c and c not in ("peak_mem_mb", "load_avg")]  # machine-measured
     pd.testing.assert_frame_equal(a[cols], b[cols])  # epoch 2 is cooperative after the resume, as straight
     assert resumed["reference_top1"] == straight["reference_top1"]
     sa = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["method"]

@@ -325,7 +325,7 @@ def test_samix_runs_and_a_killed_run_restores_the_ema_encoder_and_mixblock(tmp_p
     run_until_killed(cfg, killed, 1)
     resumed = fit(cfg, killed, progress="none")
     a, b = pd.read_csv(tmp_path / "straight" / "metrics.csv"), pd.read_csv(killed / "metrics.csv")
-    cols = [c for c in a.columns if "seconds" not in c and c != "peak_mem_mb"]
+    cols = [c for c in a.columns if "seconds" not in c and c not in ("peak_mem_mb", "load_avg")]  # machine-measured
     pd.testing.assert_frame_equal(a[cols], b[cols])
     assert resumed["reference_top1"] == straight["reference_top1"]
     sa = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["method"]

@@ -1,8 +1,10 @@
 """Runs -> DataFrames -> the benchmark table, curves and mixed-sample galleries; HTML rendering.
 
 The table follows OpenMixup's Tiny-ImageNet page (docs/protocol.md §4): rows are methods, columns
-backbones, cells the median top-1 of the last 10 epochs, beside the published number and the OpenMixup
-code each cell's runs follow (``code_followed``; docs/publication.md).
+backbones, cells the median top-1 of the last 10 epochs with the difference to our Vanilla run, beside the
+published number where the runs are on that protocol, and the OpenMixup code each cell's runs follow
+(``code_followed``; docs/publication.md). How each number states what it is, its n and its interval (seeds,
+α ties, analysis numbers, comparable timings): docs/analysis.md §8.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from mixnb.config import ADDED_METHOD_SETTINGS, PROFILES, PROTOCOL, REFERENCES, RunConfig
 from mixnb.mixups import HEAD, REGISTRY, get_spec, reference_code
 from mixnb.paths import KERNEL, NOTEBOOKS, reports_root, runs_root
 from mixnb.runs import DATASET_INFO, METRICS, PARAMS, complete_identity, failure, is_finished, metric_rows, read_summary
+from mixnb.train import MEDIAN_RECORDS
 
 BACKBONE_LABELS = {"resnet18": "R-18", "resnext50": "RX-50"}
 
@@ -51,6 +55,8 @@ def load_runs(profile: str, root: Path | None = None) -> Runs:
                 if pd.isna(row.get(TRAIN_SECONDS)):  # a summary from before it recorded this: from its metrics
                     row[TRAIN_SECONDS] = float(m["train_seconds"].iloc[1:].median() if len(m) > 1
                                                else m["train_seconds"].iloc[0])
+                # the machine's 1-min load while the run trained (None: a run from before metrics.csv recorded it)
+                row["load_avg"] = float(m["load_avg"].median()) if "load_avg" in m else float("nan")
                 summaries.append(row)
                 metrics.append(m.assign(run=row["run"], method=row["method"], backbone=row["backbone"],
                                         seed=row["seed"], settings=row["settings"], alpha=row["alpha"]))
@@ -72,15 +78,24 @@ def _summary_row(run_dir: Path) -> dict[str, Any]:
     s = read_summary(run_dir) or {}
     cfg = RunConfig.from_dict(s["config"])
     identity = complete_identity(s["identity"])
+    env, dataset = s.get("environment", {}), identity["dataset"]
+    run_settings = {k: v for k, v in cfg.overrides().items() if not k.startswith("method_args.") and k not in ("seed", "data")}
     flat = {k: v for k, v in s.items() if not isinstance(v, dict)}
-    flat.update(run_dir=str(run_dir), device_name=s.get("environment", {}).get("device_name"),
-                torch=s.get("environment", {}).get("torch"), commit=s.get("git", {}).get("commit"),
+    flat.update(run_dir=str(run_dir), device_name=env.get("device_name"), host=env.get("host"),
+                cpu_count=env.get("cpu_count"), torch=env.get("torch"), commit=s.get("git", {}).get("commit"),
                 alpha=cfg.full_method_args().get("alpha"), settings=settings_label(cfg),
                 config_key=json.dumps({k: v for k, v in identity.items() if k != "seed"}
                                       | {"dataset": {k: v for k, v in identity["dataset"].items() if k not in DATASET_INFO}},
                                       sort_keys=True),
-                data_root=identity["dataset"]["root"], precision=identity["precision"],
-                device_type=identity["device_type"],
+                data_root=dataset["root"], precision=identity["precision"], device_type=identity["device_type"],
+                dataset=dataset_name(cfg.profile, dataset), classes=dataset.get("classes"),
+                train_images=dataset.get("train_images"), val_images=dataset.get("val_images"),
+                # the Vanilla run a row is compared with: same backbone, epochs, width and run-level settings
+                vanilla_key=json.dumps({"backbone": cfg.backbone, "epochs": identity["epochs"],
+                                        "width": identity["width"], **run_settings}, sort_keys=True),
+                # OpenMixup's numbers compare only with runs of their protocol: Tiny-ImageNet, 400 epochs, width 64
+                on_protocol=(dataset_name(cfg.profile, dataset) == "Tiny-ImageNet" and set(run_settings) <= {"precision"}
+                             and all(identity[k] == v for k, v in PROTOCOL.items())),
                 **{k: identity[k] for k in ("epochs", "width", "batch_size", "lr", "momentum", "weight_decay", "min_lr")})
     # what the main table reads: OpenMixup's read-out of each row (AutoMix/SAMix: best of four heads, §1.7)
     flat["readout_top1"] = s.get("reference_top1", s["median_top1"])
@@ -89,6 +104,20 @@ def _summary_row(run_dir: Path) -> dict[str, Any]:
                                    | {"method_args": {k: v for k, v in identity["method_args"].items() if k != "alpha"}},
                                    sort_keys=True)
     return flat
+
+
+DATASET_FORMS = {"tiny-imagenet": "Tiny-ImageNet", "cifar-100": "CIFAR-100", "imagenet64": "Downsampled ImageNet 64x64"}
+
+
+def dataset_name(profile: str, dataset: dict[str, Any]) -> str:
+    """What a run's dataset record (identity.dataset) holds, by name: the generated sample set, or the form read
+    (docs/datasets.md); a record from before forms were recorded: Tiny-ImageNet by its 200 classes."""
+    if PROFILES.get(profile, {}).get("sample") is not None:
+        return "generated sample set"
+    form = dataset.get("form")
+    if form is None:
+        return "Tiny-ImageNet" if dataset.get("classes") == 200 else "unnamed dataset"
+    return next((name for prefix, name in DATASET_FORMS.items() if form.startswith(prefix)), form)
 
 
 def code_followed(method: str, backbone: str, identity: dict[str, Any]) -> str:
@@ -143,37 +172,127 @@ def row_label(method: str, settings: str) -> str:
 
 
 # ----------------------------------------------------------------------------- table
+READOUT_WINDOW = MEDIAN_RECORDS + 1  # the protocol's read-out: the median of epochs 390-400, 11 values (protocol.md §1.7)
+MEDIANS = ("readout_top1", "median_top1")  # the values read over that window (the others: one epoch each)
+
+
 def pooled(summaries: pd.DataFrame, value: str = "median_top1") -> pd.DataFrame:
-    """One row per configuration (every maths setting but the seed): mean, std and count over its seeds."""
+    """One row per configuration (every maths setting but the seed): mean, std, count and the 95 % t-interval of
+    the mean (``ci``, None below two seeds) over its seeds."""
     keys = ["method", "backbone", "settings", "alpha", "group_key", "config_key"]
     df = summaries.assign(alpha=summaries["alpha"].fillna(-1))  # groupby drops NaN keys; Vanilla has no alpha
-    out = df.groupby(keys, sort=False)[value].agg(["mean", "std", "count"]).reset_index()
+    grouped = df.groupby(keys, sort=False)[value]
+    out = grouped.agg(["mean", "std", "count"]).assign(ci=grouped.agg(t_interval)).reset_index()
     out["alpha"] = out["alpha"].where(out["alpha"] >= 0)
     return out
 
 
 def best_alpha(summaries: pd.DataFrame, value: str = "median_top1", *, by: str | None = None) -> pd.DataFrame:
     """Per method, backbone and other settings, the configuration whose mean ``by`` (default: ``value``) over
-    seeds is best, with the mean, std and count of ``value``.
+    seeds is best, with the mean, std, count and ``ci`` of ``value``, how many alphas ran (``candidates``), the
+    alphas it tied with (``tied``) and the rule that broke the tie (``tie_rule``).
 
     Tiny-ImageNet has no labelled test split, so, as in the reference, alpha is chosen on the validation
-    set, by the same read-out the table shows."""
+    set, by the same read-out the table shows. A tie is a mean equal at the two decimals the table shows; it goes
+    to the published alpha (the registry's) when that is among the tied, else to the smallest (docs/analysis.md §8)."""
     by = by or value
-    rows = pooled(summaries, value).assign(_by=pooled(summaries, by)["mean"].to_numpy())
+    rows = pooled(summaries, value).assign(_by=pooled(summaries, by)["mean"].round(2).to_numpy())
     published = rows["method"].map(lambda m: get_spec(m).defaults.get("alpha") if m in REGISTRY else None)
-    rows = rows.assign(_tie=(rows["alpha"] != published)).sort_values("_tie", kind="stable")  # ties: published alpha
-    best = rows.loc[rows.groupby(["method", "backbone", "group_key"], sort=False)["_by"].idxmax()]
-    return best.assign(candidates=rows.groupby(["method", "backbone", "group_key"], sort=False)["alpha"]
-                       .transform("count").loc[best.index])
+    rows = rows.assign(_published=rows["alpha"] == published)
+    picks = []
+    for _, group in rows.groupby(["method", "backbone", "group_key"], sort=False):
+        top = group[group["_by"] == group["_by"].max()]
+        pick = top.sort_values(["_published", "alpha"], ascending=[False, True], kind="stable").iloc[0]
+        tied = tuple(top.drop(index=pick.name)["alpha"])
+        rule = "" if not tied else "published α" if pick["_published"] else "smallest α"
+        picks.append({**pick.drop(["_by", "_published"]).to_dict(), "candidates": len(group), "tied": tied,
+                      "tie_rule": rule})
+    return pd.DataFrame(picks, columns=[*rows.columns.drop(["_by", "_published"]), "candidates", "tied", "tie_rule"])
+
+
+def t_interval(values: Any) -> tuple[float, float] | None:
+    """The 95 % Student-t interval of the mean of ``values``: mean ± t(0.975, n - 1) s / √n; None below two."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return None
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return float(x.mean()) - half, float(x.mean()) + half
+
+
+@dataclass(frozen=True)
+class VanillaDelta:
+    """A configuration's top-1 minus Vanilla's: over the seeds both ran (``paired`` of them; same seed = same data
+    order and initialisation), the mean of the paired differences and its 95 % t-interval (``ci``, two pairs or
+    more); with no seed in common, the difference of the seed means (``paired`` 0)."""
+
+    delta: float
+    paired: int
+    ci: tuple[float, float] | None
+
+    @property
+    def within_noise(self) -> bool:
+        """The interval holds 0: the difference is not larger than the seed-to-seed noise."""
+        return self.ci is not None and self.ci[0] <= 0 <= self.ci[1]
+
+    def label(self) -> str:
+        if self.ci is None:
+            return f"{self.delta:+.2f}"
+        return (f"{self.delta:+.2f} [{self.ci[0]:+.2f}, {self.ci[1]:+.2f}], {self.paired} paired"
+                + (", within seed noise" if self.within_noise else ""))
+
+
+def vanilla_deltas(summaries: pd.DataFrame, value: str = "median_top1") -> dict[str, VanillaDelta]:
+    """Per configuration (``config_key``) its ``VanillaDelta`` to the Vanilla runs of the same backbone, epochs,
+    width and run-level settings (``vanilla_key``; a hand-made frame without it: backbone and settings). A
+    configuration without such a Vanilla run has no entry."""
+    if summaries.empty or not (summaries["method"] == "vanilla").any():
+        return {}
+    df = summaries.assign(_vanilla=_vanilla_keys(summaries))
+    base = df[df["method"] == "vanilla"].groupby(["_vanilla", "seed"])[value].mean()
+    out = {}
+    for config_key, group in df.groupby("config_key", sort=False):
+        key = group["_vanilla"].iloc[0]
+        if key not in base.index.get_level_values(0):
+            continue
+        ref = base.loc[key]  # Vanilla's value per seed
+        shared = group[group["seed"].isin(ref.index)]
+        if shared.empty:
+            out[config_key] = VanillaDelta(float(group[value].mean() - ref.mean()), 0, None)
+        else:
+            diffs = shared[value].to_numpy() - ref.loc[shared["seed"]].to_numpy()
+            out[config_key] = VanillaDelta(float(diffs.mean()), len(diffs), t_interval(diffs))
+    return out
+
+
+def _vanilla_keys(summaries: pd.DataFrame) -> pd.Series:
+    """Each run's ``vanilla_key``; a hand-made frame without it: its backbone and settings."""
+    return summaries["vanilla_key"] if "vanilla_key" in summaries else summaries["backbone"] + "|" + summaries["settings"]
+
+
+def short_runs(summaries: pd.DataFrame) -> pd.Series:
+    """Per run, whether it is shorter than the read-out window: its "median" then covers every epoch, early ones
+    included, and is not the protocol's read-out."""
+    return summaries.get("median_window", pd.Series(READOUT_WINDOW, index=summaries.index)) < READOUT_WINDOW
+
+
+def compares_with_openmixup(summaries: pd.DataFrame) -> bool:
+    """Whether any run is on OpenMixup's protocol (``on_protocol``), the only runs its published numbers fit."""
+    return not summaries.empty and bool(summaries.get("on_protocol", pd.Series(False, index=summaries.index)).any())
 
 
 def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, diverged: pd.DataFrame | None = None,
-                    reference: bool = True, by: str | None = None, links: bool = False) -> pd.DataFrame:
+                    reference: bool = True, code: bool = True, by: str | None = None, links: bool = False) -> pd.DataFrame:
     """Rows = methods in protocol (registry) order, one per non-default setting; columns per backbone:
-    top-1 (mean ± std over seeds) at the best alpha, that alpha, the number of seeds, and with ``reference``
-    OpenMixup's published number and the difference. A configuration with only diverged runs reads "diverged".
-    ``by``: the read-out that picks the alpha (default ``value``; the best-epoch table shows the main table's).
-    ``links``: a "runs" column per backbone with HTML links to the row's run pages (for ``bold_best``).
+    top-1 (mean ± std over seeds) at the best alpha; when its runs are shorter than the read-out window, the
+    header says what that median covers and the last- and best-epoch top-1 stand beside it; the 95 % t-interval
+    of the mean when a cell has two seeds or more; that alpha (ties: ``best_alpha``); the number of seeds; the
+    difference to Vanilla (``vanilla_deltas``, "ref" on Vanilla's row, "–" without a Vanilla run). With
+    ``reference``, OpenMixup's published number and the difference to it, the latter only for cells on the
+    protocol (``on_protocol``); with ``code``, the OpenMixup code each cell's runs follow. A configuration with only
+    diverged runs reads "diverged". ``by``: the read-out that picks the alpha (default ``value``; the best-epoch
+    table shows the main table's). ``links``: a "runs" column per backbone with HTML links to the run pages.
 
     ``readout_top1`` reads every row as OpenMixup read it, so the difference compares like with like: the
     median of the last epochs, and for AutoMix/SAMix the best of their four heads' medians (marked †)."""
@@ -181,32 +300,49 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
         return pd.DataFrame()
     value = value if value in summaries else "median_top1"
     best = best_alpha(summaries, value, by=by) if not summaries.empty else pd.DataFrame(
-        columns=["method", "backbone", "settings", "alpha", "mean", "std", "count", "candidates"])
+        columns=["method", "backbone", "settings", "alpha", "config_key", "mean", "std", "count", "ci", "candidates",
+                 "tied", "tie_rule"])
     rows = {(r.method, r.settings) for r in best.itertuples()}
     if diverged is not None and not diverged.empty:
         rows |= {(r.method, r.settings) for r in diverged.itertuples()}
     order = sorted(rows, key=lambda ms: (list(REGISTRY).index(ms[0]) if ms[0] in REGISTRY else len(REGISTRY), ms[1]))
     backbones = [b for b in BACKBONE_LABELS if b in set(best["backbone"]) | set(_col(diverged, "backbone"))]
+    deltas = vanilla_deltas(summaries, value)
+    short = set(summaries.loc[short_runs(summaries), "config_key"]) if value in MEDIANS and not summaries.empty else set()
+    on_protocol = set(summaries.loc[summaries["on_protocol"], "config_key"]) if "on_protocol" in summaries else set()
     cols: dict[tuple[str, str], list[str]] = {}
     for backbone in backbones:
         label = BACKBONE_LABELS[backbone]
         cells = {(r.method, r.settings): r for r in best[best["backbone"] == backbone].itertuples()}
         failed = {(r.method, r.settings) for r in _rows(diverged) if r.backbone == backbone}
-        cols[(label, "top-1")] = [_fmt(cells[k].mean, cells[k].std, cells[k].count) if k in cells
-                                  else "diverged" if k in failed else "–" for k in order]
-        cols[(label, "α")] = [_alpha(cells[k].alpha, cells[k].candidates) if k in cells else "–" for k in order]
-        cols[(label, "seeds")] = [str(cells[k].count) if k in cells else "–" for k in order]
+
+        def column(cell: Any) -> list[str]:
+            return [cell(cells[k]) if k in cells else "diverged" if k in failed else "–" for k in order]
+
+        shorts = [c for c in cells.values() if c.config_key in short]
+        cols[(label, top1_header(summaries[summaries["config_key"].isin([c.config_key for c in shorts])]))] = \
+            column(lambda c: _fmt(c.mean, c.std, c.count))
+        if shorts:
+            for name, col in (("last epoch", "last_top1"), ("best epoch", "best_top1")):
+                means = summaries.groupby("config_key")[col].mean()
+                cols[(label, name)] = column(lambda c: f"{means[c.config_key]:.2f}")
+        if any(c.count > 1 for c in cells.values()):
+            cols[(label, "95 % CI")] = column(lambda c: f"[{c.ci[0]:.2f}, {c.ci[1]:.2f}]" if c.ci else "n=1")
+        cols[(label, "α")] = column(lambda c: _alpha(c.alpha, c.candidates, c.tied, c.tie_rule))
+        cols[(label, "seeds")] = column(lambda c: str(c.count))
+        cols[(label, "Δ Vanilla")] = column(lambda c: "ref" if c.method == "vanilla" else
+                                            deltas[c.config_key].label() if c.config_key in deltas else "–")
         if links:
-            cols[(label, "runs")] = [_run_links(summaries, cells[k].config_key) if k in cells else "" for k in order]
+            cols[(label, "runs")] = column(lambda c: _run_links(summaries, c.config_key))
         if reference:
             ref = [get_spec(m).published.get(backbone) if m in REGISTRY else None for m, _ in order]
             book = [m in REGISTRY and not get_spec(m).reproduced for m, _ in order]  # 📖: the authors' number
             cols[(label, "OpenMixup")] = [f"{r:.2f}{' 📖' if b else ''}" if r is not None else "–"
                                           for r, b in zip(ref, book)]
-            cols[(label, "Δ")] = [f"{cells[k].mean - r:+.2f}" if r is not None and k in cells else "–"
-                                  for k, r in zip(order, ref)]
-            cols[(label, "code")] = [_code(m, backbone, cells[(m, st)].config_key) if (m, st) in cells else "–"
-                                     for m, st in order]
+            cols[(label, "Δ OpenMixup")] = [f"{cells[k].mean - r:+.2f}" if r is not None and k in cells
+                                            and cells[k].config_key in on_protocol else "–" for k, r in zip(order, ref)]
+        if code:
+            cols[(label, "code")] = column(lambda c: _code(c.method, backbone, c.config_key))
     heads = set(summaries.loc[summaries.get("readout", pd.Series(dtype=str)) == "best of 4 heads", "method"]) \
         if value == "readout_top1" and not summaries.empty else set()
     labels = [row_label(m, st) + (" †" if m in heads else "") for m, st in order]
@@ -219,6 +355,15 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
     return table
 
 
+def top1_header(short: pd.DataFrame) -> str:
+    """The top-1 column's header: "top-1", or what the median covers when ``short`` (the cells' runs shorter than
+    the read-out window) holds runs: "top-1: median of all 4 epochs"."""
+    if short.empty:
+        return "top-1"
+    epochs = sorted(set(short["epochs"])) if "epochs" in short else []
+    return f"top-1: median of all {'/'.join(map(str, epochs)) or 'the'} epochs"
+
+
 def _run_links(summaries: pd.DataFrame, config_key: str) -> str:
     """HTML links to the run pages of one configuration's seeds (run names escaped)."""
     from html import escape
@@ -228,13 +373,14 @@ def _run_links(summaries: pd.DataFrame, config_key: str) -> str:
 
 
 def bold_best(table: pd.DataFrame) -> Any:
-    """``benchmark_table`` as an HTML Styler: the best number of each top-1 column in bold, every cell escaped
-    but the "runs" columns, which ``benchmark_table(links=True)`` builds from escaped names."""
+    """``benchmark_table`` as an HTML Styler: the best number of each top-1 column (read-out, last and best epoch)
+    in bold, every cell escaped but the "runs" columns, which ``benchmark_table(links=True)`` builds from escaped
+    names."""
     def best(col: pd.Series) -> list[str]:
         values = pd.to_numeric(col.str.split(" ").str[0], errors="coerce")
         return ["font-weight: bold" if v == values.max() else "" for v in values]
 
-    top1 = [c for c in table.columns if c[-1] == "top-1"]
+    top1 = [c for c in table.columns if c[-1].startswith("top-1") or c[-1] in ("last epoch", "best epoch")]
     styler = table.style.format(escape="html").format_index(escape="html", axis=0).format_index(escape="html", axis=1)
     link_columns = [c for c in table.columns if c[-1] == "runs"]
     if link_columns:
@@ -243,21 +389,28 @@ def bold_best(table: pd.DataFrame) -> Any:
 
 
 def beyond_accuracy(summaries: pd.DataFrame) -> pd.DataFrame:
-    """The "beyond accuracy" numbers (``mixnb.analysis``) per configuration, mean over its seeds, in protocol
-    order: one row per method, α and settings (runs of different settings never pool, as in the main table)."""
-    from mixnb.analysis import BEYOND_COLUMNS, value_at
+    """The "beyond accuracy" numbers (``mixnb.analysis.BEYOND_COLUMNS``) per configuration, in protocol order: one
+    row per method, α and settings (runs of different settings never pool, as in the main table); per number its
+    mean over the seeds, "<number> n" (the images it was computed on) and "<number> low"/"high" (the mean of the
+    seeds' 95 % intervals; ``mixnb.analysis.beyond_value``)."""
+    from mixnb.analysis import BEYOND_COLUMNS, beyond_value
     from mixnb.runs import read_analysis
 
     rows = []
     for r in _rows(summaries):
         record = read_analysis(r.run_dir)
-        if record is not None:
-            rows.append({"method": r.method, "backbone": r.backbone, "alpha": r.alpha, "settings": r.settings,
-                         "config_key": r.config_key, **{c: value_at(record, p) for c, p in BEYOND_COLUMNS.items()}})
+        if record is None:
+            continue
+        row = {"method": r.method, "backbone": r.backbone, "alpha": r.alpha, "settings": r.settings,
+               "config_key": r.config_key}
+        for name, column in BEYOND_COLUMNS.items():
+            value, n, ci = beyond_value(record, column)
+            row |= {name: value, f"{name} n": n, f"{name} low": ci and ci[0], f"{name} high": ci and ci[1]}
+        rows.append(row)
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
-    columns = list(BEYOND_COLUMNS)
+    columns = [c for name in BEYOND_COLUMNS for c in (name, f"{name} n", f"{name} low", f"{name} high")]
     df[columns] = df[columns].astype(float)
     grouped = df.groupby(["method", "backbone", "settings", "config_key"], sort=False)
     out = grouped[columns].mean().assign(seeds=grouped.size(), alpha=grouped["alpha"].first()).reset_index()
@@ -266,7 +419,36 @@ def beyond_accuracy(summaries: pd.DataFrame) -> pd.DataFrame:
     out["α"] = out["alpha"].map(_alpha)
     out["method"] = out["method"].map(method_label)
     out["backbone"] = out["backbone"].map(lambda b: BACKBONE_LABELS.get(b, b))
-    return out.set_index(["backbone", "method", "α", "settings"])[["seeds", *columns]].round(2)
+    return out.set_index(["backbone", "method", "α", "settings"])[["seeds", *columns]]
+
+
+def beyond_view(beyond: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``beyond_accuracy`` as the report shows it, and a same-shaped frame marking the best cell of each column.
+    Each number's header carries its direction (↑ higher is better, ↓ lower) and n, e.g. "FGSM % ↑ (n=64)"; each
+    cell reads "value [95 % interval]" (NLL: the value alone)."""
+    from mixnb.analysis import BEYOND_COLUMNS
+
+    view, best = pd.DataFrame(index=beyond.index), pd.DataFrame(index=beyond.index)
+    view["seeds"], best["seeds"] = beyond["seeds"].astype(int).astype(str), False
+    for name, column in BEYOND_COLUMNS.items():
+        values, ns = beyond[name], beyond[f"{name} n"].dropna()
+        if values.isna().all():
+            continue
+        n = f"{ns.min():.0f}" if ns.min() == ns.max() else f"{ns.min():.0f}–{ns.max():.0f}"
+        unit = "" if name == "NLL" else " %"
+        header = f"{name}{unit} {'↑' if column.higher_is_better else '↓'} (n={n})"
+        view[header] = [("–" if pd.isna(v) else f"{v:.2f}" + (f" [{lo:.1f}, {hi:.1f}]" if pd.notna(lo) else ""))
+                        for v, lo, hi in zip(values, beyond[f"{name} low"], beyond[f"{name} high"])]
+        top = values.max() if column.higher_is_better else values.min()
+        best[header] = values.round(2) == round(top, 2)
+    return view, best
+
+
+def beyond_styler(beyond: pd.DataFrame) -> Any:
+    """``beyond_view`` as an HTML Styler, the best cell of each column in bold."""
+    view, best = beyond_view(beyond)
+    return (view.style.set_properties(**{"white-space": "nowrap"})  # a value and its interval on one line
+            .apply(lambda col: ["font-weight: bold" if b else "" for b in best[col.name]], subset=view.columns[1:]))
 
 
 def train_gflops(run_dir: str) -> float | None:
@@ -310,37 +492,71 @@ def definitions_html() -> str:
     return "<ul>" + "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>" for k, v in definitions().items()) + "</ul>"
 
 
-TIDY_COLUMNS = ["method", "settings", "backbone", "alpha", "top1_mean", "top1_std", "seeds", "openmixup"]
+TIDY_COLUMNS = ["method", "settings", "backbone", "alpha", "top1_mean", "top1_std", "top1_ci_low", "top1_ci_high",
+                "seeds", "last_top1", "best_top1", "delta_vanilla", "delta_vanilla_ci_low", "delta_vanilla_ci_high",
+                "openmixup", "on_protocol"]
 
 
 def tidy_table(summaries: pd.DataFrame) -> pd.DataFrame:
-    """The main table as data: one row per (method, settings, backbone) at its best alpha, in protocol order."""
+    """The main table as data: one row per (method, settings, backbone) at its best alpha, in protocol order, with
+    the 95 % t-interval, the last and best epoch (means over seeds), the difference to Vanilla and its paired
+    interval (``vanilla_deltas``), OpenMixup's number and whether the runs are on its protocol."""
     if summaries.empty:
         return pd.DataFrame(columns=TIDY_COLUMNS)
-    best = best_alpha(summaries, "readout_top1" if "readout_top1" in summaries else "median_top1")
+    readout = "readout_top1" if "readout_top1" in summaries else "median_top1"
+    best = best_alpha(summaries, readout)
     best = best.assign(_o=best["method"].map({m: i for i, m in enumerate(REGISTRY)}))
     best = best.sort_values(["_o", "settings", "backbone"], key=lambda c: c.map(list(BACKBONE_LABELS).index)
                             if c.name == "backbone" else c, kind="stable")
+    deltas = vanilla_deltas(summaries, readout)
+    delta = [deltas.get(k) for k in best["config_key"]]
+    by_config = summaries.groupby("config_key")
     return pd.DataFrame({
         "method": best["method"].map(method_label), "settings": best["settings"], "backbone": best["backbone"],
         "alpha": best["alpha"], "top1_mean": best["mean"].round(2), "top1_std": best["std"].round(2),
-        "seeds": best["count"],
+        "top1_ci_low": [round(c[0], 2) if c else None for c in best["ci"]],
+        "top1_ci_high": [round(c[1], 2) if c else None for c in best["ci"]], "seeds": best["count"],
+        **{col: best["config_key"].map(by_config[col].mean()).round(2) if col in summaries else None
+           for col in ("last_top1", "best_top1")},
+        "delta_vanilla": [round(d.delta, 2) if d else None for d in delta],
+        "delta_vanilla_ci_low": [round(d.ci[0], 2) if d and d.ci else None for d in delta],
+        "delta_vanilla_ci_high": [round(d.ci[1], 2) if d and d.ci else None for d in delta],
         "openmixup": [get_spec(m).published.get(b) if m in REGISTRY else None
                       for m, b in zip(best["method"], best["backbone"])],
+        "on_protocol": best["config_key"].map(by_config["on_protocol"].all()) if "on_protocol" in summaries else False,
     }).reset_index(drop=True)
 
 
+def openmixup_agreement(summaries: pd.DataFrame) -> pd.DataFrame:
+    """Per backbone, how our column agrees with OpenMixup's over the methods whose cells are on its protocol, at
+    default settings, with a published number: Kendall's τ-b of the two rankings with its two-sided p-value
+    (``scipy.stats.kendalltau``; nan below two methods) and the mean absolute difference (points)."""
+    from scipy import stats
+
+    tidy = tidy_table(summaries)
+    cells = tidy[tidy["on_protocol"].astype(bool) & tidy["openmixup"].notna() & (tidy["settings"] == "")]
+    rows = []
+    for backbone, g in cells.groupby("backbone", sort=False):
+        tau, p = stats.kendalltau(g["top1_mean"], g["openmixup"]) if len(g) > 1 else (float("nan"), float("nan"))
+        rows.append({"backbone": BACKBONE_LABELS.get(backbone, backbone), "methods": len(g), "Kendall τ": tau,
+                     "p": p, "mean |Δ OpenMixup|": (g["top1_mean"] - g["openmixup"]).abs().mean()})
+    return pd.DataFrame(rows, columns=["backbone", "methods", "Kendall τ", "p", "mean |Δ OpenMixup|"]).round(3)
+
+
 def write_exports(summaries: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """benchmark.csv (tidy), benchmark.md and benchmark.tex (the table's layout: a row per method, ours beside
-    OpenMixup's per backbone, the best of each of our columns in bold) next to the report; beyond.csv/.md/.tex
-    (the beyond-accuracy table) when runs were analysed."""
+    """benchmark.csv (tidy), benchmark.md and benchmark.tex (the table's layout: a row per method, per backbone
+    ours and the difference to Vanilla, and OpenMixup's number where runs are on its protocol, the best of each of
+    our columns in bold) next to the report; beyond.csv/.md/.tex (the beyond-accuracy table) when runs were
+    analysed."""
     from mixnb.io import atomic_write_text
 
     tidy = tidy_table(summaries)  # read as the main table reads
     paths = [out_dir / f"benchmark.{ext}" for ext in ("csv", "md", "tex")]
     atomic_write_text(paths[0], tidy.to_csv(index=False))
     backbones = [b for b in BACKBONE_LABELS if b in set(tidy.get("backbone", []))]
-    header = ["Method", "α"] + [f"{BACKBONE_LABELS[b]} {w}" for b in backbones for w in ("ours", "OpenMixup")]
+    reference = compares_with_openmixup(summaries)
+    header = ["Method", "α"] + [f"{BACKBONE_LABELS[b]} {w}" for b in backbones
+                                for w in ("ours", "Δ Vanilla", *(("OpenMixup",) if reference else ()))]
     rows = []
     best = {b: tidy[tidy["backbone"] == b]["top1_mean"].max() for b in backbones}
     for (method, settings), group in tidy.groupby(["method", "settings"], sort=False):
@@ -351,15 +567,19 @@ def write_exports(summaries: pd.DataFrame, out_dir: Path) -> list[Path]:
             r = cells.get(b)
             ours = "–" if r is None else (f"{r.top1_mean:.2f} ± {r.top1_std:.2f}" if r.seeds > 1 else f"{r.top1_mean:.2f}")
             row += [(ours, r is not None and r.top1_mean == best[b]),
-                    (f"{r.openmixup:.2f}" if r is not None and pd.notna(r.openmixup) else "–", False)]
+                    (f"{r.delta_vanilla:+.2f}" if r is not None and pd.notna(r.delta_vanilla) else "–", False)]
+            if reference:
+                row.append((f"{r.openmixup:.2f}" if r is not None and pd.notna(r.openmixup) else "–", False))
         rows.append([(c, False) if isinstance(c, str) else c for c in row])
     paths[1:] = _table_files(out_dir / "benchmark", header, rows, text_columns=1)
-    beyond = beyond_accuracy(summaries).reset_index()
+    beyond = beyond_accuracy(summaries)
     if not beyond.empty:
         paths.append(out_dir / "beyond.csv")
-        atomic_write_text(paths[-1], beyond.to_csv(index=False))
-        cells = [[(str(v), False) for v in row] for row in beyond.itertuples(index=False)]
-        paths += _table_files(out_dir / "beyond", list(beyond.columns), cells, text_columns=4)
+        atomic_write_text(paths[-1], beyond.reset_index().to_csv(index=False))
+        view, best = beyond_view(beyond)
+        cells = [[(str(k), False) for k in key] + list(zip(row, marks))
+                 for key, row, marks in zip(view.index, view.itertuples(index=False), best.itertuples(index=False))]
+        paths += _table_files(out_dir / "beyond", [*view.index.names, *view.columns], cells, text_columns=4)
     return paths
 
 
@@ -395,18 +615,29 @@ def _tex(text: str) -> str:
 
 
 def appendix_table(summaries: pd.DataFrame, diverged: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every configuration that ran: its alpha and settings, top-1 over its seeds, and the diverged ones."""
+    """Every configuration that ran: its alpha and settings, median top-1 over its seeds with its 95 % t-interval
+    and difference to Vanilla (``vanilla_deltas``), whether the main table chose its alpha ("✓", with the tie and
+    its rule when there was one: ``best_alpha`` on the main table's read-out), and the diverged ones."""
     rows = []
     if not summaries.empty:
+        deltas = vanilla_deltas(summaries)
+        readout = "readout_top1" if "readout_top1" in summaries else "median_top1"
+        chosen = {r.config_key: "✓" + (f" (tied with {', '.join(f'{a:g}' for a in r.tied)}: {r.tie_rule})"
+                                       if r.tied else "") for r in best_alpha(summaries, readout).itertuples()}
         for r in pooled(summaries).itertuples():
             rows.append({"method": method_label(r.method), "backbone": BACKBONE_LABELS.get(r.backbone, r.backbone),
                          "α": _alpha(r.alpha), "settings": r.settings or "–",
                          "median top-1": _fmt(r.mean, r.std, r.count), "seeds": r.count,
+                         "95 % CI": f"[{r.ci[0]:.2f}, {r.ci[1]:.2f}]" if r.ci else "n=1",
+                         "Δ Vanilla": "ref" if r.method == "vanilla" else
+                         deltas[r.config_key].label() if r.config_key in deltas else "–",
+                         "chosen α": chosen.get(r.config_key, ""),
                          "_order": list(REGISTRY).index(r.method) if r.method in REGISTRY else 99})
     for r in _rows(diverged):
         rows.append({"method": method_label(r.method), "backbone": BACKBONE_LABELS.get(r.backbone, r.backbone),
                      "α": "", "settings": r.settings or "–", "median top-1": r.reason,
-                     "seeds": f"seed {r.seed}", "_order": list(REGISTRY).index(r.method) if r.method in REGISTRY else 99})
+                     "seeds": f"seed {r.seed}", "95 % CI": "", "Δ Vanilla": "", "chosen α": "",
+                     "_order": list(REGISTRY).index(r.method) if r.method in REGISTRY else 99})
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows).sort_values(["backbone", "_order", "settings", "α"], kind="stable")
@@ -435,10 +666,12 @@ def appendix_html(summaries: pd.DataFrame, diverged: pd.DataFrame | None = None)
     return f'<table class="dataframe"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _alpha(alpha: float | None, candidates: int = 1) -> str:
+def _alpha(alpha: float | None, candidates: int = 1, tied: tuple[float, ...] = (), rule: str = "") -> str:
+    """"0.2", "0.2 (best of 2)", or with a tie "1 (best of 2; tied with 0.2: published α)"."""
     if alpha is None or pd.isna(alpha):
         return "–"
-    return f"{alpha:g}" + (f" (best of {candidates})" if candidates > 1 else "")
+    tie = f"; tied with {', '.join(f'{a:g}' for a in tied)}: {rule}" if tied else ""
+    return f"{alpha:g}" + (f" (best of {candidates}{tie})" if candidates > 1 else "")
 
 
 def _col(df: pd.DataFrame | None, name: str) -> list[Any]:
@@ -451,16 +684,25 @@ def _rows(df: pd.DataFrame | None) -> list[Any]:
 
 def readout_table(summaries: pd.DataFrame) -> pd.DataFrame:
     """AutoMix/SAMix/AdAutoMix: the plain online-encoder median beside the reference's read-out, which the main
-    table shows: OpenMixup's best of four heads (docs/protocol.md §1.7); for AdAutoMix its authors' EMA one-hot head."""
+    table shows: OpenMixup's best of four heads (docs/protocol.md §1.7); for AdAutoMix its authors' EMA one-hot head.
+    Each run's difference to the Vanilla run of the same seed, backbone, epochs, width and settings: of the
+    online median to Vanilla's median, of the read-out to Vanilla's read-out ("–": no such Vanilla run)."""
     if "reference_top1" not in summaries:
         return pd.DataFrame()
     rows = summaries.dropna(subset=["reference_top1"])
+    vanilla = summaries[summaries["method"] == "vanilla"].assign(_key=_vanilla_keys).set_index(["_key", "seed"])
+    at = [(k, seed) for k, seed in zip(_vanilla_keys(rows), rows["seed"])]
     out = rows[["method", "backbone", "alpha", "settings", "seed", "median_top1", "reference_top1"]].copy()
+    for value, base, name in (("median_top1", "median_top1", "online Δ Vanilla"),
+                              ("reference_top1", "readout_top1", "read-out Δ Vanilla")):
+        ref = vanilla.get(base, vanilla["median_top1"])
+        out[name] = [v - ref[k] if k in ref.index else float("nan") for v, k in zip(rows[value], at)]
     out["method"] = out["method"].map(method_label)
     out["alpha"] = out["alpha"].map(_alpha)
-    return out.rename(columns={"alpha": "α", "median_top1": "online q median",
-                               "reference_top1": "reference read-out (in the table, †)"}
-                      ).set_index(["method", "backbone", "α", "settings", "seed"]).round(2)
+    out = out.rename(columns={"alpha": "α", "median_top1": "online q median",
+                              "reference_top1": "reference read-out (in the table, †)"}
+                     ).set_index(["method", "backbone", "α", "settings", "seed"]).round(2)
+    return out.astype(object).where(out.notna(), "–")
 
 
 def _fmt(mean: float | None, std: float | None, n: int) -> str:
@@ -469,15 +711,24 @@ def _fmt(mean: float | None, std: float | None, n: int) -> str:
     return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
 
 
+LOAD_SPREAD = 0.5  # the most the runs' median 1-min loads may differ for their wall times to be compared
+
+
 def cost_table(summaries: pd.DataFrame) -> pd.DataFrame:
-    """Training cost per configuration in protocol order: training seconds per epoch (the median over epochs,
-    the first one left out as warm-up; evaluation not included), its ratio to Vanilla's with the same settings,
-    peak memory, and the FLOPs of one training image through the method's step (from analysis.json)."""
+    """Training cost per configuration in protocol order, led by what no machine changes: the FLOPs of one training
+    image through the method's step (analysis.json); then training seconds per epoch (the median over epochs, the
+    first one left out as warm-up; evaluation not included), its ratio to the Vanilla run of the same backbone,
+    epochs, width and settings (``vanilla_key``), the machine's median 1-min load while the runs trained
+    (``load_avg``; "–" for runs from before it was recorded) and peak memory. ``timing_caveat`` says whether the
+    ratios mean anything."""
     df = pooled(summaries, TRAIN_SECONDS).rename(columns={"mean": "seconds"})
     df["peak MiB"] = pooled(summaries, "peak_mem_mb")["mean"].to_numpy()
-    base = {(r.backbone, r.settings): r.seconds for r in df[df["method"] == "vanilla"].itertuples()}
-    df["× Vanilla"] = [r.seconds / base[(r.backbone, r.settings)] if (r.backbone, r.settings) in base
-                       else float("nan") for r in df.itertuples()]
+    df["load"] = df["config_key"].map(summaries.groupby("config_key")["load_avg"].median()) \
+        if "load_avg" in summaries else float("nan")
+    df["vanilla_key"] = df["config_key"].map(_vanilla_keys(summaries).groupby(summaries["config_key"]).first())
+    base = {r.vanilla_key: r.seconds for r in df[df["method"] == "vanilla"].itertuples()}
+    df["× Vanilla"] = [r.seconds / base[r.vanilla_key] if r.vanilla_key in base else float("nan")
+                       for r in df.itertuples()]
     df["train s/epoch"] = df["seconds"]
     flops = summaries.assign(f=[train_gflops(d) for d in summaries["run_dir"]]).groupby("config_key", sort=False)["f"]
     df["train GFLOPs/image"] = df["config_key"].map(flops.mean())
@@ -486,8 +737,57 @@ def cost_table(summaries: pd.DataFrame) -> pd.DataFrame:
     df["method"] = df["method"].map(method_label)
     df["α"] = df["alpha"].map(_alpha)
     df["backbone"] = df["backbone"].map(lambda b: BACKBONE_LABELS.get(b, b))
-    df = df.set_index(["backbone", "method", "α", "settings"])[["train s/epoch", "× Vanilla", "peak MiB", "train GFLOPs/image"]].round(2)
+    df = df.set_index(["backbone", "method", "α", "settings"])[
+        ["train GFLOPs/image", "train s/epoch", "× Vanilla", "load", "peak MiB"]].round(2)
     return df.astype(object).where(df.notna(), "–")  # no Vanilla run with these settings: no ratio
+
+
+def timing_caveat(summaries: pd.DataFrame) -> str | None:
+    """Why the runs' wall times cannot be compared as ratios, in one line, or None when they can: every run
+    recorded the machine's load, all ran on one device model, their median loads differ by at most
+    ``LOAD_SPREAD`` and none exceeds the machine's cores (runs that share cores time each other, not the method)."""
+    if summaries.empty:
+        return None
+    if "load_avg" not in summaries or summaries["load_avg"].isna().any():
+        missing = summaries["load_avg"].isna().sum() if "load_avg" in summaries else len(summaries)
+        return (f"{missing} of {len(summaries)} runs did not record the machine's load (runs from before metrics.csv "
+                f"had load_avg), so their wall times may have been taken under any load")
+    if summaries["device_name"].nunique() > 1:
+        return f"the runs ran on different devices ({', '.join(sorted(set(summaries['device_name'].dropna())))})"
+    lo, hi = summaries["load_avg"].min(), summaries["load_avg"].max()
+    if hi - lo > LOAD_SPREAD:
+        return f"the machine's median 1-min load varied from {lo:.2f} to {hi:.2f} across the runs (more than {LOAD_SPREAD})"
+    cores = summaries["cpu_count"].min() if "cpu_count" in summaries else None
+    if cores is not None and pd.notna(cores) and hi > cores:
+        return f"the machine's median 1-min load reached {hi:.2f}, more than its {cores:g} cores"
+    return None
+
+
+def cost_styler(summaries: pd.DataFrame) -> Any:
+    """``cost_table`` as a Styler, the ratio column greyed when ``timing_caveat`` gives a reason."""
+    table = cost_table(summaries)
+    styler = table.style.format(lambda v: v if isinstance(v, str) else f"{v:.2f}")
+    if timing_caveat(summaries) is not None:
+        styler = styler.set_properties(subset=["× Vanilla"], color="#aaa")
+    return styler
+
+
+def cost_note_html(summaries: pd.DataFrame) -> str:
+    """Where and under what load the timings were taken, whether the × Vanilla ratios may be read (one line why
+    not), and ``make bench`` for relative costs measured interleaved."""
+    from html import escape
+
+    devices = ", ".join(sorted(set(summaries["device_name"].dropna()))) or "?"
+    hosts = ", ".join(sorted(set(summaries.get("host", pd.Series(dtype=str)).dropna()))) or "?"
+    loads = summaries.get("load_avg", pd.Series(dtype=float)).dropna()
+    load = f"median 1-min load per run {loads.min():.2f}–{loads.max():.2f}" if len(loads) else "load not recorded"
+    caveat = timing_caveat(summaries)
+    verdict = (f"<b>× Vanilla is greyed: not a finding</b>: {escape(caveat)}." if caveat else
+               f"The runs' loads agree within {LOAD_SPREAD} and stay under the core count: × Vanilla compares like "
+               f"with like on this machine.")
+    return (f"<p>FLOPs per image do not depend on the machine and lead. Wall times: {escape(devices)} on host "
+            f"{escape(hosts)}, {escape(load)}, each run timed on its own, one after another. {verdict} For relative "
+            f"costs measured interleaved in one process on one device, run <code>make bench</code>.</p>")
 
 
 # ----------------------------------------------------------------------------- plots
@@ -532,19 +832,58 @@ def plot_curves(metrics: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def plot_cost(summaries: pd.DataFrame) -> plt.Figure:
-    """Median top-1 against training seconds per epoch, one panel per backbone, one marker per configuration."""
+def plot_cost(summaries: pd.DataFrame, *, timings: bool = True) -> plt.Figure:
+    """Median top-1 against the training GFLOPs per image (where runs were analysed) and, with ``timings`` (the
+    runs' wall times comparable: ``timing_caveat``), against training seconds per epoch; a row per backbone, one
+    marker per configuration."""
     backbones = [b for b in BACKBONE_LABELS if b in set(summaries["backbone"])]
-    fig, axes = plt.subplots(1, len(backbones), figsize=(5 * len(backbones) + 2, 3.6), squeeze=False)
     rows = pooled(summaries).assign(seconds=pooled(summaries, TRAIN_SECONDS)["mean"].to_numpy())
+    gflops = summaries.assign(f=[train_gflops(d) for d in summaries["run_dir"]]).groupby("config_key")["f"].mean()
+    rows["gflops"] = rows["config_key"].map(gflops)
+    xs = [(x, label) for x, label, show in (
+        ("gflops", "training GFLOPs per image (forward + backward)", rows["gflops"].notna().any()),
+        ("seconds", "training s/epoch (median, warm-up epoch left out)", timings)) if show]
+    xs = xs or [("seconds", "training s/epoch (greyed: not comparable)")]
+    fig, axes = plt.subplots(len(backbones), len(xs), figsize=(5 * len(xs) + 2, 3.6 * len(backbones)), squeeze=False)
+    for row, backbone in zip(axes, backbones):
+        for ax, (x, xlabel) in zip(row, xs):
+            for r in rows[rows["backbone"] == backbone].itertuples():
+                style = method_style(r.method)
+                ax.scatter(getattr(r, x), r.mean, s=70 if r.method == "vanilla" else 40, color=style["color"],
+                           marker=style["marker"], edgecolors="black" if r.method == "vanilla" else "none",
+                           label=config_label(r.method, r.alpha, r.settings), alpha=1 if x != "seconds" or timings else 0.3)
+            ax.set(xlabel=xlabel, ylabel="median top-1 (%)", title=f"{BACKBONE_LABELS[backbone]} (Vanilla outlined)")
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_alpha(summaries: pd.DataFrame, value: str = "readout_top1") -> plt.Figure | None:
+    """Top-1 against α, one line per method (and settings) that ran two α values or more, a panel per backbone:
+    the mean over seeds with its std as error bars, the chosen α (``best_alpha``) circled. None when no method
+    ran two α values."""
+    if summaries.empty:
+        return None
+    value = value if value in summaries else "median_top1"
+    rows = pooled(summaries, value).dropna(subset=["alpha"])
+    searched = rows.groupby(["method", "backbone", "group_key"]).filter(lambda g: g["alpha"].nunique() > 1)
+    if searched.empty:
+        return None
+    chosen = set(best_alpha(summaries, value)["config_key"])
+    backbones = [b for b in BACKBONE_LABELS if b in set(searched["backbone"])]
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5 * len(backbones) + 2, 3.6), squeeze=False)
     for ax, backbone in zip(axes[0], backbones):
-        for r in rows[rows["backbone"] == backbone].itertuples():
-            style = method_style(r.method)
-            ax.scatter(r.seconds, r.mean, s=70 if r.method == "vanilla" else 40, color=style["color"],
-                       marker=style["marker"], edgecolors="black" if r.method == "vanilla" else "none",
-                       label=config_label(r.method, r.alpha, r.settings))
-        ax.set(xlabel="training s/epoch (median, warm-up epoch left out)", ylabel="median top-1 (%)",
-               title=f"{BACKBONE_LABELS[backbone]} (Vanilla outlined)")
+        for (method, _, settings), g in searched[searched["backbone"] == backbone].groupby(
+                ["method", "group_key", "settings"], sort=False):
+            g = g.sort_values("alpha")
+            style = method_style(method)
+            ax.errorbar(g["alpha"], g["mean"], yerr=g["std"].fillna(0), capsize=3, color=style["color"],
+                        marker=style["marker"], label=config_label(method, None, settings))
+            pick = g[g["config_key"].isin(chosen)]
+            ax.scatter(pick["alpha"], pick["mean"], s=160, facecolors="none", edgecolors="black", zorder=3)
+        ax.set(xscale="log", xlabel="α (log scale)", ylabel="top-1 (%)",
+               title=f"{BACKBONE_LABELS[backbone]}: top-1 against α (chosen circled)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
@@ -766,11 +1105,11 @@ def header_html(runs: Runs, profile: str) -> str:
 
     s = runs.summaries
     sample = PROFILES.get(profile, {}).get("sample") is not None
-    out = [f"<h1>Mixup benchmark on Tiny-ImageNet — profile <code>{escape(profile)}</code></h1>"]
+    out = [f"<h1>Mixup benchmark on {escape(dataset_title(s, profile))} — profile <code>{escape(profile)}</code></h1>"]
     if sample:
         out.append("<blockquote><b>These numbers come from the generated sample profile</b> (a small synthetic dataset "
                    "and a narrow network, minutes on a CPU). They prove the pipeline; they are <b>not</b> comparable "
-                   "with OpenMixup's published Tiny-ImageNet numbers, shown beside them for reference only."
+                   "with OpenMixup's published Tiny-ImageNet numbers, which the tables therefore leave out."
                    "</blockquote>")
     items = ["Protocol: OpenMixup's Tiny-ImageNet benchmark (SGD with momentum, per-epoch cosine, 64 px, "
              "RandomResizedCrop (bilinear or bicubic, as the code column says) + flip, no centre crop at test; the "
@@ -799,6 +1138,65 @@ def header_html(runs: Runs, profile: str) -> str:
         out.append("<p>Left out: " + "; ".join(f"<code>{escape(n)}</code> {escape(why)}" for n, why in runs.skipped)
                    + ".</p>")
     return "\n".join(out)
+
+
+def dataset_title(summaries: pd.DataFrame, profile: str) -> str:
+    """The dataset and its size, from the runs' records (``dataset_name``; none yet: the profile's), e.g. "the
+    generated sample set (10 classes; 1,000 train / 300 val images)"; several datasets are joined with "and"."""
+    if summaries.empty or "dataset" not in summaries:
+        spec = PROFILES.get(profile, {}).get("sample")
+        if spec is None:
+            return "Tiny-ImageNet" if profile == "tiny-imagenet" else "no dataset yet"
+        k = spec["num_classes"]
+        sizes = [(k, k * spec["train_per_class"], k * spec["val_per_class"])]
+        names = ["the generated sample set"]
+    else:
+        sets = summaries[["dataset", "classes", "train_images", "val_images"]].drop_duplicates()
+        sizes = [(r.classes, r.train_images, r.val_images) for r in sets.itertuples()]
+        names = [("the " if r.dataset == "generated sample set" else "") + r.dataset for r in sets.itertuples()]
+    return " and ".join(f"{name} ({k} classes; {train:,} train / {val:,} val images)"
+                        for name, (k, train, val) in zip(names, sizes))
+
+
+def table_intro_html(summaries: pd.DataFrame, profile: str) -> str:
+    """What the main table's numbers are, in plain words: the read-out (and, for runs shorter than its window,
+    that the "median" covers every epoch), seeds and intervals, Δ Vanilla, the α choice and its tie rule, and
+    whether OpenMixup's numbers are shown (only beside runs on their protocol) and why not."""
+    from html import escape
+
+    items = ["top-1 (%): the median of the last 10 epochs as OpenMixup's summary script reads them (epochs 390–400 "
+             "of 400: 11 values), mean ± std over the seeds of one configuration (seeds pool only within identical "
+             "settings); each method at its best α among those that ran, chosen on the validation set by this same "
+             "read-out (Tiny-ImageNet has no labelled test split). A tie (means equal at two decimals) goes to the "
+             "published α when it is among the tied, else to the smallest; the α cell names it. Every configuration "
+             "is in the appendix."]
+    if not summaries.empty:
+        short = summaries[short_runs(summaries)]
+        if len(short):
+            epochs = "/".join(map(str, sorted(set(short["epochs"]))))
+            items.append(f"<b>{len(short)} of {len(summaries)} runs have {epochs} epochs, fewer than the read-out's "
+                         f"{READOUT_WINDOW}</b>: their top-1 is the median of all their epochs, early ones included, "
+                         f"not the protocol's read-out; the last- and best-epoch top-1 (means over seeds) stand beside "
+                         f"it.")
+        counts = summaries.groupby("config_key").size()
+        items.append("n = 1 seed per configuration: no spread (±) and no interval can be given; "
+                     f"<code>make sweep PROFILE={escape(profile)} SEEDS=0,1,2</code> runs three."
+                     if counts.max() < 2 else
+                     "With two seeds or more: 95 % CI = the Student-t interval of the seed mean (n = seeds).")
+        items.append("Δ Vanilla: the difference to our Vanilla run of the same backbone, epochs, width and settings; "
+                     "over two seeds or more both ran, the mean of the paired differences (same seed = same data order "
+                     "and initialisation) with its 95 % t-interval, <i>within seed noise</i> when that holds 0; "
+                     "“–”: no such Vanilla run.")
+        if not compares_with_openmixup(summaries):
+            datasets = ", ".join(sorted(set(summaries.get("dataset", pd.Series(["?"])))))
+            items.append(f"OpenMixup's published numbers are left out: they are Tiny-ImageNet at "
+                         f"{PROTOCOL['epochs']} epochs and width {PROTOCOL['width']}, and no run here is (these: "
+                         f"{escape(datasets)}, {_values(summaries['epochs'])} epochs, width "
+                         f"{_values(summaries['width'])}).")
+        elif not summaries["on_protocol"].all():
+            items.append("Δ OpenMixup only where a cell's runs are on the protocol (Tiny-ImageNet, "
+                         f"{PROTOCOL['epochs']} epochs, width {PROTOCOL['width']}, no other setting changed).")
+    return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
 def off_protocol(summaries: pd.DataFrame) -> list[str]:

@@ -71,7 +71,12 @@ from mixnb.analysis.flop_count import count_flops, flops
 from mixnb.analysis.occlude import curve_auc, occlusion, occlusion_masks, patch_mask
 from mixnb.analysis.report import (
     BEYOND_COLUMNS,
+    OFFICIAL_CORRUPTION,
+    BeyondColumn,
+    beyond_value,
+    ece_interval,
     value_at,
+    wilson_interval,
     beyond_table,
     cam_gallery,
     definitions,
@@ -102,7 +107,8 @@ __all__ = [
     "box_iou", "gallery_indices", "grad_cam", "largest_region_boxes", "localisation", "upsample_cam", "count_flops",
     "flops",
     # analyze, report, cli
-    "analysis_key", "analyze_or_record", "analyze_run", "checkpoint_record", "BEYOND_COLUMNS", "value_at",
+    "analysis_key", "analyze_or_record", "analyze_run", "checkpoint_record", "BEYOND_COLUMNS", "OFFICIAL_CORRUPTION",
+    "BeyondColumn", "beyond_value", "ece_interval", "value_at", "wilson_interval",
     "beyond_table", "cam_gallery", "definitions", "mce_table", "plot_occlusion", "plot_reliability",
     "add_analyze_options", "analyze_from_args",
 ]

@@ -4,6 +4,7 @@ plots, the CAM gallery and ``definitions()`` (one line per reported number)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,65 @@ def _records(rows: Any) -> list[dict[str, Any]]:
     return out
 
 
-BEYOND_COLUMNS = {  # column -> path in analysis.json
-    "ECE": ("calibration", "ece"), "NLL": ("calibration", "nll"), "FGSM": ("adversarial", "fgsm_top1"),
-    "PGD": ("adversarial", "pgd_top1"), "occlusion AUC": ("occlusion", "auc"),
-    "corruption": ("corruptions", "generated", "mean_top1"), "localization": ("localization", "top1_loc"),
+@dataclass(frozen=True)
+class BeyondColumn:
+    """A beyond-accuracy number: where analysis.json holds it and the count of the images it was computed on,
+    whether higher is better, and its 95 % interval: "wilson" (a top-1 over those images: ``wilson_interval``),
+    "ece" (``ece_interval``) or "" (none: NLL, whose per-image losses analysis.json does not keep)."""
+
+    path: tuple[str, ...]
+    images: tuple[str, ...]
+    higher_is_better: bool
+    interval: str
+
+
+BEYOND_COLUMNS = {
+    "ECE": BeyondColumn(("calibration", "ece"), ("clean", "images"), False, "ece"),
+    "NLL": BeyondColumn(("calibration", "nll"), ("clean", "images"), False, ""),
+    "FGSM": BeyondColumn(("adversarial", "fgsm_top1"), ("adversarial", "images"), True, "wilson"),
+    "PGD": BeyondColumn(("adversarial", "pgd_top1"), ("adversarial", "images"), True, "wilson"),
+    "occlusion AUC": BeyondColumn(("occlusion", "auc"), ("occlusion", "images"), True, "wilson"),
+    "corruption": BeyondColumn(("corruptions", "generated", "mean_top1"), ("corruptions", "generated", "images"), True,
+                               "wilson"),
+    "localization": BeyondColumn(("localization", "top1_loc"), ("localization", "images"), True, "wilson"),
 }
+OFFICIAL_CORRUPTION = BeyondColumn(("corruptions", "official", "mean_top1"), ("corruptions", "official", "images"),
+                                   True, "wilson")
+
+
+def wilson_interval(top1: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (%) of a top-1 (%) over ``n`` images, 95 % at z = 1.96 (Wilson, JASA 22, 1927):
+    (p + z²/2n ± z √(p(1 - p)/n + z²/4n²)) / (1 + z²/n). A top-1 averaged over conditions on the same n images
+    (occlusion AUC, corruption mean) varies no more than one image's 0/1 outcome: the interval is an upper bound."""
+    p = top1 / 100
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(100 * float(centre - half), 0.0), min(100 * float(centre + half), 100.0)  # rounding: never past 0-100
+
+
+def ece_interval(calibration: dict[str, Any], z: float = 1.96) -> tuple[float, float]:
+    """ECE ± z SE (%), floored at 0, with each bin's accuracy binomial: SE = √(Σ_m n_m acc_m (1 - acc_m)) / N
+    (the delta method with the sign of each bin's gap held; the |.| bias of a small bin is not in it)."""
+    bins = calibration["bins"]
+    total = sum(b["count"] for b in bins)
+    se = 100 * np.sqrt(sum(b["count"] * b["accuracy"] * (1 - b["accuracy"]) for b in bins)) / max(total, 1)
+    return max(calibration["ece"] - z * se, 0.0), calibration["ece"] + z * se
+
+
+def beyond_value(rec: dict[str, Any], column: BeyondColumn) -> tuple[float | None, int | None, tuple[float, float] | None]:
+    """One ``BeyondColumn`` of an analysis.json record: its value, the images it was computed on (the official
+    corruption set: the largest corruption x severity folder) and its 95 % interval (None where it has none)."""
+    value, images = value_at(rec, column.path), value_at(rec, column.images)
+    n = max(_leaves(images)) if isinstance(images, dict) else images
+    if value is None or not n:
+        return value, n, None
+    interval = (wilson_interval(value, n) if column.interval == "wilson" else
+                ece_interval(rec["calibration"]) if column.interval == "ece" else None)
+    return value, n, interval
+
+
+def _leaves(tree: dict[str, Any]) -> list[Any]:
+    return [v for x in tree.values() for v in (_leaves(x) if isinstance(x, dict) else [x])]
 
 
 def value_at(rec: dict[str, Any], path: Sequence[str]) -> Any:
@@ -56,9 +111,9 @@ def beyond_table(rows: Any) -> Any:
     import pandas as pd
 
     recs = _records(rows)
-    cols = {**BEYOND_COLUMNS, "corruption (official)": ("corruptions", "official", "mean_top1")}
+    cols = {**BEYOND_COLUMNS, "corruption (official)": OFFICIAL_CORRUPTION}
     table = pd.DataFrame([{"method": r["method"], "backbone": r["backbone"],
-                           **{c: value_at(r, p) for c, p in cols.items()}} for r in recs],
+                           **{c: value_at(r, col.path) for c, col in cols.items()}} for r in recs],
                          columns=["method", "backbone", *cols])
     table[list(cols)] = table[list(cols)].astype(float)
     if table["corruption (official)"].isna().all():
@@ -123,8 +178,10 @@ def plot_reliability(rows: Any, *, cols: int = 4) -> Any:
         ax.step(np.r_[lo, 1.0], np.r_[count / max(count.sum(), 1), 0], where="post", color="grey", lw=0.8,
                 label="share of images")
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+        lo, hi = ece_interval(r["calibration"])
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", title=f"{r['run']}\n"
-               f"ECE {r['calibration']['ece']:.1f}%  MCE {r['calibration']['mce']:.1f}%")
+               f"ECE {r['calibration']['ece']:.1f}% [{lo:.1f}, {hi:.1f}], n={int(count.sum())}\n"
+               f"MCE {r['calibration']['mce']:.1f}%")
         ax.title.set_fontsize(8)
     axes.flat[0].set_ylabel("accuracy")
     axes.flat[0].legend(fontsize=6, loc="upper left")
@@ -133,14 +190,18 @@ def plot_reliability(rows: Any, *, cols: int = 4) -> Any:
 
 
 def plot_occlusion(rows: Any) -> Any:
-    """Top-1 (%) against the share of 8x8 patches zeroed, one line per analysis, AUC in the legend."""
+    """Top-1 (%) against the share of 8x8 patches zeroed, one line per analysis, AUC in the legend, the images
+    each point was measured on (n) in the title."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for r in _records(rows if not isinstance(rows, dict) else [rows]):
+    recs = _records(rows if not isinstance(rows, dict) else [rows])
+    for r in recs:
         o = r["occlusion"]
         ax.plot(o["fractions"], o["top1"], marker=".", label=f"{r['run']} AUC {o['auc']:.1f}")
-    ax.set(xlabel="share of 8x8 patches zeroed", ylabel="top-1 (%)", title="Occlusion robustness")
+    ns = sorted({r["occlusion"]["images"] for r in recs})
+    ax.set(xlabel="share of 8x8 patches zeroed", ylabel="top-1 (%)",
+           title=f"Occlusion robustness (n={'/'.join(map(str, ns))} images per point)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -214,6 +275,10 @@ def definitions() -> dict[str, str]:
                          f"the box of the largest 8-connected region >= {s.cam_threshold} x max of the Grad-CAM "
                          "(layer4, 8x8, ground-truth class, bilinear to 64 px); inclusive pixel boxes"),
         "GT-known loc": f"localisation (%) with IoU >= {s.iou_threshold} alone, whatever the prediction",
+        "n and intervals": ("n = the val images a number was computed on; [ ] = its 95 % interval: Wilson's for a "
+                            "top-1 (an upper bound for AUC and the corruption mean, averages over conditions on the "
+                            "same images), ECE ± 1.96 SE with each bin's accuracy binomial; NLL: none (per-image losses "
+                            "are not kept); over several seeds, the mean of their intervals"),
         "FLOPs": ("FlopCounterMode FLOPs (2 x MACs, convs and matmuls) of one training step of the method (forward + "
                   "backward at the run's batch size) and of one 64 px image's forward"),
     }

@@ -567,7 +567,8 @@ def write_exports(summaries: pd.DataFrame, out_dir: Path) -> list[Path]:
             r = cells.get(b)
             ours = "–" if r is None else (f"{r.top1_mean:.2f} ± {r.top1_std:.2f}" if r.seeds > 1 else f"{r.top1_mean:.2f}")
             row += [(ours, r is not None and r.top1_mean == best[b]),
-                    (f"{r.delta_vanilla:+.2f}" if r is not None and pd.notna(r.delta_vanilla) else "–", False)]
+                    ("ref" if method == method_label("vanilla") else f"{r.delta_vanilla:+.2f}"
+                     if r is not None and pd.notna(r.delta_vanilla) else "–", False)]
             if reference:
                 row.append((f"{r.openmixup:.2f}" if r is not None and pd.notna(r.openmixup) else "–", False))
         rows.append([(c, False) if isinstance(c, str) else c for c in row])

@@ -19,7 +19,7 @@ from mixnb.io import write_json
 from mixnb.report import (Runs, appendix_table, benchmark_table, best_alpha, beyond_accuracy, beyond_view,
                           compares_with_openmixup, cost_note_html, cost_styler, cost_table, dataset_name, header_html,
                           load_runs, openmixup_agreement, plot_alpha, table_intro_html, tidy_table, timing_caveat,
-                          vanilla_deltas)
+                          vanilla_deltas, write_exports)
 from mixnb.runs import ANALYSIS_VERSION
 from mixnb.train import summarize
 
@@ -138,6 +138,10 @@ def test_every_top1_table_has_delta_vanilla_from_the_matching_vanilla_run(tmp_pa
     assert appendix.loc["–", "Δ Vanilla"].tolist() == ["ref", "+3.00"] and appendix.loc["lr 0.1", "Δ Vanilla"] == "–"
     tidy = tidy_table(s).set_index(["method", "settings"])["delta_vanilla"]
     assert tidy[("MixUp", "")] == 3.0 and pd.isna(tidy[("MixUp", "lr 0.1")])
+    write_exports(s, tmp_path)
+    md = (tmp_path / "benchmark.md").read_text()
+    assert "| R-18 Δ Vanilla |" in md and "| Vanilla | – | 50.00 | ref |" in md and "| MixUp | 1 | 53.00 | +3.00 |" in md
+    assert "OpenMixup" not in md  # off the protocol
 
 
 def test_seeds_give_a_t_interval_and_a_paired_comparison_flagged_within_noise():

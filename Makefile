@@ -19,6 +19,7 @@ ANALYSIS ?= 1
 GPUS ?=
 GPUS_PER_RUN ?= 1
 RUNS_PER_GPU ?= 1
+CPU_JOBS ?=
 EXECUTOR ?= local-slots
 PARTITION ?=
 ACCOUNT ?=
@@ -40,6 +41,7 @@ SWEEP_ARGS = --profile $(PROFILE) \
 	$(if $(filter-out 0,$(DRY_RUN)),--dry-run) \
 	$(if $(filter 0,$(ANALYSIS)),--no-analysis) \
 	$(if $(GPUS),--gpus $(GPUS)) \
+	$(if $(CPU_JOBS),--cpu-jobs $(CPU_JOBS)) \
 	--gpus-per-run $(GPUS_PER_RUN) --runs-per-gpu $(RUNS_PER_GPU) --executor $(EXECUTOR) --wait $(WAIT) \
 	$(if $(PARTITION),--partition $(PARTITION)) \
 	$(if $(ACCOUNT),--account $(ACCOUNT)) \
@@ -81,11 +83,12 @@ report: $(STAMP)
 analyze: $(STAMP)
 	$(PY) -m mixnb analyze --profile $(PROFILE)
 
+# -n auto: one pytest worker per core, each with its share of the cores as torch threads (tests/conftest.py)
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 test-fast: $(STAMP)  # the unit tests: everything but the end-to-end ones (marked slow)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n auto -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -44,6 +44,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -70,6 +71,7 @@ from mixnb.runs import (RunConflict, analysis_failure, check_identity, dataset_r
                         is_locked, load_data, needs_analysis, read_summary, run_lock)
 
 DEFAULT_BACKBONES = {"tiny-imagenet": ["resnet18", "resnext50"], "sample": ["resnet18"], "test": ["resnet18"]}
+CPU_JOBS_AUTO = 2  # runs at once without a GPU (cores allowing): docs/performance.md "CPU sweeps"
 LOCK_WAIT_S = 2.0  # a claim retries this long: a probe (``is_locked``) holds the lock for microseconds
 MAX_REQUEUES = 100  # submitit time-outs per job; each requeue resumes from the last epoch's checkpoint
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -306,11 +308,13 @@ def failure_reason(run_dir: Path) -> str:
     return f"papermill failed; see {run_dir / 'papermill.log'}"
 
 
-def gpu_slots(gpus: list[str] | None, gpus_per_run: int, runs_per_gpu: int = 1) -> list[dict[str, str]]:
+def gpu_slots(gpus: list[str] | None, gpus_per_run: int, runs_per_gpu: int = 1,
+              cpu_jobs: int | None = None) -> list[dict[str, str]]:
     """One environment per concurrent job: GPUS split into groups of ``gpus_per_run``, each group taken by
     ``runs_per_gpu`` jobs at once (small batches leave a large GPU under-occupied; one run's host work overlaps
-    another's device work). Without GPUS: [{}] (one job at a time), or with ``runs_per_gpu`` > 1 the visible
-    GPUs (``visible_gpus``); none visible fails with the fix (K jobs on one CPU would only slow each other)."""
+    another's device work). Without GPUS: [{}] (one job at a time on the default GPU), or with ``runs_per_gpu`` > 1
+    the visible GPUs (``visible_gpus``); none visible: ``runs_per_gpu`` > 1 fails with the fix, else the CPU's
+    slots (``cpu_slots``)."""
     if runs_per_gpu < 1:
         raise ValueError(f"RUNS_PER_GPU must be >= 1, got {runs_per_gpu}")
     if not gpus and runs_per_gpu > 1:
@@ -320,11 +324,21 @@ def gpu_slots(gpus: list[str] | None, gpus_per_run: int, runs_per_gpu: int = 1) 
                              f"(CUDA_VISIBLE_DEVICES empty or torch.cuda.device_count() = 0): run it on a GPU "
                              f"machine, name them with GPUS=0,1, or leave RUNS_PER_GPU at 1")
     if not gpus:
-        return [{}]
+        return cpu_slots(cpu_jobs) if not visible_gpus() else [{}]
     if len(gpus) % gpus_per_run:
         raise ValueError(f"GPUS={','.join(gpus)} does not split into groups of GPUS_PER_RUN={gpus_per_run}")
     groups = [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i:i + gpus_per_run])} for i in range(0, len(gpus), gpus_per_run)]
     return [dict(g) for _ in range(runs_per_gpu) for g in groups]
+
+
+def cpu_slots(jobs: int | None = None) -> list[dict[str, str]]:
+    """``jobs`` runs at once on a machine without a GPU, each with its share of the cores as torch's threads
+    (``OMP_NUM_THREADS``, read when the run's kernel starts). None: ``CPU_JOBS_AUTO``, at most one per core."""
+    cores = os.cpu_count() or 1
+    jobs = min(cores, CPU_JOBS_AUTO) if jobs is None else jobs
+    if jobs < 1:
+        raise ValueError(f"CPU_JOBS must be >= 1, got {jobs}")
+    return [{"OMP_NUM_THREADS": str(max(1, cores // jobs))} for _ in range(jobs)]
 
 
 def visible_gpus() -> list[str]:
@@ -400,11 +414,11 @@ def check_datasets(jobs: list[Job], *, strict: bool = True) -> dict[Path, str]:
 
 # ----------------------------------------------------------------------------- local slots
 def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: int = 1,
-              runs_per_gpu: int = 1) -> list[tuple[Job, str]]:
+              runs_per_gpu: int = 1, cpu_jobs: int | None = None) -> list[tuple[Job, str]]:
     """Run every unfinished job, ``runs_per_gpu`` per GPU group at a time (or one at a time); returns the
     failures (job, one-line reason). Every exception of a job is caught: the others are still tried."""
     profile = jobs[0].config.profile if jobs else "?"
-    slots = gpu_slots(gpus, gpus_per_run, runs_per_gpu)
+    slots = gpu_slots(gpus, gpus_per_run, runs_per_gpu, cpu_jobs)
     status = check_datasets(jobs)
     failures: list[tuple[Job, str]] = [(j, status[j.run_dir]) for j in jobs if status[j.run_dir].startswith("conflict")]
     todo = [j for j in jobs if status[j.run_dir] in ("to run", "to analyse")]
@@ -415,7 +429,7 @@ def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: i
           flush=True)
     outcomes: dict[str, list[Job]] = {"ran": [], "analysed": [], "finished elsewhere": [], "running elsewhere": []}
     lock = threading.Condition()
-    pending, running = list(todo), []
+    pending, running = longest_first(todo) if len(slots) > 1 else list(todo), []
     bar = tqdm(total=len(todo), desc=f"sweep {profile}", file=sys.stderr, disable=None)  # None: off without a TTY
 
     def blocked(job: Job) -> bool:  # its need is still to run here, or running in another sweep
@@ -610,6 +624,9 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one job per GPU (group) at a time")
     p.add_argument("--gpus-per-run", type=int, default=1, help="GPUs (DDP processes) per run, through torchrun")
     p.add_argument("--runs-per-gpu", type=int, default=1, help="local-slots: jobs sharing each GPU (group) at once")
+    p.add_argument("--cpu-jobs", type=int, default=None,
+                   help=f"local-slots without a GPU: runs at once, the cores shared (default: {CPU_JOBS_AUTO}, "
+                        f"at most one per core)")
     p.add_argument("--executor", default="local-slots", choices=["local-slots", "local", "slurm"],
                    help="local-slots: in this process, one job per GPU group at a time; local / slurm: submitit")
     p.add_argument("--partition", default=None, help="slurm: partition")
@@ -634,7 +651,7 @@ def sweep_from_args(args: argparse.Namespace) -> int:
         return 0
     if args.executor == "local-slots":
         failures = run_sweep(jobs, gpus=_split(args.gpus), gpus_per_run=args.gpus_per_run,
-                             runs_per_gpu=args.runs_per_gpu)
+                             runs_per_gpu=args.runs_per_gpu, cpu_jobs=args.cpu_jobs)
     else:
         submitted, failures = submit_sweep(jobs, executor=args.executor, gpus=_split(args.gpus),
                                            gpus_per_run=args.gpus_per_run, partition=args.partition,
@@ -684,6 +701,22 @@ def rate_for(job: Job, rates: dict[tuple[str, str], tuple[float, str]]) -> tuple
     if any(args[k] != head.get(k, args[k]) for k in COSTLIER_THAN_MEASURED.get(job.config.method, ())):
         return None
     return rates.get((job.config.backbone, job.config.method))
+
+
+def longest_first(jobs: list[Job]) -> list[Job]:
+    """``jobs`` with those another job needs first, then by their measured time (``rate_for`` x epochs), the costliest
+    and the unmeasured first: several slots finish when their last job does, so the long ones start first (and a
+    job's need before it). In the given order without BENCHMARKS.md."""
+    try:
+        _, rates = measured_rates()
+    except (OSError, ValueError, StopIteration):
+        return list(jobs)
+
+    def priority(job: Job) -> tuple[bool, float]:
+        rate = rate_for(job, rates)
+        return any(o.needs(job) for o in jobs), rate[0] * job.config.num_epochs if rate else math.inf
+
+    return sorted(jobs, key=priority, reverse=True)
 
 
 def dry_run(jobs: list[Job]) -> str:

@@ -5,6 +5,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 _TMP = Path(tempfile.mkdtemp(prefix="mixnb-tests-"))
 os.environ.setdefault("MIXNB_CACHE", str(_TMP / "cache"))
@@ -12,6 +13,10 @@ os.environ["MIXNB_RUNS"] = str(_TMP / "runs")
 os.environ["MIXNB_REPORTS"] = str(_TMP / "reports")
 os.environ.pop("MIXNB_DATA", None)
 os.environ.pop("MIXNB_ATTENTIVEMIX_TEACHER", None)
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: pytest -n auto; the workers share the cores, never oversubscribe
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)  # the subprocesses a test starts (papermill kernels, sweeps, DDP)
+    torch.set_num_threads(_threads)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +12,7 @@ from mixnb import memory as M
 from mixnb.analysis.analyze import pass_batch
 from mixnb.analysis.settings import settings_for
 from mixnb.config import RunConfig
-from mixnb.sweep import check_packing, dry_run, expand, gpu_slots
+from mixnb.sweep import CPU_JOBS_AUTO, check_packing, cpu_slots, dry_run, expand, gpu_slots, longest_first
 
 
 def test_saved_bytes_of_conv_bn_relu_by_hand():
@@ -77,8 +79,28 @@ def test_runs_per_gpu_without_gpus_uses_the_visible_ones(monkeypatch):
         gpu_slots(None, 1, runs_per_gpu=2)
 
 
+def test_without_a_gpu_runs_share_the_cores(monkeypatch):
+    """No GPU: CPU_JOBS runs at once (default CPU_JOBS_AUTO, at most one per core), each told its share of the
+    cores through OMP_NUM_THREADS, so two runs never oversubscribe them."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert gpu_slots(None, 1) == cpu_slots() == [{"OMP_NUM_THREADS": str(16 // CPU_JOBS_AUTO)}] * CPU_JOBS_AUTO
+    assert cpu_slots(3) == [{"OMP_NUM_THREADS": "5"}] * 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert gpu_slots(None, 1) == [{"OMP_NUM_THREADS": "1"}]  # one core: one run at a time
+    with pytest.raises(ValueError, match="CPU_JOBS must be >= 1, got 0"):
+        cpu_slots(0)
+
+
 def test_dry_run_prints_the_predicted_peak(tmp_path, monkeypatch):
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
     out = dry_run(expand("test", ["vanilla"], epochs=1))
     line = next(x for x in out.splitlines() if x.endswith("vanilla-resnet18-s0-ep1"))
     assert "step peak" in out and " GiB  batch   64 (" in line, out
+
+
+def test_several_slots_start_the_longest_runs_first():
+    """A run another needs first (Vanilla, AttentiveMix+'s teacher), then PuzzleMix at its published settings (no
+    measured rate: unknown counts as longest), AutoMix, AttentiveMix+, and MixUp, the cheapest, last."""
+    jobs = expand("sample", ["mixup", "attentivemix", "automix", "vanilla", "puzzlemix"])
+    assert [j.config.method for j in longest_first(jobs)] == ["vanilla", "puzzlemix", "automix", "attentivemix", "mixup"]

@@ -203,9 +203,10 @@ def test_a_lock_dies_with_its_holder(tmp_path):
         assert fd is not None
 
 
-def test_gpu_groups_and_time_limits():
+def test_gpu_groups_and_time_limits(monkeypatch):
     assert gpu_slots(["0", "1", "2", "3"], 2) == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
-    assert gpu_slots(None, 4) == [{}]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert gpu_slots(None, 4) == [{}]  # the default GPU, one run at a time
     assert gpu_slots(["0", "1"], 1, runs_per_gpu=2) == [{"CUDA_VISIBLE_DEVICES": g} for g in ("0", "1", "0", "1")]
     with pytest.raises(ValueError, match="GPUS_PER_RUN=2"):
         gpu_slots(["0", "1", "2"], 2)

@@ -49,7 +49,11 @@ def load_runs(profile: str, root: Path | None = None) -> Runs:
     summaries, metrics, diverged, skipped = [], [], [], []
     for run_dir in sorted(p for p in root.glob("*") if p.is_dir() and not p.name.startswith(".")):
         try:
-            if is_finished(run_dir):
+            name = RunConfig.from_file(run_dir / PARAMS).run_name() if (run_dir / PARAMS).exists() else run_dir.name
+            if name != run_dir.name:
+                skipped.append((run_dir.name, f"a copy or renamed folder: its config's run is {name}, so it is "
+                                              f"never counted as a seed of it (move it out of {root} or rename it)"))
+            elif is_finished(run_dir):
                 row = _summary_row(run_dir)
                 m = pd.read_csv(run_dir / METRICS)
                 if pd.isna(row.get(TRAIN_SECONDS)):  # a summary from before it recorded this: from its metrics
@@ -79,7 +83,7 @@ def _summary_row(run_dir: Path) -> dict[str, Any]:
     cfg = RunConfig.from_dict(s["config"])
     identity = complete_identity(s["identity"])
     env, dataset = s.get("environment", {}), identity["dataset"]
-    run_settings = {k: v for k, v in cfg.overrides().items() if not k.startswith("method_args.") and k not in ("seed", "data")}
+    run_settings = {k: v for k, v in cfg.overrides().items() if not k.startswith("method_args.") and k != "seed"}
     flat = {k: v for k, v in s.items() if not isinstance(v, dict)}
     flat.update(run_dir=str(run_dir), device_name=env.get("device_name"), host=env.get("host"),
                 cpu_count=env.get("cpu_count"), torch=env.get("torch"), commit=s.get("git", {}).get("commit"),
@@ -950,7 +954,31 @@ def write_run_pages(run_dirs: list[Path], out_dir: Path) -> None:
             if (run_dir / name).exists():
                 shutil.copyfile(run_dir / name, page / name)
         if (run_dir / "train.ipynb").exists() and (notebook := _read_notebook(run_dir / "train.ipynb")) is not None:
-            _to_html(notebook, page / "index.html", title=f"mixnb run {run_dir.name}", run_page=True)
+            notebook.cells = [c for c in notebook.cells if "parameters" not in c.get("metadata", {}).get("tags", [])]
+            _to_html(notebook, page / "index.html", title=f"mixnb run {run_dir.name}", header=run_summary_box(run_dir))
+
+
+def run_summary_box(run_dir: Path) -> str:
+    """The head of a run page (trusted: built here, every value escaped): the run's read-out, best and last epoch,
+    cost, and links back to the report and to the files beside the page (the checkpoint stays in the run folder)."""
+    from html import escape
+
+    s = read_summary(run_dir) or {}
+    facts = [("run", run_dir.name), ("method", s.get("method")), ("backbone", s.get("backbone")),
+             ("epochs", s.get("epochs")), (s.get("median_label", "median top-1"), s.get("median_top1")),
+             ("best epoch top-1", s.get("best_top1")), ("last epoch top-1", s.get("last_top1")),
+             ("s/epoch", s.get("seconds_per_epoch")), ("device", s.get("environment", {}).get("device_name"))]
+    if (ckpt := run_dir / "checkpoint.pt").exists():
+        facts.append(("checkpoint", f"{ckpt.stat().st_size / 2**20:.1f} MiB in {run_dir}"))
+    if (failed := failure(run_dir)) is not None:
+        facts.append(("failed", failed.get("reason")))
+    rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(f'{v:.2f}' if isinstance(v, float) else str(v))}</td></tr>"
+                   for k, v in facts if v is not None)
+    links = " · ".join(f'<a href="{href}">{escape(label)}</a>' for href, label in (
+        ("../../benchmark.html", "← the report"), ("params.json", "params.json"), ("metrics.csv", "metrics.csv"),
+        ("summary.json", "summary.json"), ("analysis.json", "analysis.json")) if href.startswith("..")
+        or (run_dir / href).exists())
+    return f'<div class="mixnb-run-summary"><p>{links}</p><table>{rows}</table></div>'
 
 
 def _read_notebook(path: Path) -> Any:
@@ -989,16 +1017,18 @@ def write_index() -> Path:
     return index
 
 
-def _to_html(notebook: Any, html: Path, *, title: str, run_page: bool = False) -> None:
+def _to_html(notebook: Any, html: Path, *, title: str, header: str | None = None) -> None:
     """nbconvert, images embedded: a single self-contained file. Its template's scripts (require.js, MathJax and
     mermaid from a CDN) are dropped: the report uses none of them, and a page that stands alone must not reach out
-    when opened offline. ``run_page``: a run folder's notebook, with its code; anyone who can write a run folder
-    can craft it, so its cells pass through ``sanitised`` into the template's page of an empty notebook."""
+    when opened offline. ``header`` makes a run page: a run folder's notebook, with its code; anyone who can write a
+    run folder can craft it, so its cells pass through ``sanitised`` into the template's page of an empty notebook,
+    after ``header`` (trusted HTML)."""
     import nbformat
     from nbconvert import HTMLExporter
 
     from mixnb.io import atomic_write_text
 
+    run_page = header is not None
     exporter = HTMLExporter(exclude_input=not run_page, exclude_input_prompt=True, exclude_output_prompt=True,
                             embed_images=True)
     resources = {"metadata": {"name": title}}
@@ -1007,7 +1037,7 @@ def _to_html(notebook: Any, html: Path, *, title: str, run_page: bool = False) -
     if run_page:
         cells, _ = exporter.from_notebook_node(notebook, resources=resources)
         start, end, rest = page.partition("</main>")
-        page = start + sanitised(cells) + end + rest
+        page = start + header + sanitised(cells) + end + rest
     atomic_write_text(html, page)
 
 

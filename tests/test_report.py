@@ -261,3 +261,28 @@ def test_fit_records_the_machines_load_each_epoch(tmp_path):
     fit(RunConfig(profile="test", epochs=1, width=4, device="cpu"), tmp_path, progress="none")
     load = pd.read_csv(tmp_path / "metrics.csv")["load_avg"]
     assert len(load) == 1 and load.notna().all() and (load >= 0).all()
+
+
+# ----------------------------------------------------------------------------- run pages
+def test_a_run_page_leads_with_its_summary_and_links_and_drops_the_defaults_cell(tmp_path):
+    """The page opens on the run's numbers (escaped) and links back to the report and to its files; the notebook's
+    defaults cell (tag "parameters", read before papermill's injected one) is not shown."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from mixnb.report import write_run_pages
+
+    run = write_run(tmp_path, [50.0, 60.0, 55.0], method="cutmix")
+    summary = json.loads((run / "summary.json").read_text())
+    write_json(run / "summary.json", {**summary, "environment": {"device_name": "<b>box</b>"}})
+    defaults = new_code_cell('method = "vanilla"  # defaults', metadata={"tags": ["parameters"]})
+    injected = new_code_cell('method = "cutmix"', metadata={"tags": ["injected-parameters"]})
+    nbformat.write(new_notebook(cells=[defaults, injected]), run / "train.ipynb")
+    write_run_pages([run], tmp_path / "report")
+    page = (tmp_path / "report" / "runs" / run.name / "index.html").read_text()
+    box = page[page.index('class="mixnb-run-summary"'):page.index("</table>")]
+    assert "<td>cutmix</td>" in box and "<td>60.00</td>" in box and "<td>55.00</td>" in box  # best and last epoch
+    assert "&lt;b&gt;box&lt;/b&gt;" in box and "<b>box</b>" not in page
+    assert all(f'href="{h}"' in page for h in ("../../benchmark.html", "params.json", "metrics.csv", "summary.json"))
+    assert 'href="analysis.json"' not in page  # only files that exist
+    assert "defaults" not in page and "cutmix" in page[page.index("</table>"):]

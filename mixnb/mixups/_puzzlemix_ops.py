@@ -316,16 +316,28 @@ def transport_sources(shown: Tensor, sal: Tensor, t_eps: float) -> tuple[Tensor,
     cheapest claimant wins (entries not claimed count as 0 in that contest, OpenMixup's code);
     losers pay +1 on that entry. Returns the last round's winners as src (N, M) int64, the
     source block per position, and keep (N, M) bool, False where no source won (left empty).
+
+    The contest is held on the claims alone, (N, M) per round, never the (N, M, M) plan the reference builds: a
+    position's lowest claim wins if it is below 0, or equal to 0 and made by a source before the first one that
+    did not claim the position (argmin's first-index rule over the plan's zeros); else a source that did not claim
+    it wins (src: the first such, as argmin picks) and the position stays empty.
     """
     n, m = shown.shape
     cost = t_eps * grid_cost(math.isqrt(m), sal.device) - sal[:, :, None] * shown[:, None, :].float()  # (N, M, M)
+    sources = torch.arange(m, device=sal.device).expand(n, m)
     for _ in range(math.isqrt(m)):  # block_num rounds, as the reference
-        # (N, M src, M dst): each source claims its cheapest position (argmin: the first on ties)
-        plan = torch.zeros_like(cost).scatter_(-1, cost.argmin(-1, keepdim=True), 1.0)
-        src = (plan * cost).argmin(-2, keepdim=True)  # (N, 1, M) per position, the lowest claimed cost
-        cost += plan.scatter(-2, src, 0.0)  # losers: claims other than each position's winner
-    keep = plan.gather(-2, src)[:, 0] > 0  # (N, M): the contest's row really claimed it
-    return src[:, 0], keep
+        claim = cost.argmin(-1)  # (N, M src): each source's cheapest position (argmin: the first on ties)
+        claimed = cost.gather(-1, claim[..., None])[..., 0]  # (N, M src) the cost of that claim
+        lowest = torch.full_like(claimed, math.inf).scatter_reduce_(-1, claim, claimed, "amin")  # (N, M dst)
+        first_lowest = torch.full_like(claim, m).scatter_reduce_(  # (N, M dst): the first source claiming at lowest
+            -1, claim, torch.where(claimed == lowest.gather(-1, claim), sources, m), "amin")
+        differs = claim != claim[:, :1]  # source 0 is the first non-claimant of every position but its own claim
+        after = torch.where(differs.any(-1), differs.int().argmax(-1), m)  # (N,) the first source claiming elsewhere
+        first_free = torch.zeros_like(claim).scatter_(-1, claim[:, :1], after[:, None])  # (N, M dst); m: none
+        keep = (lowest < 0) | ((lowest == 0) & (first_lowest < first_free)) | (first_free == m)
+        src = torch.where(keep, first_lowest, first_free)
+        cost.scatter_add_(-1, claim[..., None], (src.gather(-1, claim) != sources).to(cost.dtype)[..., None])  # losers
+    return src, keep
 
 
 def move_blocks(x: Tensor, src: Tensor, keep: Tensor) -> Tensor:

@@ -3,7 +3,9 @@
 Protocol: docs/protocol.md §1.4. Train = RandomResizedCrop(64, scale (0.08, 1), ratio (3/4, 4/3)),
 bicubic or bilinear (``RunConfig.crop_interpolation``: OpenMixup's Tiny configs were bilinear until
 ``ce8974d``, 2022-03-19, bicubic since; docs/publication.md), then a horizontal flip with p = 0.5, then
-normalisation with the ImageNet mean/std; test = normalisation only. The whole uint8 set sits on the
+normalisation with the ImageNet mean/std; test = normalisation only. The CIFAR-100 profile's pipeline
+(``mixnb.profiles.PIPELINES``, docs/protocol.md §8.2) swaps the crop for RandomCrop(32, padding=4, reflect),
+a gather on the uint8 batch (`padded_crop`). The whole uint8 set sits on the
 device (docs/performance.md §2.3), every random draw comes from an explicit `torch.Generator`, and nothing
 syncs with the host while iterating.
 
@@ -157,6 +159,67 @@ def batch_random_resized_crop(
 
 
 # ---------------------------------------------------------------------------------------------
+# RandomCrop with padding (the CIFAR pipeline): draw the offsets, then gather
+
+
+PAD_MODES = ("reflect", "constant")  # torchvision's padding_mode names: mirror without the edge | zeros
+
+
+def sample_crop_offsets(n: int, padding: int, *, gen: torch.Generator) -> torch.Tensor:
+    """torchvision's `RandomCrop.get_params` on an image padded by `padding` on each side and cropped back to its
+    size: (n, 2) int64 (top, left), each uniform in [0, 2 * padding], on `gen.device`."""
+    return torch.randint(0, 2 * padding + 1, (n, 2), generator=gen, device=gen.device)
+
+
+def _padded_index(offset: torch.Tensor, size: int, out: int, padding: int, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, out) source indices of the padded image's rows (or columns) offset .. offset + out, and (N, out) bool
+    whether each is inside the image (False: a zero under "constant")."""
+    src = offset[:, None] + torch.arange(out, device=offset.device)[None, :] - padding  # (N, out) in the source frame
+    inside = (src >= 0) & (src < size)
+    if mode == "reflect":  # -1 -> 1, size -> size - 2: the mirror leaves the edge pixel out, as numpy's "reflect"
+        src = torch.where(src < 0, -src, torch.where(src >= size, 2 * (size - 1) - src, src))
+    return src.clamp(0, size - 1), inside
+
+
+def padded_crop(x: torch.Tensor, offsets: torch.Tensor, size: int, padding: int = 4,
+                mode: str = "reflect") -> torch.Tensor:
+    """Pad each image by `padding` px per side and cut a size x size window at its (top, left) offset, as one
+    gather (no padded copy of the batch, no per-image loop; uint8 stays uint8).
+
+    Equals torchvision's `RandomCrop(size, padding, padding_mode=mode)` with the same offsets (tests/test_profiles.py).
+
+    Args:
+        x: (N, C, H, W) any dtype.
+        offsets: (N, 2) int64 (top, left) in the padded image, in [0, H + 2 padding - size], e.g. from
+            `sample_crop_offsets`.
+        size: output side in px.
+        padding: px added on each side; needs padding < H and W under "reflect".
+        mode: "reflect" (OpenMixup's CIFAR pipeline) or "constant" (zeros: torchvision's default).
+
+    Returns:
+        (N, C, size, size), x's dtype.
+    """
+    if mode not in PAD_MODES:
+        raise ValueError(f"padding mode must be one of {', '.join(PAD_MODES)}, got {mode!r}")
+    n, c, h, w = x.shape
+    if mode == "reflect" and padding >= min(h, w):
+        raise ValueError(f"reflect padding {padding} needs images larger than it, got {h} x {w}")
+    rows, row_in = _padded_index(offsets[:, 0], h, size, padding, mode)  # (N, size)
+    cols, col_in = _padded_index(offsets[:, 1], w, size, padding, mode)
+    batch = torch.arange(n, device=x.device)[:, None, None]  # (N, 1, 1)
+    out = x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (N, size, size, C)
+    if mode == "constant":
+        out = out * (row_in[:, :, None] & col_in[:, None, :])[..., None].to(out.dtype)  # zeros outside the image
+    return out.permute(0, 3, 1, 2).contiguous()  # (N, C, size, size)
+
+
+def batch_random_crop_pad(x: torch.Tensor, size: int = 32, padding: int = 4, *, gen: torch.Generator,
+                          mode: str = "reflect") -> torch.Tensor:
+    """RandomCrop(size, padding, padding_mode=mode) per image: (N, C, H, W) -> (N, C, size, size), x's dtype."""
+    return padded_crop(x, sample_crop_offsets(x.shape[0], padding, gen=gen), size, padding, mode)
+
+
+# ---------------------------------------------------------------------------------------------
 # Flip and normalisation
 
 
@@ -175,9 +238,11 @@ def normalize(
     return (x.float() - mean) / std
 
 
-AUGMENTS = {  # key -> f(x, gen, interpolation), with the protocol's settings; the crop keeps the source size (64)
+AUGMENTS = {  # key -> f(x, gen, interpolation), with the protocol's settings; the crops keep the source size
     "random_resized_crop": lambda x, gen, interp: batch_random_resized_crop(x, x.shape[-1], gen=gen,
                                                                            interpolation=interp),
+    # OpenMixup's CIFAR-100 pipeline: RandomCrop(32, padding=4, padding_mode="reflect") (docs/protocol.md §8.2)
+    "random_crop_pad": lambda x, gen, interp: batch_random_crop_pad(x, x.shape[-1], 4, gen=gen, mode="reflect"),
     "flip_lr": lambda x, gen, interp: batch_flip_lr(x, gen=gen),
 }
 

@@ -191,6 +191,79 @@ REGISTRY: dict[str, MethodSpec] = {
 }
 
 
+# ----------------------------------------------------------------------------- published tables per dataset
+@dataclass(frozen=True)
+class PublishedRow:
+    """One method's row of a published table: its α, top-1 (%) per backbone and epoch budget, and its marks."""
+
+    label: str  # the name as the table prints it
+    alpha: float | None  # the α printed beside it (None: Vanilla)
+    top1: dict[str, dict[int, float]]  # backbone -> epochs -> top-1 (%)
+    mark: str = ""  # "📖": the original authors' number, not run in OpenMixup
+    implemented: bool = True  # False: a row mixnb has no method for (listed, never run)
+
+
+@dataclass(frozen=True)
+class PublishedTable:
+    """A dataset's published mixup table, which the report's OpenMixup column reads for runs of its profile."""
+
+    dataset: str  # the name the report gives runs on this data (mixnb.report.DATASET_FORMS)
+    source: str  # where the numbers come from
+    budgets: tuple[int, ...]  # the epoch counts published
+    width: int  # the backbone width of the published runs
+    nearest: bool  # runs at other epoch counts compare with the nearest budget (False: only the budget itself)
+    rows: dict[str, PublishedRow]
+
+
+def _cifar(alpha: float | None, r18: tuple[float, ...], rx50: tuple[float, ...], wrn: float, label: str,
+           **kw: Any) -> PublishedRow:
+    top1 = {"resnet18": dict(zip((200, 400, 800, 1200), r18)), "resnext50": dict(zip((200, 400, 800, 1200), rx50)),
+            "wrn28_8": {400: wrn}}
+    return PublishedRow(label, alpha, top1, **kw)
+
+
+# OpenMixup's CIFAR-100 table (docs/protocol.md §8.4): configs/classification/cifar100/README.md, identical at 69ee565
+# (2022-09-10, the file's first commit) and HEAD 37e1372 (2025-10-15); R-18 and RX-50 at 200/400/800/1200 epochs,
+# WRN-28-8 at 400 (no mixnb backbone); the median top-1 of the last 10 epochs; α searched per method.
+CIFAR100 = PublishedTable(
+    "CIFAR-100", "OpenMixup configs/classification/cifar100/README.md at 69ee565 (2022-09-10) = 37e1372",
+    budgets=(200, 400, 800, 1200), width=64, nearest=True, rows={
+        "vanilla": _cifar(None, (76.42, 77.73, 78.04, 78.55), (79.37, 80.24, 81.09, 81.32), 81.63, "Vanilla"),
+        "mixup": _cifar(1.0, (78.52, 79.34, 79.12, 79.24), (81.18, 82.54, 82.10, 81.77), 82.82, "MixUp"),
+        "cutmix": _cifar(0.2, (79.45, 79.58, 78.17, 78.29), (81.52, 78.52, 78.32, 77.17), 84.45, "CutMix"),
+        "manifoldmix": _cifar(2.0, (79.18, 80.18, 80.35, 80.21), (81.59, 82.56, 82.88, 83.28), 83.24, "ManifoldMix"),
+        "smoothmix": _cifar(0.2, (77.90, 78.77, 78.69, 78.38), (80.68, 79.56, 78.95, 77.88), 82.09, "SmoothMix"),
+        "saliencymix": _cifar(0.2, (79.75, 79.64, 79.12, 77.66), (80.72, 78.63, 78.77, 77.51), 84.35, "SaliencyMix"),
+        "attentivemix": _cifar(2.0, (79.62, 80.14, 78.91, 78.41), (81.69, 81.53, 80.54, 79.60), 84.34,
+                               "AttentiveMix+"),
+        "fmix": _cifar(0.2, (78.91, 79.91, 79.69, 79.50), (79.87, 78.99, 79.02, 78.24), 84.21, "FMix*"),
+        "puzzlemix": _cifar(1.0, (79.96, 80.82, 81.13, 81.10), (81.69, 82.84, 82.85, 82.93), 85.02, "PuzzleMix"),
+        "comixup": _cifar(2.0, (80.01, 80.87, 81.17, 81.18), (81.73, 82.88, 82.91, 82.97), 85.05, "Co-Mixup",
+                          mark="📖", implemented=False),  # not implemented in mixnb
+        "gridmix": _cifar(0.2, (78.23, 78.60, 78.72, 77.58), (81.11, 79.80, 78.90, 76.11), 84.24, "GridMix"),
+        "resizemix": _cifar(1.0, (79.56, 79.19, 80.01, 79.23), (79.56, 79.78, 80.35, 79.73), 84.87, "ResizeMix*"),
+        "automix": _cifar(2.0, (80.12, 81.78, 82.04, 81.95), (82.84, 83.32, 83.64, 83.80), 85.18, "AutoMix"),
+        "samix": _cifar(2.0, (81.21, 81.97, 82.30, 82.41), (83.81, 84.27, 84.42, 84.31), 85.50, "SAMix*"),
+    })
+# Tiny-ImageNet's table is the registry's ``published`` (one budget, 400 epochs), seen through the same record.
+TINY_IMAGENET = PublishedTable(
+    "Tiny-ImageNet", "OpenMixup docs/en/model_zoos/Mixup_sup.md (docs/protocol.md §4)", budgets=(400,), width=64,
+    nearest=False, rows={m: PublishedRow(s.label, s.published_alpha, {b: {400: v} for b, v in s.published.items()},
+                                         "" if s.reproduced else "📖") for m, s in REGISTRY.items() if s.published})
+PUBLISHED = {"tiny-imagenet": TINY_IMAGENET, "cifar-100": CIFAR100}  # profiles.Profile.published keys
+
+
+def nearest_budget(table: PublishedTable, epochs: int) -> int:
+    """The published budget closest to ``epochs`` (a tie: the shorter)."""
+    return min(table.budgets, key=lambda b: (abs(b - epochs), b))
+
+
+def published_top1(table: PublishedTable, method: str, backbone: str, epochs: int) -> float | None:
+    """``table``'s top-1 of ``method`` on ``backbone`` at ``epochs`` (one of its budgets), or None."""
+    row = table.rows.get(method)
+    return row.top1.get(backbone, {}).get(epochs) if row is not None else None
+
+
 def get_spec(name: str) -> MethodSpec:
     """The registry entry for ``name``; unknown names fail with the valid ones."""
     if name not in REGISTRY:
@@ -226,6 +299,7 @@ def get_method(name: str, **overrides: Any) -> MixMethod:
 __all__ = [
     "HEAD",
     "REFERENCES",
+    "CIFAR100",
     "Code",
     "LOSS_DEFAULTS",
     "REGISTRY",
@@ -233,12 +307,18 @@ __all__ = [
     "MixLoss",
     "MixMethod",
     "MixedBatch",
+    "PUBLISHED",
+    "PublishedRow",
+    "PublishedTable",
+    "TINY_IMAGENET",
     "NeededRun",
     "StepContext",
     "StepOutput",
     "get_method",
     "get_spec",
     "mixed_cross_entropy",
+    "nearest_budget",
+    "published_top1",
     "reference_code",
     "sample_beta",
     "soft_target",

@@ -36,15 +36,11 @@ from mixnb.data.loader import IMAGENET_MEAN, IMAGENET_STD, KERNELS
 from mixnb.mixups import REFERENCES, get_method, get_spec, reference_code
 from mixnb.models import BACKBONES, INITS
 from mixnb.models.groupbn import RUNNING_STATS
+from mixnb.profiles import PROFILES, Profile, get_profile, profile_method_args
 
-# A profile fixes the data and the model width. "sample" proves the pipeline on a generated
-# dataset on a 2-core CPU in minutes; it does not reproduce the published numbers.
-PROFILES: dict[str, dict[str, Any]] = {
-    "tiny-imagenet": {"epochs": 400, "width": 64, "sample": None},
-    "sample": {"epochs": 4, "width": 8, "sample": {"num_classes": 10, "train_per_class": 100, "val_per_class": 30}},
-    "test": {"epochs": 2, "width": 8, "sample": {"num_classes": 4, "train_per_class": 16, "val_per_class": 8}},
-}
-PROTOCOL = {"epochs": 400, "width": 64}  # docs/protocol.md §1.5: what a run off the protocol is compared with
+# A profile fixes the data, width, epochs, pipeline and optimiser defaults (mixnb.profiles: one record per profile).
+# "sample" proves the pipeline on a generated dataset on a 2-core CPU in minutes; it reproduces no published number.
+PROTOCOL = {"epochs": PROFILES["tiny-imagenet"].epochs, "width": PROFILES["tiny-imagenet"].width}  # §1.5: Tiny's
 
 # torch.compile settings: "auto" resolves per device (mixnb.train.resolve_compile); the others are
 # torch.compile modes, or "off". Compiling changes no maths beyond float reassociation (docs/performance.md §8.5).
@@ -77,10 +73,10 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class RunConfig:
     method: str = _f("vanilla", "a name in mixnb.mixups.REGISTRY", choices="methods")
     backbone: str = _f("resnet18", "CIFAR-variant backbone", choices=tuple(BACKBONES))
-    profile: str = _f("sample", "tiny-imagenet (the full protocol) | sample (generated data, CPU minutes) | test",
-                      choices=tuple(PROFILES))
+    profile: str = _f("sample", "tiny-imagenet | cifar100 | imagenet64 (real data, docs/datasets.md) | sample "
+                                "(generated data, CPU minutes) | test (mixnb.profiles)", choices=tuple(PROFILES))
     seed: int = _f(0, "seeds the data-order, augmentation, mixing and init generators (0 <= seed < 2**32)")
-    epochs: int | None = _f(None, "None: the profile's (400 for tiny-imagenet)")
+    epochs: int | None = _f(None, "None: the profile's (400 for tiny-imagenet and cifar100)")
     width: int | None = _f(None, "base width of the backbone; None: the profile's (64 = the paper's)")
     reference: str = _f("published", "the OpenMixup code followed (docs/publication.md): published (per method and "
                                      "backbone the code that published its number, 2022) | head (OpenMixup's 2025 "
@@ -91,10 +87,11 @@ class RunConfig:
                                         choices=INTERPOLATIONS)
     init: str = _f("paper", "backbone init: paper (the 2022 code behind the published numbers: kaiming fan_out, "
                             "zero-init residual BN) | pytorch (PyTorch's default, OpenMixup HEAD's)", choices=INITS)
-    batch_size: int = _f(100, "global batch (docs/protocol.md §1.5)")
-    lr: float = _f(0.2, "SGD learning rate (docs/protocol.md §1.5)")
-    momentum: float = _f(0.9, "SGD momentum")
-    weight_decay: float = _f(1e-4, "on every parameter, BN and bias included")
+    # None: the profile's (mixnb.profiles); resolved when the config is made, so a built config holds the number
+    batch_size: int | None = _f(None, "global batch; None: the profile's (100, docs/protocol.md §1.5)")
+    lr: float | None = _f(None, "SGD learning rate; None: the profile's (0.2 Tiny, 0.1 CIFAR-100: docs/protocol.md)")
+    momentum: float | None = _f(None, "SGD momentum; None: the profile's (0.9)")
+    weight_decay: float | None = _f(None, "on every parameter, BN and bias included; None: the profile's (1e-4)")
     min_lr: float | None = _f(None, "cosine floor; None: the method's (0, or 0.05 for AutoMix/SAMix)")
     method_args: dict[str, Any] = _f(dict, "overrides of the method's registry defaults, e.g. {\"alpha\": 0.5}")
     data: str | None = _f(None, "tiny-imagenet-200 folder; None: $MIXNB_DATA, or the generated sample set")
@@ -117,8 +114,10 @@ class RunConfig:
     log_every: int = _f(50, "iterations between host reads of the running loss")
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown profile {self.profile!r}; valid: {', '.join(PROFILES)}")
+        profile = get_profile(self.profile)  # an unknown profile fails with the valid ones
+        for name in ("batch_size", "lr", "momentum", "weight_decay"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, getattr(profile, name))
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; valid: {', '.join(BACKBONES)}")
         if not 0 <= self.seed < MAX_SEED:
@@ -158,6 +157,7 @@ class RunConfig:
         args = typed_method_args(self.method, self.method_args)
         if self.reference == "head":  # HEAD's settings where they differ from the registry's; explicit ones win
             args = {**get_spec(self.method).head, **args}
+        args = {**profile_method_args(self.profile, self.method), **args}  # the protocol's (CIFAR-100's α); explicit win
         object.__setattr__(self, "method_args", args)
         get_method(self.method, **self.method_args)  # a bad value fails here, with the method's own message
 
@@ -194,16 +194,28 @@ class RunConfig:
 
     # --- resolved values -------------------------------------------------------------
     @property
+    def profile_spec(self) -> Profile:
+        """The profile's record (mixnb.profiles)."""
+        return PROFILES[self.profile]
+
+    @property
     def num_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else PROFILES[self.profile]["epochs"]
+        return self.epochs if self.epochs is not None else self.profile_spec.epochs
 
     @property
     def model_width(self) -> int:
-        return self.width if self.width is not None else PROFILES[self.profile]["width"]
+        return self.width if self.width is not None else self.profile_spec.width
+
+    @property
+    def augment(self) -> tuple[str, ...]:
+        """The train augmentations (mixnb.data.loader.AUGMENTS keys): the profile's pipeline."""
+        return self.profile_spec.augment
 
     @property
     def batchnorm_groups(self) -> int:
-        return self.bn_groups if self.bn_groups is not None else get_spec(self.method).bn_groups.get(self.backbone, 1)
+        if self.bn_groups is not None:
+            return self.bn_groups
+        return get_spec(self.method).bn_groups.get(self.backbone, 1) if self.profile_spec.registry_bn_groups else 1
 
     @property
     def crop(self) -> str:
@@ -231,6 +243,8 @@ class RunConfig:
                 "batch_size": self.batch_size, "lr": self.lr, "momentum": self.momentum,
                 "weight_decay": self.weight_decay, "min_lr": self.floor_lr, "sync_bn": self.sync_bn,
                 "bn_groups": self.batchnorm_groups, "crop_interpolation": self.crop,
+                # the Tiny pipeline (RandomResizedCrop + flip) is every earlier run's: only another one is recorded
+                **({"pipeline": self.profile_spec.pipeline} if self.profile_spec.pipeline != "rrc" else {}),
                 # one group has one set of statistics: the choice exists (and splits identities) only with several
                 **({"running_stats": self.bn_running_stats} if self.batchnorm_groups > 1 else {})}
 
@@ -276,14 +290,14 @@ class RunConfig:
 
     def data_root(self) -> str | None:
         """The real dataset folder, or None when the profile uses the generated sample set."""
-        if PROFILES[self.profile]["sample"] is not None and self.data is None:
+        if self.profile_spec.sample is not None and self.data is None:
             return None
         root = self.data or os.environ.get("MIXNB_DATA")
         if not root:
             raise ValueError(
-                "profile 'tiny-imagenet' needs the dataset: download "
-                "http://cs231n.stanford.edu/tiny-imagenet-200.zip, unzip it and set "
-                "MIXNB_DATA=/path/to/tiny-imagenet-200 (or pass data=...)"
+                f"profile {self.profile!r} needs the dataset, {self.profile_spec.dataset}: get it as "
+                f"docs/datasets.md says (e.g. http://cs231n.stanford.edu/tiny-imagenet-200.zip for tiny-imagenet) and set "
+                f"MIXNB_DATA=/path/to/it (or pass data=...)"
             )
         return root
 

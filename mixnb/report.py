@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mixnb.config import ADDED_METHOD_SETTINGS, PROFILES, PROTOCOL, REFERENCES, RunConfig
-from mixnb.mixups import HEAD, REGISTRY, get_spec, reference_code
+from mixnb.mixups import HEAD, PUBLISHED, REGISTRY, PublishedTable, get_spec, nearest_budget, published_top1, reference_code
 from mixnb.paths import KERNEL, NOTEBOOKS, reports_root, runs_root
 from mixnb.runs import DATASET_INFO, METRICS, PARAMS, complete_identity, failure, is_finished, metric_rows, read_summary
 from mixnb.train import MEDIAN_RECORDS
@@ -97,9 +97,11 @@ def _summary_row(run_dir: Path) -> dict[str, Any]:
                 # the Vanilla run a row is compared with: same backbone, epochs, width and run-level settings
                 vanilla_key=json.dumps({"backbone": cfg.backbone, "epochs": identity["epochs"],
                                         "width": identity["width"], **run_settings}, sort_keys=True),
-                # OpenMixup's numbers compare only with runs of their protocol: Tiny-ImageNet, 400 epochs, width 64
-                on_protocol=(dataset_name(cfg.profile, dataset) == "Tiny-ImageNet" and set(run_settings) <= {"precision"}
-                             and all(identity[k] == v for k, v in PROTOCOL.items())),
+                # the profile's published table (mixnb.profiles): "on the protocol" = its dataset, one of its epoch
+                # budgets, its width, no other setting changed; "compared" = on it, or (a table of several budgets)
+                # the same but at another epoch count, beside the nearest budget
+                published_table=cfg.profile_spec.published,
+                **comparison(cfg.profile_spec.published, dataset_name(cfg.profile, dataset), identity, run_settings),
                 **{k: identity[k] for k in ("epochs", "width", "batch_size", "lr", "momentum", "weight_decay", "min_lr")})
     # what the main table reads: OpenMixup's read-out of each row (AutoMix/SAMix: best of four heads, §1.7)
     flat["readout_top1"] = s.get("reference_top1", s["median_top1"])
@@ -113,10 +115,40 @@ def _summary_row(run_dir: Path) -> dict[str, Any]:
 DATASET_FORMS = {"tiny-imagenet": "Tiny-ImageNet", "cifar-100": "CIFAR-100", "imagenet64": "Downsampled ImageNet 64x64"}
 
 
+def comparison(table_key: str | None, dataset: str, identity: dict[str, Any],
+               run_settings: dict[str, Any]) -> dict[str, bool]:
+    """``on_protocol`` and ``compared`` of one run against the published table ``table_key`` (None: no table)."""
+    table = PUBLISHED.get(table_key) if table_key else None
+    if table is None or dataset != table.dataset or identity["width"] != table.width \
+            or not set(run_settings) <= {"precision", "epochs"}:
+        return {"on_protocol": False, "compared": False}
+    on = identity["epochs"] in table.budgets
+    return {"on_protocol": on, "compared": on or table.nearest}
+
+
+def published_source(summaries: pd.DataFrame) -> tuple[PublishedTable, int]:
+    """The published table the OpenMixup column reads (the runs' profile's; Tiny-ImageNet's for rows from before
+    profiles named one) and its budget nearest the runs' most common epoch count."""
+    keys = summaries["published_table"].dropna() if "published_table" in summaries else pd.Series(dtype=object)
+    table = PUBLISHED[keys.mode().iloc[0]] if len(keys) else PUBLISHED["tiny-imagenet"]
+    epochs = int(summaries["epochs"].mode().iloc[0]) if "epochs" in summaries and len(summaries) else table.budgets[0]
+    return table, nearest_budget(table, epochs)
+
+
+def openmixup_header(table: PublishedTable, budget: int) -> str:
+    """The OpenMixup column's header: "OpenMixup" (Tiny-ImageNet: one budget), "OpenMixup 400 ep" otherwise."""
+    return "OpenMixup" if len(table.budgets) == 1 else f"OpenMixup {budget} ep"
+
+
+def published_column(table: PublishedTable, budget: int, methods: list[str], backbone: str) -> list[float | None]:
+    """``table``'s number of each of ``methods`` on ``backbone`` at ``budget``."""
+    return [published_top1(table, m, backbone, budget) for m in methods]
+
+
 def dataset_name(profile: str, dataset: dict[str, Any]) -> str:
     """What a run's dataset record (identity.dataset) holds, by name: the generated sample set, or the form read
     (docs/datasets.md); a record from before forms were recorded: Tiny-ImageNet by its 200 classes."""
-    if PROFILES.get(profile, {}).get("sample") is not None:
+    if profile in PROFILES and PROFILES[profile].sample is not None:
         return "generated sample set"
     form = dataset.get("form")
     if form is None:
@@ -282,8 +314,10 @@ def short_runs(summaries: pd.DataFrame) -> pd.Series:
 
 
 def compares_with_openmixup(summaries: pd.DataFrame) -> bool:
-    """Whether any run is on OpenMixup's protocol (``on_protocol``), the only runs its published numbers fit."""
-    return not summaries.empty and bool(summaries.get("on_protocol", pd.Series(False, index=summaries.index)).any())
+    """Whether any run is compared with its profile's published table (``compared``; rows without it: on the
+    protocol, ``on_protocol``): Tiny-ImageNet's only at its 400 epochs, CIFAR-100's beside the nearest budget."""
+    col = "compared" if "compared" in summaries else "on_protocol"
+    return not summaries.empty and bool(summaries.get(col, pd.Series(False, index=summaries.index)).fillna(False).any())
 
 
 def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, diverged: pd.DataFrame | None = None,
@@ -314,6 +348,7 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
     deltas = vanilla_deltas(summaries, value)
     short = set(summaries.loc[short_runs(summaries), "config_key"]) if value in MEDIANS and not summaries.empty else set()
     on_protocol = set(summaries.loc[summaries["on_protocol"], "config_key"]) if "on_protocol" in summaries else set()
+    table, budget = published_source(summaries)
     cols: dict[tuple[str, str], list[str]] = {}
     for backbone in backbones:
         label = BACKBONE_LABELS[backbone]
@@ -338,11 +373,11 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
                                             deltas[c.config_key].label() if c.config_key in deltas else "–")
         if links:
             cols[(label, "runs")] = column(lambda c: _run_links(summaries, c.config_key))
-        if reference:
-            ref = [get_spec(m).published.get(backbone) if m in REGISTRY else None for m, _ in order]
-            book = [m in REGISTRY and not get_spec(m).reproduced for m, _ in order]  # 📖: the authors' number
-            cols[(label, "OpenMixup")] = [f"{r:.2f}{' 📖' if b else ''}" if r is not None else "–"
-                                          for r, b in zip(ref, book)]
+        if reference:  # the runs' profile's table at the budget nearest their epochs (published_source)
+            ref = published_column(table, budget, [m for m, _ in order], backbone)
+            book = [table.rows[m].mark == "📖" if m in table.rows else False for m, _ in order]  # the authors' number
+            cols[(label, openmixup_header(table, budget))] = [f"{r:.2f}{' 📖' if b else ''}" if r is not None
+                                                              else "–" for r, b in zip(ref, book)]
             cols[(label, "Δ OpenMixup")] = [f"{cells[k].mean - r:+.2f}" if r is not None and k in cells
                                             and cells[k].config_key in on_protocol else "–" for k, r in zip(order, ref)]
         if code:
@@ -515,6 +550,7 @@ def tidy_table(summaries: pd.DataFrame) -> pd.DataFrame:
     deltas = vanilla_deltas(summaries, readout)
     delta = [deltas.get(k) for k in best["config_key"]]
     by_config = summaries.groupby("config_key")
+    table, budget = published_source(summaries)
     return pd.DataFrame({
         "method": best["method"].map(method_label), "settings": best["settings"], "backbone": best["backbone"],
         "alpha": best["alpha"], "top1_mean": best["mean"].round(2), "top1_std": best["std"].round(2),
@@ -525,8 +561,7 @@ def tidy_table(summaries: pd.DataFrame) -> pd.DataFrame:
         "delta_vanilla": [round(d.delta, 2) if d else None for d in delta],
         "delta_vanilla_ci_low": [round(d.ci[0], 2) if d and d.ci else None for d in delta],
         "delta_vanilla_ci_high": [round(d.ci[1], 2) if d and d.ci else None for d in delta],
-        "openmixup": [get_spec(m).published.get(b) if m in REGISTRY else None
-                      for m, b in zip(best["method"], best["backbone"])],
+        "openmixup": [published_top1(table, m, b, budget) for m, b in zip(best["method"], best["backbone"])],
         "on_protocol": best["config_key"].map(by_config["on_protocol"].all()) if "on_protocol" in summaries else False,
     }).reset_index(drop=True)
 
@@ -559,8 +594,9 @@ def write_exports(summaries: pd.DataFrame, out_dir: Path) -> list[Path]:
     atomic_write_text(paths[0], tidy.to_csv(index=False))
     backbones = [b for b in BACKBONE_LABELS if b in set(tidy.get("backbone", []))]
     reference = compares_with_openmixup(summaries)
+    om = openmixup_header(*published_source(summaries)) if not summaries.empty else "OpenMixup"
     header = ["Method", "α"] + [f"{BACKBONE_LABELS[b]} {w}" for b in backbones
-                                for w in ("ours", "Δ Vanilla", *(("OpenMixup",) if reference else ()))]
+                                for w in ("ours", "Δ Vanilla", *((om,) if reference else ()))]
     rows = []
     best = {b: tidy[tidy["backbone"] == b]["top1_mean"].max() for b in backbones}
     for (method, settings), group in tidy.groupby(["method", "settings"], sort=False):
@@ -1135,7 +1171,7 @@ def header_html(runs: Runs, profile: str) -> str:
     from html import escape
 
     s = runs.summaries
-    sample = PROFILES.get(profile, {}).get("sample") is not None
+    sample = profile in PROFILES and PROFILES[profile].sample is not None
     out = [f"<h1>Mixup benchmark on {escape(dataset_title(s, profile))} — profile <code>{escape(profile)}</code></h1>"]
     if sample:
         out.append("<blockquote><b>These numbers come from the generated sample profile</b> (a small synthetic dataset "
@@ -1175,7 +1211,7 @@ def dataset_title(summaries: pd.DataFrame, profile: str) -> str:
     """The dataset and its size, from the runs' records (``dataset_name``; none yet: the profile's), e.g. "the
     generated sample set (10 classes; 1,000 train / 300 val images)"; several datasets are joined with "and"."""
     if summaries.empty or "dataset" not in summaries:
-        spec = PROFILES.get(profile, {}).get("sample")
+        spec = PROFILES[profile].sample if profile in PROFILES else None
         if spec is None:
             return "Tiny-ImageNet" if profile == "tiny-imagenet" else "no dataset yet"
         k = spec["num_classes"]
@@ -1218,16 +1254,33 @@ def table_intro_html(summaries: pd.DataFrame, profile: str) -> str:
                      "over two seeds or more both ran, the mean of the paired differences (same seed = same data order "
                      "and initialisation) with its 95 % t-interval, <i>within seed noise</i> when that holds 0; "
                      "“–”: no such Vanilla run.")
-        if not compares_with_openmixup(summaries):
-            datasets = ", ".join(sorted(set(summaries.get("dataset", pd.Series(["?"])))))
-            items.append(f"OpenMixup's published numbers are left out: they are Tiny-ImageNet at "
-                         f"{PROTOCOL['epochs']} epochs and width {PROTOCOL['width']}, and no run here is (these: "
-                         f"{escape(datasets)}, {_values(summaries['epochs'])} epochs, width "
-                         f"{_values(summaries['width'])}).")
-        elif not summaries["on_protocol"].all():
-            items.append("Δ OpenMixup only where a cell's runs are on the protocol (Tiny-ImageNet, "
-                         f"{PROTOCOL['epochs']} epochs, width {PROTOCOL['width']}, no other setting changed).")
+        items += openmixup_why(summaries, profile)
     return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
+def openmixup_why(summaries: pd.DataFrame, profile: str) -> list[str]:
+    """The line that says which published numbers the OpenMixup column holds, or why it is absent."""
+    from html import escape
+
+    key = PROFILES[profile].published if profile in PROFILES else None
+    if key is None and profile in PROFILES and PROFILES[profile].sample is None:
+        return [f"No OpenMixup column: OpenMixup published no mixup table on {escape(PROFILES[profile].dataset)}."]
+    table = PUBLISHED[key or "tiny-imagenet"]
+    budgets = "/".join(map(str, table.budgets))
+    if not compares_with_openmixup(summaries):
+        datasets = ", ".join(sorted(set(summaries.get("dataset", pd.Series(["?"])))))
+        return [f"OpenMixup's published numbers are left out: they are {table.dataset} at {budgets} epochs and width "
+                f"{table.width}, and no run here is (these: {escape(datasets)}, {_values(summaries['epochs'])} epochs, "
+                f"width {_values(summaries['width'])})."]
+    out = []
+    if len(table.budgets) > 1:
+        _, budget = published_source(summaries)
+        out.append(f"OpenMixup {budget} ep: {table.dataset}'s published numbers at {budget} epochs, the budget "
+                   f"({budgets}) nearest these runs' {_values(summaries['epochs'])} ({escape(table.source)}).")
+    if not summaries["on_protocol"].all():
+        out.append(f"Δ OpenMixup only where a cell's runs are on the protocol ({table.dataset}, {budgets} epochs, "
+                   f"width {table.width}, no other setting changed).")
+    return out
 
 
 def off_protocol(summaries: pd.DataFrame) -> list[str]:

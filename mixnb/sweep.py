@@ -67,10 +67,10 @@ from mixnb.memory import (ANALYSIS_BUDGET_GIB, CARD_GIB, CONTEXT_GIB, GIB, analy
 from mixnb.mixups import REGISTRY, get_spec
 from mixnb.paths import KERNEL, NOTEBOOKS, ROOT, runs_root
 from mixnb.progress import SweepWatcher
+from mixnb.profiles import get_profile
 from mixnb.runs import (RunConflict, analysis_failure, check_identity, dataset_record, failure, is_finished,
                         is_locked, load_data, needs_analysis, read_summary, run_lock)
 
-DEFAULT_BACKBONES = {"tiny-imagenet": ["resnet18", "resnext50"], "sample": ["resnet18"], "test": ["resnet18"]}
 CPU_JOBS_AUTO = 2  # runs at once without a GPU (cores allowing): docs/performance.md "CPU sweeps"
 LOCK_WAIT_S = 2.0  # a claim retries this long: a probe (``is_locked``) holds the lock for microseconds
 MAX_REQUEUES = 100  # submitit time-outs per job; each requeue resumes from the last epoch's checkpoint
@@ -131,7 +131,7 @@ def expand(profile: str, methods: list[str] | None = None, backbones: list[str] 
     for name in methods or []:
         get_spec(name)  # an unknown method fails here with the valid names
     methods = methods or [m for m, spec in REGISTRY.items() if spec.sweep]
-    backbones = backbones or DEFAULT_BACKBONES.get(profile, ["resnet18"])
+    backbones = backbones or list(get_profile(profile).backbones)  # the profile's (mixnb.profiles)
     jobs: dict[str, Job] = {}
     for b, s, m in itertools.product(backbones, seeds or [0], methods):
         for overrides in _method_grid(m, sets or {}, args or {}, alphas, grid or {}, epochs):

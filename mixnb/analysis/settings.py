@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mixnb.analysis.corruption_ops import CORRUPTIONS
-from mixnb.config import PROFILES
+from mixnb.profiles import PROFILES
 
 
 @dataclass(frozen=True)
@@ -92,24 +92,5 @@ def settings_for(profile: str) -> AnalysisSettings:
 
 
 # ----------------------------------------------------------------------------- profiles
-# sample: 10 classes, 300 val images, a width-8 ResNet-18 on a 2-core CPU: the whole analysis in <= 8 s
-# (cost.seconds). There a forward runs at ~500-1,100 img/s and a forward + backward at ~350-700 img/s
-# (batch 50 beat 100-300; the range is the VM's other load), so the sample profile spends ~3,200 forwards
-# and ~800 forward + backwards: FGSM/PGD-10 on a seeded 64 of the 300 images, occlusion on 100, the 16
-# generated corruptions at severities 1, 3, 5 on 30 (calibration and localisation use all 300).
-# tiny-imagenet: every val image for calibration, CAM, attacks and occlusion, at most 1000 a pass (the memory model
-# allows R-18 1000 and RX-50 ~145: an fp32 attack pass saves ~20 / ~138 MiB per image); the corruptions on a seeded 2,000
-# (the uint8 cache is 2.0 GB for 16 corruptions x 5 severities instead of 9.8 GB for all 10,000; the mean of
-# 80 cells of 2,000 images has a standard error of ~0.15 points). That is ~300k forwards and 110k forward +
-# backwards per run: from BENCHMARKS.md's H100 rates (R-18 eval 0.19 s / 10k, train 6,882 img/s; RX-50 1.03 s
-# / 10k and 2,485 img/s; bf16) halved for the analysis' fp32 (TF32 convs), ~45 s per R-18 run and ~2.5 min per
-# RX-50 run; by FLOPs (R-18: 4.44 GFLOP forward, ~8.9 forward + input-gradient backward) 2.3 PFLOP, ~40 s at
-# 60 TFLOP/s. Not measured on a GPU yet.
-PROFILE_SETTINGS: dict[str, AnalysisSettings] = {
-    "tiny-imagenet": AnalysisSettings(batch_size=1000, corruption_images=2000),
-    "sample": AnalysisSettings(batch_size=64, attack_images=64, occlusion_images=100, corruption_images=30,
-                               corruption_severities=(1, 3, 5)),
-    "test": AnalysisSettings(batch_size=64, attack_images=16, pgd_steps=3, occlusion_images=16, corruption_images=8,
-                             corruption_severities=(1, 5), gallery_images=4),
-}
-assert set(PROFILE_SETTINGS) == set(PROFILES), "every profile needs its analysis settings"
+# Each profile's settings are a fact of its record (mixnb.profiles.Profile.analysis, with the reasons for each number).
+PROFILE_SETTINGS: dict[str, AnalysisSettings] = {name: AnalysisSettings(**p.analysis) for name, p in PROFILES.items()}

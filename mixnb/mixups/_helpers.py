@@ -6,8 +6,9 @@ step never waits on the host (docs/performance.md §8.4).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -21,6 +22,21 @@ def eager(fn: Fn) -> Fn:
     draw inside ``fn``; marked, a draw function is one split, runs as in eager (the same numbers, bit for bit)
     and the tensor code around it is captured whole. No effect outside compile."""
     return torch.compiler.disable(fn)
+
+
+def device_constant(fn: Fn) -> Fn:
+    """Cache a function that builds a read-only constant on a device (8 entries), so a step never copies it from
+    the host again (a copy blocks the host). While dynamo traces a compiled step, ``fn`` is called directly: the
+    graph holds the constant, and dynamo would only trace through (and warn about) the cache."""
+    cached = functools.lru_cache(maxsize=8)(fn)
+
+    @functools.wraps(fn)
+    def get(*args: Any) -> Any:
+        return fn(*args) if torch.compiler.is_compiling() else cached(*args)
+
+    get.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return get  # type: ignore[return-value]
+
 
 _GAMMA_TRIES = 16  # Marsaglia-Tsang accepts >95% per try: P(16 rejections) < 1e-20
 

@@ -33,7 +33,6 @@ the image size (docs/protocol.md §2.10), a guard against an all-zero saliency m
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixnb.mixups import _puzzlemix_ops as ops
-from mixnb.mixups._helpers import eager, mixed_cross_entropy, random_partner, sample_beta
+from mixnb.mixups._helpers import device_constant, eager, mixed_cross_entropy, random_partner, sample_beta
 from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
 
 BLOCK_NUMS = (2, 4, 8, 16)  # 2 ** randint(1, 5): the published Tiny mix_args' block_num=5 (HEAD: 4, {2, 4, 8})
@@ -131,7 +130,7 @@ def _block_sizes(x: Tensor, block_num: int, args: PuzzleMixArgs) -> tuple[int, i
     return block, neigh, t_block
 
 
-@functools.lru_cache(maxsize=8)
+@device_constant
 def _per_channel(values: tuple[float, ...], device: torch.device) -> Tensor:
     """(1, C, 1, 1) constant on ``device``, copied there once (a per-step copy would block the host)."""
     return torch.tensor(values, device=device).view(1, -1, 1, 1)

@@ -20,14 +20,14 @@ reference, the input is not modified in place.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from mixnb.mixups._helpers import box_around, eager, gather_rows, lam_from_box, random_partner, sample_beta
+from mixnb.mixups._helpers import (box_around, device_constant, eager, gather_rows, lam_from_box, random_partner,
+                                   sample_beta)
 from mixnb.mixups.base import MixedBatch, MixMethod, check_alpha
 
 
@@ -65,7 +65,7 @@ def _nearest_src(size: int, start: Tensor, side: Tensor) -> Tensor:
     return (dst * scale).floor().long().clamp_max(size - 1)
 
 
-@functools.lru_cache(maxsize=8)
+@device_constant
 def paste_index(h: int, w: int, device: torch.device) -> Tensor:
     """(2, L + 1, L + 1, L) int64, L = max(H, W): [0, y0, y1] is the source row of each row for
     the whole image resized (nearest) into rows [y0, y1), -1 outside them; [1, x0, x1] the same

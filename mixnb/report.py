@@ -44,7 +44,10 @@ class Runs:
 
 
 def load_runs(profile: str, root: Path | None = None) -> Runs:
-    """Every run folder of ``profile``; a folder that cannot be read is listed in ``skipped``, never fatal."""
+    """Every run folder of ``profile`` (analysis.ipynb's parameters: an unknown profile fails with the valid ones); a
+    folder that cannot be read, or whose name is not its config's run name (a copy), is listed in ``skipped``."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
     root = (root or runs_root()) / profile
     summaries, metrics, diverged, skipped = [], [], [], []
     for run_dir in sorted(p for p in root.glob("*") if p.is_dir() and not p.name.startswith(".")):
@@ -864,7 +867,8 @@ def plot_curves(metrics: pd.DataFrame) -> plt.Figure:
             for ax, col in zip(row, ("top1", "train_loss")):
                 ax.plot(mean.index, mean[col], label=label, markersize=4, linewidth=1.2, **method_style(method))
         row[0].set(xlabel="epoch", ylabel="val top-1 (%)", title=f"{BACKBONE_LABELS[backbone]}: val top-1")
-        row[1].set(xlabel="epoch", ylabel="train loss (mixed targets)", title=f"{BACKBONE_LABELS[backbone]}: train loss")
+        row[1].set(xlabel="epoch", ylabel="train loss (mixed targets)", title=f"{BACKBONE_LABELS[backbone]}: train loss",
+                   yscale="log")  # AutoMix/SAMix sum several losses: on a log scale every method's curve shows
         for ax in row:
             ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
@@ -953,8 +957,7 @@ def render_report(profile: str) -> Path:
     """
     import nbformat
 
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}")
+    runs = load_runs(profile)  # an unknown profile fails here, before any folder is made
     out_dir = reports_root() / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / "analysis.ipynb"
@@ -964,7 +967,6 @@ def render_report(profile: str) -> Path:
     html = out_dir / "benchmark.html"
     _to_html(nbformat.read(executed, as_version=4), html,
              title=f"mixnb benchmark: {profile} ({time.strftime('%Y-%m-%d %H:%M')})")
-    runs = load_runs(profile)
     write_exports(runs.summaries, out_dir)
     write_run_pages([Path(d) for d in [*_col(runs.summaries, "run_dir"), *_col(runs.diverged, "run_dir")]], out_dir)
     write_index()

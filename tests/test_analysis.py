@@ -503,6 +503,12 @@ def test_report_helpers(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for fig in (A.plot_reliability([rec, other]), A.plot_occlusion([rec]), A.cam_gallery(run_dir)):
         assert fig.axes
         plt.close(fig)
+    grid = A.cam_gallery([run_dir, run_dir])  # one grid: the images, then a row per run
+    images = len(rec["localization"]["gallery"])
+    assert len(grid.axes) == 3 * images
+    assert " ".join(grid.axes[0].get_title().split()) == " ".join(rec["localization"]["gallery"][0]["label_name"].split())
+    assert [t.get_text().replace("\n", "") for t in grid.axes[images].texts] == [rec["run"]]  # each run's row named
+    plt.close(grid)
     d = A.definitions()
     assert set(table.columns) - {"backbone", "n"} <= set(d) and all(isinstance(v, str) and v for v in d.values())
     assert "15 equal-width" in d["ECE"] and ">= 0.5" in d["localization"]

@@ -3,6 +3,7 @@ plots, the CAM gallery and ``definitions()`` (one line per reported number)."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,15 +203,16 @@ def plot_occlusion(rows: Any) -> Any:
     ns = sorted({r["occlusion"]["images"] for r in recs})
     ax.set(xlabel="share of 8x8 patches zeroed", ylabel="top-1 (%)",
            title=f"Occlusion robustness (n={'/'.join(map(str, ns))} images per point)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     fig.tight_layout()
     return fig
 
 
-def cam_gallery(run_dir: str | Path) -> Any:
-    """The CAM gallery of an analysed run: each gallery image (one per class), then its Grad-CAM over it with
-    the CAM's box (red) and the val box (green), titled with the class, the prediction and the IoU. Read from
-    analysis.json alone (images and names are stored there): neither the checkpoint nor the dataset is needed."""
+def cam_gallery(run_dirs: str | Path | list[str | Path]) -> Any:
+    """The CAM gallery of analysed runs as one grid: a column per gallery image (one per class, the same images for
+    every run), a first row of the images titled with their class, then a row per run (named on the left): its
+    Grad-CAM over the image with the CAM's box (red) and the val box (green), titled with the prediction and the IoU.
+    Read from analysis.json alone (images and names are stored there): neither checkpoint nor dataset is needed."""
     import base64
     import io
 
@@ -218,32 +220,45 @@ def cam_gallery(run_dir: str | Path) -> Any:
     from matplotlib.patches import Rectangle
     from PIL import Image
 
-    run_dir = Path(run_dir)
-    rec = read_analysis(run_dir)
-    if rec is None:
-        raise FileNotFoundError(f"{run_dir / ANALYSIS} is missing or unreadable: run `python -m mixnb analyze {run_dir}`")
-    items = rec["localization"]["gallery"]
-    if any("image_png" not in it for it in items):
-        raise ValueError(f"{run_dir / ANALYSIS} was written before analyses kept their gallery images: run "
-                         f"`python -m mixnb analyze --force {run_dir}` (with the dataset) once")
+    recs = []
+    for run_dir in [Path(d) for d in (run_dirs if isinstance(run_dirs, list) else [run_dirs])]:
+        rec = read_analysis(run_dir)
+        if rec is None:
+            raise FileNotFoundError(f"{run_dir / ANALYSIS} is missing or unreadable: run `python -m mixnb analyze "
+                                    f"{run_dir}`")
+        if any("image_png" not in it for it in rec["localization"]["gallery"]):
+            raise ValueError(f"{run_dir / ANALYSIS} was written before analyses kept their gallery images: run "
+                             f"`python -m mixnb analyze --force {run_dir}` (with the dataset) once")
+        recs.append(rec)
+    def image(item: dict[str, Any]) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(item["image_png"]))))
+
+    items = recs[0]["localization"]["gallery"]
     n = max(len(items), 1)
-    fig, axes = plt.subplots(2, n, figsize=(1.25 * n, 2.9), squeeze=False)
+    fig, axes = plt.subplots(1 + len(recs), n, figsize=(1.2 * n + 1.2, 1.45 * (1 + len(recs)) + 0.4), squeeze=False)
     for k, it in enumerate(items):
-        img = np.asarray(Image.open(io.BytesIO(base64.b64decode(it["image_png"]))))
-        cam = upsample_cam(torch.tensor(it["cam"])[None], img.shape[0])[0].numpy()
-        axes[0, k].imshow(img)
-        axes[1, k].imshow(img)
-        axes[1, k].imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-        for box, colour in ((it["gt_box"], "lime"), (it["box"], "red")):
-            x0, y0, x1, y1 = box
-            axes[1, k].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color=colour, lw=1))
-        axes[0, k].set_title(it["label_name"][:14], fontsize=6)
-        axes[1, k].set_title(f"pred {it['pred_name'][:14]}\nIoU {it['iou']:.2f}", fontsize=6)
+        axes[0, k].imshow(image(it))
+        axes[0, k].set_title(textwrap.fill(it["label_name"], 16), fontsize=6.5)
+    for row, rec in zip(axes[1:], recs):
+        row[0].text(-0.08, 0.5, textwrap.fill(rec["run"], 18), transform=row[0].transAxes, ha="right", va="center",
+                    fontsize=7)
+        for k, it in enumerate(rec["localization"]["gallery"][:n]):  # the same images (gallery_indices) per dataset
+            img = image(it)
+            cam = upsample_cam(torch.tensor(it["cam"])[None], img.shape[0])[0].numpy()
+            row[k].imshow(img)
+            row[k].imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            for box, colour in ((it["gt_box"], "lime"), (it["box"], "red")):
+                x0, y0, x1, y1 = box
+                row[k].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color=colour,
+                                           lw=1))
+            row[k].set_title(f"{textwrap.shorten(it['pred_name'], 16, placeholder='…')}\nIoU {it['iou']:.2f}",
+                             fontsize=6, color="black" if it["pred_name"] == it["label_name"] else "firebrick")
     for ax in axes.flat:
         ax.axis("off")
-    loc = rec["localization"]
-    fig.suptitle(f"{rec['run']}: Grad-CAM at layer4, box of the largest region >= "
-                 f"{loc['threshold']:g} of max (red), val box (green); top-1 loc {loc['top1_loc']:.1f}%", fontsize=7)
+    locs = ", ".join(f"{r['run']} {r['localization']['top1_loc']:.1f}%" for r in recs)
+    fig.suptitle(textwrap.fill(f"Grad-CAM at layer4: box of the largest region >= "
+                               f"{recs[0]['localization']['threshold']:g} of max (red), val box (green); titles: the "
+                               f"prediction (red when wrong) and the IoU; top-1 localisation: {locs}", 160), fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -264,8 +264,8 @@ class RunConfig:
         out.update({k: v for k, v in mine.items() if k != "method_args" and base[k] != v})
         if self.precision != "auto":
             out["precision"] = self.precision
-        if self.data is not None:
-            out["data"] = str(Path(self.data).expanduser().resolve())
+        # no ``data``: the dataset is in the identity by its content key, so the same data given as --set data=... or
+        # MIXNB_DATA, or through another path, is one run folder; another dataset there is refused by check_identity
         return out
 
     def run_name(self) -> str:
@@ -325,8 +325,6 @@ def _token(key: str, value: Any) -> str | None:
     """``ep100``, ``lr0.1``, ``a0.2``, ``fp32``; None where a readable token could be ambiguous."""
     if isinstance(value, bool):  # sync_bn, DecoupleMix's decouple, ...: the name when on, no<name> when off
         return ("" if value else "no") + _TOKENS.get(key, key.removeprefix("method_args.").replace("_", ""))
-    if key == "data":
-        return None
     prefix = _TOKENS.get(key, key.removeprefix("method_args.").replace("_", ""))
     text = _float_text(value) if isinstance(value, float) else str(value)
     return prefix + text if re.fullmatch(r"[A-Za-z0-9.]+", text) and not text.startswith(".") else None

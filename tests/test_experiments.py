@@ -89,7 +89,7 @@ def test_run_names_are_readable_and_distinct():
     assert RunConfig(method="mixup", seed=1, epochs=100, lr=0.1).run_name() == "mixup-resnet18-s1-ep100-lr0.1"
     assert RunConfig(method="mixup", epochs=4).run_name() == "mixup-resnet18-s0"  # the sample profile's 4
     a, b = RunConfig(data="/data/a"), RunConfig(data="/data/b")
-    assert a.run_name() != b.run_name() != RunConfig().run_name()  # data= is part of the name (a short hash)
+    assert a.run_name() == b.run_name() == RunConfig().run_name()  # the dataset is in the identity, not the name
     assert RunConfig(compile="off", log_every=3, eval_batch_size=7, device="cpu").run_name() == "vanilla-resnet18-s0"
 
 

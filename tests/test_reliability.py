@@ -365,3 +365,33 @@ def test_labels_and_exports_escape_what_matplotlib_markdown_and_latex_would_read
     assert _md(r"lr 0.1 | a\b") == r"lr 0.1 \| a\\b"
     assert _tex(r"\ & % $ # _ { } ~ ^ ±") == (r"\textbackslash{} \& \% \$ \# \_ \{ \} \textasciitilde{} "
                                                r"\textasciicircum{} $\pm$")
+
+
+# ----------------------------------------------------------------------------- issue 24: one run, one folder
+def _finished_run(runs_root: Path, **config) -> Path:
+    """A finished run of the test profile (params, metrics, summary; no checkpoint, gallery or analysis) recorded
+    on the dataset the sweep reads, in ``runs_root``/test/<its run name>."""
+    from test_report import write_run
+
+    from mixnb.runs import dataset_record, load_data
+
+    cfg = RunConfig(profile="test", epochs=1, device="cpu")
+    return write_run(runs_root, [50.0], profile="test", epochs=1, dataset=dataset_record(load_data(cfg)), **config)
+
+
+def test_the_same_dataset_given_two_ways_is_one_run_folder(tmp_path, monkeypatch):
+    """``train --set data=D`` beside a sweep with MIXNB_DATA=D trained the same run twice, in two folders."""
+    from mixnb.paths import run_dir
+
+    monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
+    monkeypatch.setenv("MIXNB_DATA", "/data/tiny-imagenet-200")
+    [swept] = expand("tiny-imagenet", ["vanilla"], ["resnet18"])
+    [given] = expand("tiny-imagenet", ["vanilla"], ["resnet18"], sets={"data": ["/data/./tiny-imagenet-200/"]})
+    trained = RunConfig(profile="tiny-imagenet", data="/data/tiny-imagenet-200")
+    assert given.run_dir == swept.run_dir == run_dir("tiny-imagenet", trained.run_name())
+    dataset = {"content_key": "a", "classes": 200, "train_images": 100_000, "val_images": 10_000,
+               "root": "/data/tiny-imagenet-200", "form": "tiny-imagenet-zip", "label_order": "wnids.txt", "boxes": True}
+    swept.run_dir.mkdir(parents=True)
+    (swept.run_dir / "params.json").write_text(json.dumps({"identity": trained.identity(torch.device("cpu"), dataset)}))
+    with pytest.raises(runs.RunConflict, match="dataset.content_key: 'a' there, 'b' now"):  # other data: refused
+        runs.check_identity(swept.run_dir, trained.identity(torch.device("cpu"), {**dataset, "content_key": "b"}))

@@ -119,7 +119,8 @@ def test_a_report_from_a_folder_full_of_markup_has_none_of_it_live(tmp_path, mon
     from mixnb.data import make_sample_dataset
 
     make_sample_dataset(data, num_classes=4, train_per_class=8, val_per_class=4)
-    fit(RunConfig(method="vanilla", data=str(data), **TEST), runs / "test" / "vanilla", progress="none")
+    cfg = RunConfig(method="vanilla", data=str(data), **TEST)
+    fit(cfg, runs / "test" / cfg.run_name(), progress="none")
     foreign = runs / "test" / "vanilla-resnet18-s<seed>"
     foreign.mkdir()
     (foreign / "metrics.csv").write_text("epoch\n1\n")
@@ -395,3 +396,16 @@ def test_the_same_dataset_given_two_ways_is_one_run_folder(tmp_path, monkeypatch
     (swept.run_dir / "params.json").write_text(json.dumps({"identity": trained.identity(torch.device("cpu"), dataset)}))
     with pytest.raises(runs.RunConflict, match="dataset.content_key: 'a' there, 'b' now"):  # other data: refused
         runs.check_identity(swept.run_dir, trained.identity(torch.device("cpu"), {**dataset, "content_key": "b"}))
+
+
+def test_a_copied_run_folder_is_left_out_never_another_seed(tmp_path):
+    import shutil
+
+    from test_report import write_run
+
+    run = write_run(tmp_path, [30.0, 29.69])
+    shutil.copytree(run, run.with_name(f"{run.name}.bak"))
+    loaded = load_runs("sample", tmp_path)
+    assert list(loaded.summaries["run"]) == [run.name]  # "29.69 ± 0.00, 2 seeds" from one run
+    [(name, why)] = loaded.skipped
+    assert name == f"{run.name}.bak" and f"its config's run is {run.name}" in why and "never counted as a seed" in why

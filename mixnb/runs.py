@@ -3,8 +3,10 @@
 ``runs/<profile>/<run name>/`` holds ``params.json`` (the config, its resolved identity and the dataset
 it read), ``metrics.csv`` (one row per epoch), ``checkpoint.pt`` (the last good epoch), and then either
 ``summary.json`` (finished) or ``failed.json`` (diverged, with the reason); a finished run then gets
-``analysis.json`` (beyond accuracy) or ``analysis_failed.json`` (why that failed: retried by the next sweep). "Finished" has one
-definition (``is_finished``), used by ``fit``, the sweep, the report and the AttentiveMix+ teacher lookup.
+``mix_samples.png`` (its gallery) and ``analysis.json`` (beyond accuracy) or ``analysis_failed.json`` (why that failed:
+retried by the next sweep). "Finished" has one definition (``is_finished``), used by ``fit``, the sweep, the report and
+the AttentiveMix+ teacher lookup; what a run still owes has one too (``missing_products``), used by the sweep and
+``make analyze``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ LOCK = ".lock"  # held (flock) by the process that trains or analyses the run
 ANALYSIS = "analysis.json"  # mixnb.analysis.analyze_run's result, keyed on the checkpoint
 ANALYSIS_VERSION = 2  # bump when a number's definition or what analysis.json holds changes: every run is analysed again
 ANALYSIS_FAILED = "analysis_failed.json"  # why the last analysis of a finished run failed; gone once one succeeds
+GALLERY = "mix_samples.png"  # the mixed samples train.ipynb draws from the checkpoint
 
 
 class RunConflict(ValueError):
@@ -171,6 +174,19 @@ def needs_analysis(run_dir: str | Path) -> bool:
     """A finished run with no analysis.json, or whose last analysis failed: the next sweep or ``make analyze``
     analyses it (a stale analysis.json is redone by ``analyze_run`` itself, keyed on the checkpoint)."""
     return read_analysis(run_dir) is None or analysis_failure(run_dir) is not None
+
+
+def missing_products(run_dir: str | Path, *, analysis: bool) -> dict[str, str | None]:
+    """What a run still owes, file by file: {name: None} to be made, or {name: why it cannot be}. An unfinished run
+    owes summary.json (training); a finished one its gallery and, with ``analysis``, its analysis (``needs_analysis``).
+    Both are drawn from checkpoint.pt: once it is deleted (the README allows it) they "cannot be made", which the
+    sweep and ``make analyze`` say instead of retrying."""
+    run_dir = Path(run_dir)
+    if not is_finished(run_dir):
+        return {SUMMARY: None}
+    owed = [name for name, due in ((GALLERY, not (run_dir / GALLERY).is_file()),
+                                   (ANALYSIS, analysis and needs_analysis(run_dir))) if due]
+    return dict.fromkeys(owed, None if (run_dir / CHECKPOINT).is_file() else f"cannot be made: {CHECKPOINT} deleted")
 
 
 # ----------------------------------------------------------------------------- opening a run

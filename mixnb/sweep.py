@@ -15,7 +15,8 @@ accuracy (analysis.json) on the run's device. The dataset is checked once, befor
 finished run (``mixnb.runs.is_finished``, same identity) is skipped; a broken one is run again and
 resumes from its checkpoint; a folder holding another identity is reported, never overwritten.
 Failures do not stop the sweep; each is listed with its one-line reason at the end (a run that trained but
-whose analysis failed is kept, listed, and analysed again by the next sweep). Progress is live
+whose gallery or analysis failed is kept, listed, and completed by the next sweep: ``mixnb.runs.missing_products``;
+a product whose checkpoint was deleted is said once, not retried). Progress is live
 (``mixnb.progress``: a line per running job and the sweep's ETA). Runs that need
 another run (AttentiveMix+ uses the finished Vanilla run as its default teacher) wait for it.
 
@@ -68,8 +69,8 @@ from mixnb.mixups import REGISTRY, get_spec
 from mixnb.paths import KERNEL, NOTEBOOKS, ROOT, runs_root
 from mixnb.progress import SweepWatcher
 from mixnb.profiles import get_profile
-from mixnb.runs import (RunConflict, analysis_failure, check_identity, dataset_record, failure, is_finished,
-                        is_locked, load_data, needs_analysis, read_summary, run_lock)
+from mixnb.runs import (ANALYSIS, GALLERY, SUMMARY, RunConflict, analysis_failure, check_identity, dataset_record,
+                        failure, is_finished, is_locked, load_data, missing_products, read_summary, run_lock)
 
 CPU_JOBS_AUTO = 2  # runs at once without a GPU (cores allowing): docs/performance.md "CPU sweeps"
 LOCK_WAIT_S = 2.0  # a claim retries this long: a probe (``is_locked``) holds the lock for microseconds
@@ -93,6 +94,11 @@ class Job:
     @property
     def finished(self) -> bool:
         return is_finished(self.run_dir)
+
+    @property
+    def owed(self) -> list[str]:
+        """The files this run still owes that can be made (``mixnb.runs.missing_products``)."""
+        return [name for name, why in missing_products(self.run_dir, analysis=self.analysis).items() if why is None]
 
     def parameters(self) -> dict[str, Any]:
         """The train notebook's parameters: every RunConfig field, so the run is exactly this config."""
@@ -275,18 +281,21 @@ def analyse(job: Job, *, env: dict[str, str] | None = None) -> None:
 
 
 def run_job(job: Job, *, env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> str:
-    """With the job's run lock held: train it ("ran"), or analyse a finished run whose analysis is missing or
-    failed ("analysed"), or nothing ("finished"). Raises ``AnalysisFailed`` when training is done but the analysis
-    the job asked for is not, and the notebook's one-line reason when training failed."""
-    if not job.finished:
+    """With the job's run lock held, make what the run owes (``Job.owed``): train it ("ran"); for a finished run
+    whose gallery is missing (the notebook failed or was killed after training) execute the notebook again, which
+    resumes into its later cells ("completed"); for one whose analysis alone is missing or failed, analyse it
+    ("analysed"); else nothing ("finished"). Raises ``AnalysisFailed`` when training is done but the analysis the
+    job asked for is not, and the notebook's one-line reason when it failed."""
+    owed = job.owed
+    if SUMMARY in owed or GALLERY in owed:
         execute(job, env=env, pass_fds=pass_fds)
-        outcome = "ran"
-    elif job.analysis and needs_analysis(job.run_dir):
+        outcome = "ran" if SUMMARY in owed else "completed"
+    elif owed:
         analyse(job, env=env)
         outcome = "analysed"
     else:
         return "finished"
-    if job.analysis and needs_analysis(job.run_dir):
+    if ANALYSIS in job.owed:
         failed = analysis_failure(job.run_dir) or {"reason": f"no analysis.json; see {job.run_dir / 'analysis.log'}"}
         raise AnalysisFailed(f"analysis failed: {failed['reason']} (the training result stands; the next make sweep "
                              f"or make analyze tries again)")
@@ -381,11 +390,16 @@ def check_packing(jobs: list[Job], runs_per_gpu: int, card: float) -> None:
 
 
 # ----------------------------------------------------------------------------- plan
+TODO = ("to run", "to finish")  # check_datasets' states of a job that runs
+BLOCKED = ("conflict",)  # ... and of one that cannot: a failure, with its reason
+
+
 def check_datasets(jobs: list[Job], *, strict: bool = True) -> dict[Path, str]:
     """Load each distinct dataset of ``jobs`` once (building its cache) and classify every job: "finished",
-    "to run", "to analyse" (finished, its analysis missing or failed), or why it cannot run (a folder of another
-    identity). A dataset that cannot be read raises
-    before any run starts; with ``strict=False`` (a dry run) its jobs are "to run", unchecked."""
+    "to run", "to finish" (finished, a product it owes missing: ``Job.owed``), or why it cannot run ("conflict: "
+    a folder of another identity; ``BLOCKED``). Products that cannot be made any more are said here, one line per
+    run. A dataset that cannot be read raises before any run starts; with ``strict=False`` (a dry run) its jobs are
+    "to run", unchecked."""
     records: dict[tuple[str, str | None], dict[str, Any] | None] = {}
     status: dict[Path, str] = {}  # by run folder
     for job in jobs:
@@ -407,8 +421,10 @@ def check_datasets(jobs: list[Job], *, strict: bool = True) -> dict[Path, str]:
         except RunConflict as err:
             status[job.run_dir] = f"conflict: {err}"
             continue
-        status[job.run_dir] = ("to run" if not job.finished else "to analyse"
-                               if job.analysis and needs_analysis(job.run_dir) else "finished")
+        missing = missing_products(job.run_dir, analysis=job.analysis)
+        if gone := [f"{name} {why}" for name, why in missing.items() if why is not None]:
+            print(f"{job.config.run_name()}: {'; '.join(gone)} (its result stands)")
+        status[job.run_dir] = "to run" if SUMMARY in missing else "to finish" if job.owed else "finished"
     return status
 
 
@@ -420,13 +436,13 @@ def run_sweep(jobs: list[Job], *, gpus: list[str] | None = None, gpus_per_run: i
     profile = jobs[0].config.profile if jobs else "?"
     slots = gpu_slots(gpus, gpus_per_run, runs_per_gpu, cpu_jobs)
     status = check_datasets(jobs)
-    failures: list[tuple[Job, str]] = [(j, status[j.run_dir]) for j in jobs if status[j.run_dir].startswith("conflict")]
-    todo = [j for j in jobs if status[j.run_dir] in ("to run", "to analyse")]
+    failures: list[tuple[Job, str]] = [(j, status[j.run_dir]) for j in jobs if status[j.run_dir].startswith(BLOCKED)]
+    todo = [j for j in jobs if status[j.run_dir] in TODO]
     check_packing(todo, runs_per_gpu, card_gib())
-    to_analyse = sum(status[j.run_dir] == "to analyse" for j in todo)
+    to_finish = sum(status[j.run_dir] == "to finish" for j in todo)
     print(f"sweep {profile}: {len(jobs)} runs, {sum(s == 'finished' for s in status.values())} already finished, "
-          f"{len(todo) - to_analyse} to run" + (f", {to_analyse} finished to analyse (again)" if to_analyse else ""),
-          flush=True)
+          f"{len(todo) - to_finish} to run" + (f", {to_finish} finished to complete (gallery or analysis)"
+                                               if to_finish else ""), flush=True)
     outcomes: dict[str, list[Job]] = {"ran": [], "analysed": [], "finished elsewhere": [], "running elsewhere": []}
     lock = threading.Condition()
     pending, running = longest_first(todo) if len(slots) > 1 else list(todo), []
@@ -503,7 +519,7 @@ def report_failures(failures: list[tuple[Job, str]], total: int) -> None:
 
 # ----------------------------------------------------------------------------- submitit (slurm, local)
 class TrainJob(submitit.helpers.Checkpointable):
-    """One run as a submitit job; returns what happened ("ran", "analysed", "finished", "running elsewhere");
+    """One run as a submitit job; returns what happened (``run_job``'s outcome, or "running elsewhere");
     raises ``AnalysisFailed`` when the run finished but its analysis did not.
 
     On preemption or time-out submitit calls ``checkpoint`` (inherited: this same call again) and
@@ -549,9 +565,9 @@ def submit_sweep(jobs: list[Job], *, gpus_per_run: int = 1, executor: str = "slu
     runs that cannot run (folders of another identity). submitit's logs go to runs/<profile>/.submitit."""
     profile = jobs[0].config.profile if jobs else "?"
     status = check_datasets(jobs)
-    conflicts = [(j, status[j.run_dir]) for j in jobs if status[j.run_dir].startswith("conflict")]
+    conflicts = [(j, status[j.run_dir]) for j in jobs if status[j.run_dir].startswith(BLOCKED)]
     report_failures(conflicts, len(jobs))
-    todo = [j for j in jobs if status[j.run_dir] in ("to run", "to analyse") and not is_locked(j.run_dir)]
+    todo = [j for j in jobs if status[j.run_dir] in TODO and not is_locked(j.run_dir)]
     print(f"sweep {profile} on {executor}: {len(jobs)} runs, {len(jobs) - len(todo)} finished or running "
           f"elsewhere, {len(todo)} to submit")
     if not todo:

@@ -409,3 +409,28 @@ def test_a_copied_run_folder_is_left_out_never_another_seed(tmp_path):
     assert list(loaded.summaries["run"]) == [run.name]  # "29.69 ± 0.00, 2 seeds" from one run
     [(name, why)] = loaded.skipped
     assert name == f"{run.name}.bak" and f"its config's run is {run.name}" in why and "never counted as a seed" in why
+
+
+# ----------------------------------------------------------------------------- issue 24: one notion of done
+def test_every_product_a_run_owes_is_one_check_that_the_sweep_and_analyze_use(tmp_path, monkeypatch, capsys):
+    """A finished run owes its gallery and analysis; the sweep makes the missing ones (the notebook again for the
+    gallery), and with checkpoint.pt deleted says once that they cannot be made instead of retrying forever."""
+    import mixnb.sweep as sweep
+    from mixnb.runs import ANALYSIS, GALLERY, missing_products
+
+    monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
+    run = _finished_run(tmp_path)
+    gone = "cannot be made: checkpoint.pt deleted"
+    assert missing_products(run, analysis=True) == {GALLERY: gone, ANALYSIS: gone}
+    assert missing_products(run.with_name("none"), analysis=False) == {"summary.json": None}
+    made = []
+    monkeypatch.setattr(sweep, "execute", lambda job, **kw: made.append("notebook") or (run / GALLERY).touch())
+    monkeypatch.setattr(sweep, "analyse", lambda job, **kw: made.append("analysis"))
+    [job] = expand("test", ["vanilla"], epochs=1)
+    assert job.run_dir == run and run_sweep([job]) == [] and made == []  # not retried ...
+    assert f"{run.name}: {GALLERY} {gone}; {ANALYSIS} {gone} (its result stands)" in capsys.readouterr().out
+    assert main(["analyze", str(run)]) == 0  # ... nor a failure of make analyze
+    assert f"{ANALYSIS} {gone}" in capsys.readouterr().out
+    (run / "checkpoint.pt").write_bytes(b"weights")
+    [(_, reason)] = run_sweep([job])  # the notebook failed after training: run again, it makes the gallery
+    assert made == ["notebook"] and reason.startswith("analysis failed") and missing_products(run, analysis=False) == {}

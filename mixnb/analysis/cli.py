@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from mixnb.analysis.analyze import analyze_or_record
-from mixnb.runs import analysis_failure
+from mixnb.runs import ANALYSIS, analysis_failure, missing_products
 
 
 def add_analyze_options(parser: argparse.ArgumentParser) -> None:
@@ -23,13 +23,17 @@ def add_analyze_options(parser: argparse.ArgumentParser) -> None:
 
 def analyze_from_args(args: argparse.Namespace) -> int:
     """Analyse each RUN_DIR; one line per run (its numbers, or why it failed: also in its analysis_failed.json,
-    which the report shows and the next sweep retries); 1 if any failed, else 0."""
+    which the report shows and the next sweep retries, or why it cannot be made: ``missing_products``, not a
+    failure); 1 if any failed, else 0."""
     import sys
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     failed = 0
     for d in args.run_dirs:
+        if why := missing_products(d, analysis=True).get(ANALYSIS):  # its checkpoint is gone: nothing to retry
+            print(f"{d}: {ANALYSIS} {why} (its training result stands)")
+            continue
         try:
             r = analyze_or_record(Path(d), device=args.device, force=args.force)
         except (ValueError, OSError) as err:  # not a finished run: nothing to analyse, nothing recorded

@@ -41,6 +41,7 @@ LOCK = ".lock"  # held (flock) by the process that trains or analyses the run
 ANALYSIS = "analysis.json"  # mixnb.analysis.analyze_run's result, keyed on the checkpoint
 ANALYSIS_VERSION = 2  # bump when a number's definition or what analysis.json holds changes: every run is analysed again
 ANALYSIS_FAILED = "analysis_failed.json"  # why the last analysis of a finished run failed; gone once one succeeds
+ANALYSIS_SECTIONS = ("clean", "calibration", "adversarial", "occlusion", "corruptions", "localization")  # its numbers
 GALLERY = "mix_samples.png"  # the mixed samples train.ipynb draws from the checkpoint
 
 
@@ -157,10 +158,13 @@ def _read_record(path: Path) -> dict[str, Any] | None:
 
 
 def read_analysis(run_dir: str | Path) -> dict[str, Any] | None:
-    """analysis.json of a run folder, or None when it is missing, unreadable or of another ``ANALYSIS_VERSION``
-    (its numbers are not comparable with today's: the next sweep or ``make analyze`` redoes it)."""
+    """analysis.json of a run folder, or None when it is missing, unreadable, of another ``ANALYSIS_VERSION`` (its
+    numbers are not comparable with today's) or damaged (one of ``ANALYSIS_SECTIONS`` missing or not a table): the
+    next sweep or ``make analyze`` redoes it."""
     record = _read_record(Path(run_dir) / ANALYSIS)
-    return record if record is not None and record.get("version") == ANALYSIS_VERSION else None
+    if record is None or record.get("version") != ANALYSIS_VERSION:
+        return None
+    return record if all(isinstance(record.get(k), dict) for k in ANALYSIS_SECTIONS) else None
 
 
 def analysis_failure(run_dir: str | Path) -> dict[str, Any] | None:

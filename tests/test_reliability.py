@@ -434,3 +434,24 @@ def test_every_product_a_run_owes_is_one_check_that_the_sweep_and_analyze_use(tm
     (run / "checkpoint.pt").write_bytes(b"weights")
     [(_, reason)] = run_sweep([job])  # the notebook failed after training: run again, it makes the gallery
     assert made == ["notebook"] and reason.startswith("analysis failed") and missing_products(run, analysis=False) == {}
+
+
+def test_a_damaged_analysis_or_corruption_cache_under_its_key_is_rebuilt(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from mixnb.analysis.corruptions import generated_corruptions
+    from mixnb.analysis.settings import AnalysisSettings
+    from test_report import analysis_record, write_run
+
+    run = write_run(tmp_path, [50.0], analysis={**analysis_record(fgsm=50.0, ece=1.0), "calibration": None})
+    assert runs.read_analysis(run) is None and runs.needs_analysis(run)  # was returned: a TypeError on every read
+    monkeypatch.setenv("MIXNB_CACHE", str(tmp_path / "cache"))
+    data = SimpleNamespace(x_val=torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8), y_val=torch.arange(6),
+                           content_key="k", root=str(tmp_path / "data"))
+    s = AnalysisSettings(corruptions=("brightness",), corruption_severities=(1,), corruption_images=4)
+    made = generated_corruptions(data, s)
+    torch.save({**{k: made[k] for k in ("key", "idx", "names", "severities", "generation_seconds")},
+                "x": torch.zeros(1, dtype=torch.uint8)}, made["path"])  # the key is right, the images are not
+    again = generated_corruptions(data, s)
+    assert not again["cached"] and torch.equal(again["x"], made["x"])
+    assert generated_corruptions(data, s)["cached"]

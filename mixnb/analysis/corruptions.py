@@ -52,13 +52,9 @@ def generated_corruptions(data: Any, s: AnalysisSettings) -> dict[str, Any]:
                                    "version": CORRUPTION_CACHE_VERSION}, sort_keys=True).encode()).hexdigest()
     path = _corruption_cache_path(data, key)
     remove_stale_temps(path)
-    if path.is_file():
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            if isinstance(blob, dict) and blob.get("key") == key:
-                return {**blob, "skipped": skipped, "path": str(path), "cached": True}
-        except Exception:  # noqa: BLE001, S110 (a corrupt or foreign file is rebuilt, never trusted)
-            pass
+    shape = (len(names), len(s.corruption_severities), len(idx), 3, *data.x_val.shape[1:3])
+    if (blob := _cached(path, key, shape)) is not None:
+        return {**blob, "skipped": skipped, "path": str(path), "cached": True}
     t0 = time.perf_counter()
     x = _images(data.x_val[idx], torch.device("cpu"))  # (K, 3, H, W) uint8
     stack = torch.stack([torch.stack([corrupt(x, c, sev, seed=s.seed) for sev in s.corruption_severities])
@@ -70,6 +66,21 @@ def generated_corruptions(data: Any, s: AnalysisSettings) -> dict[str, Any]:
     except OSError as err:
         warnings.warn(f"could not cache the corrupted val set at {path} ({err}); set MIXNB_CACHE to a writable folder")
     return {**blob, "skipped": skipped, "path": str(path), "cached": False}
+
+
+def _cached(path: Path, key: str, shape: tuple[int, ...]) -> dict[str, Any] | None:
+    """The cached set at ``path`` when it is whole: ``key`` and a uint8 ``x`` of ``shape`` with its indices, names and
+    severities; else None (missing, corrupt, foreign, or damaged with the right key: rebuilt, never trusted)."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 (whatever a damaged file raises)
+        return None
+    whole = (isinstance(blob, dict) and blob.get("key") == key and isinstance(blob.get("x"), Tensor)
+             and blob["x"].dtype == torch.uint8 and tuple(blob["x"].shape) == shape
+             and isinstance(blob.get("idx"), Tensor) and len(blob["idx"]) == shape[2]
+             and isinstance(blob.get("names"), list) and len(blob["names"]) == shape[0]
+             and isinstance(blob.get("severities"), list) and isinstance(blob.get("generation_seconds"), float))
+    return blob if whole else None
 
 
 def corruption_accuracy(logits: Callable[[Tensor], Tensor], data: Any, s: AnalysisSettings,

@@ -455,3 +455,15 @@ def test_a_damaged_analysis_or_corruption_cache_under_its_key_is_rebuilt(tmp_pat
     again = generated_corruptions(data, s)
     assert not again["cached"] and torch.equal(again["x"], made["x"])
     assert generated_corruptions(data, s)["cached"]
+
+
+def test_analyze_refuses_a_checkpoint_of_another_run(tmp_path):
+    from mixnb.analysis import analyze_or_record
+    from test_report import write_run
+
+    run = write_run(tmp_path, [50.0])
+    other = json.loads((write_run(tmp_path, [50.0], method="mixup") / "params.json").read_text())["identity"]
+    torch.save({"identity": other, "model": {}, "rows": [], "epoch": 1}, run / "checkpoint.pt")  # copied in
+    assert analyze_or_record(run) is None
+    reason = runs.analysis_failure(run)["reason"]
+    assert "checkpoint.pt is another run's checkpoint" in reason and "method: 'vanilla' in params.json, 'mixup' in it" in reason

@@ -32,7 +32,9 @@ from mixnb.analysis.settings import PROFILE_SETTINGS, AnalysisSettings, settings
 from mixnb.config import RunConfig, resolve_precision
 from mixnb.io import remove_stale_temps, write_json
 from mixnb.memory import ANALYSIS_BUDGET_GIB, analysis_batch, predict_analysis_gib
-from mixnb.runs import ANALYSIS, ANALYSIS_FAILED, ANALYSIS_VERSION, CHECKPOINT, failure, is_finished, read_analysis, read_summary
+from mixnb.runs import (ANALYSIS, ANALYSIS_FAILED, ANALYSIS_VERSION, CHECKPOINT, PARAMS, complete_identity, failure,
+                        identity_differences, is_finished, load_checkpoint, read_analysis, read_summary,
+                        recorded_identity)
 
 
 
@@ -44,6 +46,18 @@ def checkpoint_record(path: Path) -> dict[str, Any]:
             h.update(block)
     st = path.stat()
     return {"file": path.name, "sha256": h.hexdigest(), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def check_checkpoint(run_dir: Path) -> None:
+    """Refuse a checkpoint.pt of another run than its folder records (params.json): one copied in from another run
+    would have its numbers filed under this one. A corrupt one is left to ``load_run``, which names it."""
+    ckpt, recorded = load_checkpoint(run_dir / CHECKPOINT), recorded_identity(run_dir)
+    if ckpt is None or recorded is None:
+        return
+    if diff := identity_differences(recorded, complete_identity(ckpt["identity"])):
+        shown = "; ".join(f"{k}: {a!r} in {PARAMS}, {b!r} in it" for k, (a, b) in diff.items())
+        raise ValueError(f"{run_dir / CHECKPOINT} is another run's checkpoint ({shown}); put this run's own back, or "
+                         f"analyse that one in its own folder")
 
 
 def analysis_key(ckpt: dict[str, Any], settings: AnalysisSettings, tinc: str | None) -> dict[str, Any]:
@@ -148,6 +162,7 @@ def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         return result
 
     t0 = time.perf_counter()
+    check_checkpoint(run_dir)
     run = load_run(run_dir, device)
     if settings is None:
         settings = settings_for(run.cfg.profile)

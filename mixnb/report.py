@@ -206,6 +206,20 @@ def method_label(name: str) -> str:
     return get_spec(name).label or name if name in REGISTRY else name
 
 
+def methods_markdown() -> str:
+    """The README's methods table, from the registry: each method's name (``mixnb.Mixer`` / ``METHODS=``), paper,
+    the α and Tiny-ImageNet top-1 (R-18 / RX-50) published for it (📖: the authors' number, not an OpenMixup run),
+    and whether the default sweep runs it."""
+    lines = ["| method | name | paper | α | R-18 | RX-50 | default sweep |", "|---|---|---|---|---|---|---|"]
+    for name, spec in REGISTRY.items():
+        top1 = [f"{spec.published[b]:.2f}" if b in spec.published else "–" for b in BACKBONE_LABELS]
+        alpha = "–" if spec.published_alpha is None else f"{spec.published_alpha:g}"
+        mark = "" if spec.reproduced else " 📖"
+        lines.append(f"| {spec.label}{mark} | `{name}` | {spec.paper or '–'} | {alpha} | {' | '.join(top1)} | "
+                     f"{'yes' if spec.sweep else 'no'} |")
+    return "\n".join(lines)
+
+
 def row_label(method: str, settings: str) -> str:
     return f"{method_label(method)} ({settings})" if settings else method_label(method)
 

@@ -55,3 +55,11 @@ def test_readme_quick_start():
     quick = readme.split("## Quick start", 1)[1].split("##", 1)[0]
     assert "make sweep" in quick and "make test" in quick
     assert "make sweep PROFILE=tiny-imagenet MIXNB_DATA=" in readme
+
+
+def test_readme_methods_table_is_the_registry():
+    """The README's methods table is methods_markdown()'s, so a registry change (a published number, a paper, a
+    method added) cannot leave the README behind."""
+    from mixnb.report import methods_markdown
+
+    assert methods_markdown() in (ROOT / "README.md").read_text()

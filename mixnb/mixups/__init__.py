@@ -72,6 +72,7 @@ class MethodSpec:
     published_alpha: float | None = None  # the alpha printed beside it (None: Vanilla, no alpha)
     reproduced: bool = True  # False = 📖: the original paper's number, not run in OpenMixup
     note: str = ""  # a footnote to the published number
+    paper: str = ""  # authors, venue, arXiv id (docs/protocol.md §2, docs/methods.md)
     code: dict[str, Code] = field(default_factory=dict)  # backbone -> the code that published it (absent: HEAD)
     head: dict[str, Any] = field(default_factory=dict)  # the settings OpenMixup HEAD runs where ``defaults`` differ
     deviations: str = ""  # what the published reference still does not reproduce (the report prints it)
@@ -117,22 +118,31 @@ def _both(code: Code) -> dict[str, Code]:
 # OpenMixup's Tiny-ImageNet table order; published = its page (docs/en/model_zoos/Mixup_sup.md, docs/protocol.md §4)
 REGISTRY: dict[str, MethodSpec] = {
     "vanilla": MethodSpec(Vanilla, {}, label="Vanilla", published=_tiny(61.68, 65.04), code=_both(_E81)),
-    "mixup": MethodSpec(MixUp, {"alpha": 1.0}, label="MixUp", published=_tiny(63.86, 66.36), published_alpha=1.0,
+    "mixup": MethodSpec(MixUp, {"alpha": 1.0}, label="MixUp",
+                        paper="Zhang et al., ICLR 2018, arXiv 1710.09412",
+                        published=_tiny(63.86, 66.36), published_alpha=1.0,
                         code=_both(_E81)),
     # partner_tries: a plain randperm at e81ed85; HEAD's no-repeat shuffle since 9fc838b (2025-03-19)
-    "cutmix": MethodSpec(CutMix, {"alpha": 1.0, "partner_tries": 1}, label="CutMix", published=_tiny(65.53, 66.47),
+    "cutmix": MethodSpec(CutMix, {"alpha": 1.0, "partner_tries": 1}, label="CutMix",
+                         paper="Yun et al., ICCV 2019, arXiv 1905.04899", published=_tiny(65.53, 66.47),
                          published_alpha=1.0, code=_both(_E81), head={"partner_tries": NO_REPEAT_TRIES}),
     "manifoldmix": MethodSpec(ManifoldMix, {"alpha": 0.2, "layers": ("input", "layer1", "layer2")},
-                              label="ManifoldMix", published=_tiny(64.15, 67.30), published_alpha=0.2,
+                              label="ManifoldMix",
+                              paper="Verma et al., ICML 2019, arXiv 1806.05236",
+                              published=_tiny(64.15, 67.30), published_alpha=0.2,
                               code=_both(_E81)),
     "smoothmix": MethodSpec(SmoothMix, {"alpha": 0.2, "label_weights": "openmixup"}, label="SmoothMix",
+                            paper="Lee et al., CVPR Workshops 2020",
                             published=_tiny(66.65, 69.65), published_alpha=0.2,
                             note="alpha has no effect in the code; its label weights are the paper's swapped",
                             code={"resnet18": _11D, "resnext50": _E01}),
-    "saliencymix": MethodSpec(SaliencyMix, {"alpha": 1.0}, label="SaliencyMix", published=_tiny(64.60, 66.55),
+    "saliencymix": MethodSpec(SaliencyMix, {"alpha": 1.0}, label="SaliencyMix",
+                              paper="Uddin et al., ICLR 2021, arXiv 2006.01791", published=_tiny(64.60, 66.55),
                               published_alpha=1.0, code=_both(_E81)),
     "attentivemix": MethodSpec(AttentiveMix, {"alpha": 2.0, "teacher_weights": None, "lam_rule": "first"},
-                               label="AttentiveMix+", published=_tiny(64.85, 67.42), published_alpha=2.0,
+                               label="AttentiveMix+",
+                               paper="Walawalkar et al., ICASSP 2020, arXiv 2003.13048",
+                               published=_tiny(64.85, 67.42), published_alpha=2.0,
                                note="OpenMixup's page gives 64.85 / 67.42; the survey's table gives 64.01 / 66.84",
                                code=_both(_7BF), needs="vanilla",  # the default teacher (docs/protocol.md §2.7)
                                deviations="teacher: the published runs used torchvision's ImageNet R-18; without that "
@@ -140,20 +150,25 @@ REGISTRY: dict[str, MethodSpec] = {
                                           "run"),
     "fmix": MethodSpec(FMix, {"alpha": 1.0, "decay_power": 3.0, "size": (64, 64), "max_soft": 0.0,
                               "spectrum": "openmixup", "partner_tries": 1}, label="FMix*",
-                       published=_tiny(63.47, 65.08), published_alpha=1.0, code=_both(_E81), head={"partner_tries": NO_REPEAT_TRIES}),
+                       paper="Harris et al., arXiv 2002.12047", published=_tiny(63.47, 65.08), published_alpha=1.0,
+                       code=_both(_E81), head={"partner_tries": NO_REPEAT_TRIES}),
     # block_num=5, t_size=4 and CIFAR stats from 3fea614 to a0c5840 (2022-12-21); HEAD: {2,4,8}, -1, ImageNet at 64 px
     "puzzlemix": MethodSpec(PuzzleMix, {"alpha": 1.0, "block_nums": (2, 4, 8, 16), "beta": 1.2, "gamma": 0.5,
                                         "eta": 0.2, "neigh_size": 4, "n_labels": 3, "t_eps": 0.8, "transport": True,
                                         "t_size": 4, "workers": 0, "mean": CIFAR_MEAN, "std": CIFAR_STD},
-                            label="PuzzleMix", published=_tiny(65.81, 67.83), published_alpha=1.0,
+                            label="PuzzleMix",
+                            paper="Kim et al., ICML 2020, arXiv 2009.06962",
+                            published=_tiny(65.81, 67.83), published_alpha=1.0,
                             code={"resnet18": _E81, "resnext50": _7BF},
                             head={"block_nums": (2, 4, 8), "t_size": -1, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}),
     # use_alpha False at e81ed85 (tau ~ U(scope)); True since 3fea614: equal in distribution at alpha 1
     "resizemix": MethodSpec(ResizeMix, {"alpha": 1.0, "scope": (0.1, 0.8), "use_alpha": False,
-                                        "interpolation": "nearest"}, label="ResizeMix*", published=_tiny(63.74, 65.87),
+                                        "interpolation": "nearest"}, label="ResizeMix*",
+                            paper="Qin et al., arXiv 2012.11101", published=_tiny(63.74, 65.87),
                             published_alpha=1.0, code=_both(_E81), head={"use_alpha": True}),
     "gridmix": MethodSpec(GridMix, {"alpha": 0.2, "n_holes": (2, 6), "hole_aspect_ratio": (1.0, 1.0),
                                     "cut_area_ratio": (0.5, 1.0), "cut_aspect_ratio": (0.5, 2.0)}, label="GridMix",
+                          paper="Baek et al., Pattern Recognition 2021",
                           published=_tiny(65.14, 66.53), published_alpha=0.2,
                           note="GridMixup's holes in a crop, not the paper's local-context loss",
                           code={"resnet18": _11D, "resnext50": _E01}),
@@ -161,17 +176,21 @@ REGISTRY: dict[str, MethodSpec] = {
     # AlignMix on the layer-4 map, uniform per step; sweep False: the Sinkhorn step is not in the sample sweep's budget
     "alignmix": MethodSpec(AlignMix, {"alpha": 2.0, "manifold_alpha": None, "layers": ("input", "layer1", "layer2"),
                                       "align_prob": 0.5, "eps": 0.1, "max_iter": 100, "tol": 0.1},
-                           label="AlignMix", sweep=False, published={"resnet18": 66.87}, published_alpha=2.0,
+                           label="AlignMix",
+                           paper="Venkataramanan et al., CVPR 2022, arXiv 2103.15375",
+                           sweep=False, published={"resnet18": 66.87}, published_alpha=2.0,
                            reproduced=False,
                            note="the authors' number (their README; official code, PreAct ResNet-18, 1200 epochs, best "
                                 "epoch: the median of its last 10 is 65.24), another protocol; not run in OpenMixup"),
     # auto_compile False: with capture="model" only ``model(x)`` is compiled, their encoder-k and forward_stages
     # passes stay eager, and with CUDA graphs the R-18 step measured 34.8 ms (AutoMix) against 29.0 ms eager (H100,
     # BENCHMARKS.md); capture="step" graphs all of them and is not measured on a GPU yet
-    "automix": MethodSpec(AutoMix, {**_AUTOMIX, "att_norm": True}, min_lr=0.05, label="AutoMix", auto_compile=False,
+    "automix": MethodSpec(AutoMix, {**_AUTOMIX, "att_norm": True}, min_lr=0.05, label="AutoMix",
+                          paper="Liu et al., ECCV 2022, arXiv 2103.13027", auto_compile=False,
                           bn_groups=_2X50, published=_tiny(67.33, 70.72), published_alpha=2.0, note=_HEADS,
                           code=_both(_E81), head={"att_norm": False}, deviations=_AUTOMIX_DEVIATIONS),
     "samix": MethodSpec(SAMix, {**_AUTOMIX, "lam_mul_k": "auto", "att_norm": True}, min_lr=0.05, label="SAMix*",
+                        paper="Li et al., arXiv 2111.15454",
                         auto_compile=False, bn_groups=_2X50, published=_tiny(68.89, 72.18), published_alpha=2.0,
                         note=_HEADS, code=_both(_E81), head={"att_norm": False}, deviations=_AUTOMIX_DEVIATIONS),
     # AdAutoMix (docs/methods.md §4): the Tiny R-18 config (its RX-50 config: --set min_lr=0.05 and
@@ -180,14 +199,16 @@ REGISTRY: dict[str, MethodSpec] = {
     "adautomix": MethodSpec(AdAutoMix, {**_AUTOMIX, "alpha": 1.0, "mix_samples": 3, "lam_margin": 0.03,
                                         "margin_rule": "authors", "mixup_radio": 0.5, "beta_radio": 0.4,
                                         "adv_interval": 2, "mixblock_min_lr": 0.0},
-                            min_lr=0.0, label="AdAutoMix", auto_compile=False, sweep=False,
+                            min_lr=0.0, label="AdAutoMix",
+                            paper="Qin, Jin et al., ICLR 2024, arXiv 2312.11954", auto_compile=False, sweep=False,
                             published=_tiny(69.19, 72.89), published_alpha=1.0, reproduced=False,
                             note="the authors' number (their README), not in OpenMixup's table: R-18 = their log's "
                                  "median of the EMA one-hot head over epochs 390-400"),
     # timm's per-batch switch as DeiT's recipe sets it (MixUp alpha 0.8 / CutMix alpha 1.0, switch 0.5; multimode.py);
     # not in OpenMixup's table, whose Tiny multi-mode config is [mixup, cutmix, vanilla] uniform (docs/methods.md §7)
     "mixup+cutmix": MethodSpec(MultiMode, {"mix_modes": ("mixup", "cutmix"), "mix_prob": (0.5, 0.5),
-                                           "alphas": (0.8, 1.0)}, label="MixUp+CutMix", sweep=False),
+                                           "alphas": (0.8, 1.0)}, label="MixUp+CutMix",
+                               paper="timm's switch between the two (Wightman, pytorch-image-models)", sweep=False),
 }
 
 

@@ -69,8 +69,9 @@ from mixnb.mixups import REGISTRY, get_spec
 from mixnb.paths import KERNEL, NOTEBOOKS, ROOT, runs_root
 from mixnb.progress import SweepWatcher
 from mixnb.profiles import get_profile
-from mixnb.runs import (ANALYSIS, GALLERY, SUMMARY, RunConflict, analysis_failure, check_identity, dataset_record,
-                        failure, is_finished, is_locked, load_data, missing_products, read_summary, run_lock)
+from mixnb.runs import (ANALYSIS, FAILED, GALLERY, SUMMARY, RunConflict, analysis_failure, check_identity,
+                        dataset_record, failure, is_finished, is_locked, load_data, missing_products, read_summary,
+                        run_lock)
 
 CPU_JOBS_AUTO = 2  # runs at once without a GPU (cores allowing): docs/performance.md "CPU sweeps"
 LOCK_WAIT_S = 2.0  # a claim retries this long: a probe (``is_locked``) holds the lock for microseconds
@@ -391,15 +392,15 @@ def check_packing(jobs: list[Job], runs_per_gpu: int, card: float) -> None:
 
 # ----------------------------------------------------------------------------- plan
 TODO = ("to run", "to finish")  # check_datasets' states of a job that runs
-BLOCKED = ("conflict",)  # ... and of one that cannot: a failure, with its reason
+BLOCKED = ("conflict", "diverged")  # ... and of one that cannot: a failure, with its reason
 
 
 def check_datasets(jobs: list[Job], *, strict: bool = True) -> dict[Path, str]:
     """Load each distinct dataset of ``jobs`` once (building its cache) and classify every job: "finished",
     "to run", "to finish" (finished, a product it owes missing: ``Job.owed``), or why it cannot run ("conflict: "
-    a folder of another identity; ``BLOCKED``). Products that cannot be made any more are said here, one line per
-    run. A dataset that cannot be read raises before any run starts; with ``strict=False`` (a dry run) its jobs are
-    "to run", unchecked."""
+    a folder of another identity, "diverged: " its reason; ``BLOCKED``). Products that cannot be made any more are
+    said here, one line per run. A dataset that cannot be read raises before any run starts; with ``strict=False``
+    (a dry run) its jobs are "to run", unchecked."""
     records: dict[tuple[str, str | None], dict[str, Any] | None] = {}
     status: dict[Path, str] = {}  # by run folder
     for job in jobs:
@@ -420,6 +421,9 @@ def check_datasets(jobs: list[Job], *, strict: bool = True) -> dict[Path, str]:
             check_identity(job.run_dir, identity)
         except RunConflict as err:
             status[job.run_dir] = f"conflict: {err}"
+            continue
+        if (failed := failure(job.run_dir)) is not None:
+            status[job.run_dir] = f"diverged: {failed['reason']}; delete {job.run_dir / FAILED} to train it again"
             continue
         missing = missing_products(job.run_dir, analysis=job.analysis)
         if gone := [f"{name} {why}" for name, why in missing.items() if why is not None]:
@@ -751,8 +755,9 @@ def dry_run(jobs: list[Job]) -> str:
                 unknown.append(job.config.run_name())
         cost = f"{hours:7.2f} h" if hours is not None else "      ? h"
         lines.append(f"{state.split(':')[0]:<10}{cost}  {memory_cells(job)}  {job.config.run_name()}")
-    done = sum(s == "finished" for s in status.values())
-    lines.append(f"{len(jobs)} runs: {done} finished, {sum(s == 'to run' for s in status.values())} to run, "
+    states = [s.split(":")[0] for s in status.values()]
+    others = "".join(f", {states.count(s)} {s}" for s in ("to finish", *BLOCKED) if s in states)
+    lines.append(f"{len(jobs)} runs: {states.count('finished')} finished, {states.count('to run')} to run{others}, "
                  f"~{total:.1f} GPU-hours on one {card} at the measured s/epoch in BENCHMARKS.md")
     if unknown:
         lines.append(f"no measured rate for {len(unknown)} of them (not counted): {', '.join(unknown)}")

@@ -467,3 +467,17 @@ def test_analyze_refuses_a_checkpoint_of_another_run(tmp_path):
     assert analyze_or_record(run) is None
     reason = runs.analysis_failure(run)["reason"]
     assert "checkpoint.pt is another run's checkpoint" in reason and "method: 'vanilla' in params.json, 'mixup' in it" in reason
+
+
+# ----------------------------------------------------------------------------- issue 24: lower harm
+def test_the_dry_run_lists_a_diverged_run_as_diverged(tmp_path, monkeypatch):
+    import mixnb.sweep as sweep
+    from mixnb.sweep import dry_run
+
+    monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
+    monkeypatch.setattr(sweep, "memory_cells", lambda job: "")  # the memory model is not what is tested
+    run = _finished_run(tmp_path)
+    (run / "summary.json").unlink()
+    runs.mark_failed(run, "diverged: non-finite loss at epoch 1")
+    out = dry_run(expand("test", ["vanilla"], epochs=1))
+    assert "\ndiverged  " in out and "1 runs: 0 finished, 0 to run, 1 diverged" in out

@@ -61,6 +61,7 @@ import submitit
 import torch
 from tqdm.auto import tqdm
 
+from mixnb.analysis.corruptions import check_tinc
 from mixnb.config import RunConfig, parse_value, resolve_device, split_top
 from mixnb.io import remove_stale_temps, temp_path
 from mixnb.memory import (ANALYSIS_BUDGET_GIB, CARD_GIB, CONTEXT_GIB, GIB, analysis_batch, predict_analysis_gib,
@@ -131,8 +132,7 @@ def expand(profile: str, methods: list[str] | None = None, backbones: list[str] 
     Precedence: grid file < alphas < sets/args. Identical configs are one job. ``analysis``: each run's
     notebook ends with its analysis beyond accuracy (False: ``make analyze`` does it later).
     """
-    if gpus_per_run < 1:
-        raise ValueError(f"gpus_per_run must be >= 1, got {gpus_per_run}")
+    at_least_one("GPUS_PER_RUN", gpus_per_run)
     if methods == ["all"]:
         methods = list(REGISTRY)
     for name in methods or []:
@@ -177,6 +177,8 @@ def read_grid(path: str | Path) -> dict[str, Axes]:
     path = Path(path)
     try:
         tables = tomllib.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"grid file {path} is not text: give a TOML grid file, e.g. grids/alpha-search.toml") from None
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ValueError(f"grid file {path}: {err}") from None
     grid: dict[str, Axes] = {}
@@ -325,8 +327,7 @@ def gpu_slots(gpus: list[str] | None, gpus_per_run: int, runs_per_gpu: int = 1,
     another's device work). Without GPUS: [{}] (one job at a time on the default GPU), or with ``runs_per_gpu`` > 1
     the visible GPUs (``visible_gpus``); none visible: ``runs_per_gpu`` > 1 fails with the fix, else the CPU's
     slots (``cpu_slots``)."""
-    if runs_per_gpu < 1:
-        raise ValueError(f"RUNS_PER_GPU must be >= 1, got {runs_per_gpu}")
+    at_least_one("RUNS_PER_GPU", runs_per_gpu)
     if not gpus and runs_per_gpu > 1:
         gpus = visible_gpus()
         if not gpus:
@@ -346,9 +347,14 @@ def cpu_slots(jobs: int | None = None) -> list[dict[str, str]]:
     (``OMP_NUM_THREADS``, read when the run's kernel starts). None: ``CPU_JOBS_AUTO``, at most one per core."""
     cores = os.cpu_count() or 1
     jobs = min(cores, CPU_JOBS_AUTO) if jobs is None else jobs
-    if jobs < 1:
-        raise ValueError(f"CPU_JOBS must be >= 1, got {jobs}")
+    at_least_one("CPU_JOBS", jobs)
     return [{"OMP_NUM_THREADS": str(max(1, cores // jobs))} for _ in range(jobs)]
+
+
+def at_least_one(option: str, value: int | None) -> None:
+    """Refuse a count below 1 (None: the default), naming its make variable."""
+    if value is not None and value < 1:
+        raise ValueError(f"{option} must be >= 1, got {value}")
 
 
 def visible_gpus() -> list[str]:
@@ -553,13 +559,16 @@ def make_executor(kind: str, folder: Path, *, gpus_per_run: int = 1, partition: 
 def minutes(time: str | int) -> int:
     """A time limit in minutes: "90" (minutes), "2:00" or "2:00:00" (hours), "1-12" or "1-12:00:00" (days-hours)."""
     days, _, clock = str(time).rpartition("-")
-    parts = [int(p) for p in clock.split(":")]
-    if len(parts) > 3:
-        raise ValueError(f"time {time!r}: use minutes, H:MM, H:MM:SS or D-H[:MM[:SS]]")
+    try:
+        day_count, parts = int(days or 0), [int(p) for p in clock.split(":")]
+    except ValueError:
+        day_count, parts = 0, []
+    if not 1 <= len(parts) <= 3:
+        raise ValueError(f"--time {time!r}: use minutes, H:MM, H:MM:SS or D-H[:MM[:SS]] (make TIME=...)")
     if len(parts) == 1 and not days:
         return parts[0]
     hours, mins, secs = (parts + [0, 0])[:3]
-    return int(days or 0) * 1440 + hours * 60 + mins + (secs > 0)
+    return day_count * 1440 + hours * 60 + mins + (secs > 0)
 
 
 def submit_sweep(jobs: list[Job], *, gpus_per_run: int = 1, executor: str = "slurm", gpus: list[str] | None = None, partition: str | None = None,
@@ -660,12 +669,18 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
 
 
 def sweep_from_args(args: argparse.Namespace) -> int:
-    """``mixnb sweep``: expand the grid, then list it (--dry-run) or run it; 1 when a run failed."""
-    jobs = expand(args.profile, _split(args.methods), _split(args.backbones),
-                  [int(s) for s in args.seeds.split(",")], args.epochs, sets=parse_axes(args.set),
-                  args=parse_method_axes(args.arg), alphas=[float(a) for a in _split(args.alphas) or []] or None,
-                  grid=read_grid(args.grid) if args.grid else None, gpus_per_run=args.gpus_per_run,
-                  analysis=args.analysis)
+    """``mixnb sweep``: check the options, expand the grid, then list it (--dry-run) or run it; 1 when a run failed.
+    Whatever can be checked before a run is (the counts, --time, and with the analysis ``$MIXNB_TINC``), so that no
+    run trains in full and then fails on it."""
+    at_least_one("RUNS_PER_GPU", args.runs_per_gpu)  # expand checks GPUS_PER_RUN
+    at_least_one("CPU_JOBS", args.cpu_jobs)
+    minutes(args.time)
+    if args.analysis:
+        check_tinc()
+    jobs = expand(args.profile, _split(args.methods), _split(args.backbones), _numbers(args.seeds, "seeds", int),
+                  args.epochs, sets=parse_axes(args.set), args=parse_method_axes(args.arg),
+                  alphas=_numbers(args.alphas, "alphas", float), grid=read_grid(args.grid) if args.grid else None,
+                  gpus_per_run=args.gpus_per_run, analysis=args.analysis)
     if args.dry_run:
         print(dry_run(jobs))
         return 0
@@ -685,6 +700,19 @@ def sweep_from_args(args: argparse.Namespace) -> int:
 
 def _split(value: str | None) -> list[str] | None:
     return [v for v in value.split(",") if v] if value else None
+
+
+def _numbers(text: str | None, option: str, kind: type) -> list[Any] | None:
+    """``--seeds 0,1`` / ``--alphas 0.2,1`` as numbers (None when not given); an empty or non-numeric value fails
+    naming the option."""
+    if text is None:
+        return None
+    try:
+        return [kind(v) for v in text.split(",")]
+    except ValueError:
+        example = "0,1,2" if kind is int else "0.2,1"
+        raise ValueError(f"--{option} {text!r}: give comma-separated {'integers' if kind is int else 'numbers'}, "
+                         f"e.g. --{option} {example} (make {option.upper()}={example})") from None
 
 
 # ----------------------------------------------------------------------------- dry run

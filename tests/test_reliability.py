@@ -481,3 +481,22 @@ def test_the_dry_run_lists_a_diverged_run_as_diverged(tmp_path, monkeypatch):
     runs.mark_failed(run, "diverged: non-finite loss at epoch 1")
     out = dry_run(expand("test", ["vanilla"], epochs=1))
     assert "\ndiverged  " in out and "1 runs: 0 finished, 0 to run, 1 diverged" in out
+
+
+def test_sweep_options_are_checked_before_any_run_naming_themselves(tmp_path, monkeypatch, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_bytes(b"\x80\x81\x00binary")
+    monkeypatch.delenv("MIXNB_DATA", raising=False)
+    monkeypatch.delenv("MIXNB_TINC", raising=False)
+    for argv, message in ((["--alphas", "abc"], "--alphas 'abc': give comma-separated numbers, e.g. --alphas 0.2,1"),
+                          (["--seeds", "0,,1"], "--seeds '0,,1': give comma-separated integers"),
+                          (["--grid", str(grid)], f"grid file {grid} is not text"),
+                          (["--runs-per-gpu", "0", "--dry-run"], "RUNS_PER_GPU must be >= 1, got 0"),
+                          (["--profile", "tiny-imagenet", "--executor", "slurm", "--time", "abc"],  # before the data
+                           "--time 'abc': use minutes, H:MM")):
+        assert main(["sweep", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    monkeypatch.setenv("MIXNB_TINC", str(tmp_path / "moved"))  # found only after each run's training
+    assert main(["sweep", "--profile", "test", "--dry-run"]) == 2
+    assert f"MIXNB_TINC={tmp_path / 'moved'} is not a Tiny-ImageNet-C folder" in capsys.readouterr().err

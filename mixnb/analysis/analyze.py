@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from mixnb.analysis.attacks import adversarial
 from mixnb.analysis.calibrate import calibration
 from mixnb.analysis.cam import gallery_indices, localisation
-from mixnb.analysis.corruptions import TINC_ENV, corruption_accuracy, official_corruptions
+from mixnb.analysis.corruptions import check_tinc, corruption_accuracy, official_corruptions
 from mixnb.analysis.flop_count import flops
 from mixnb.analysis.occlude import occlusion
 from mixnb.analysis.run import MEAN, STD, _images, _subset, load_run, predict
@@ -141,7 +140,7 @@ def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         raise ValueError(f"{run_dir} is not finished (no complete summary.json and metrics.csv); analyse it once "
                          f"it has finished")
     record = checkpoint_record(ckpt_path)
-    tinc = os.environ.get(TINC_ENV) or None
+    tinc = check_tinc()
     if settings is None:
         profile = (read_summary(run_dir) or {}).get("profile")
         settings = settings_for(profile) if profile in PROFILE_SETTINGS else None

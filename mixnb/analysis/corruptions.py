@@ -30,6 +30,16 @@ from mixnb.io import atomic_torch_save, remove_stale_temps
 TINC_ENV = "MIXNB_TINC"  # an official Tiny-ImageNet-C folder: <corruption>/<severity>/<wnid>/<image>
 
 
+def check_tinc() -> str | None:
+    """``$MIXNB_TINC``, or None when unset; a value that is not a Tiny-ImageNet-C folder fails naming the variable
+    and the fix (the sweep checks it before its first run: the analysis reads it only after training)."""
+    value = os.environ.get(TINC_ENV) or None
+    if value is not None and next(Path(value).glob("*/[1-5]/*/"), None) is None:
+        raise FileNotFoundError(f"{TINC_ENV}={value} is not a Tiny-ImageNet-C folder (<corruption>/<severity>/<wnid>/ "
+                                f"images): point it at one, or unset it to skip the official corruptions")
+    return value
+
+
 def _corruption_cache_path(data: Any, key: str) -> Path:
     tag = hashlib.sha1(str(data.root).encode()).hexdigest()[:12]
     return default_cache_dir() / f"tinyimagenet-c-generated-{Path(data.root).name}-{tag}-{key[:12]}.pt"

@@ -500,3 +500,8 @@ def test_sweep_options_are_checked_before_any_run_naming_themselves(tmp_path, mo
     monkeypatch.setenv("MIXNB_TINC", str(tmp_path / "moved"))  # found only after each run's training
     assert main(["sweep", "--profile", "test", "--dry-run"]) == 2
     assert f"MIXNB_TINC={tmp_path / 'moved'} is not a Tiny-ImageNet-C folder" in capsys.readouterr().err
+
+
+def test_the_analysis_notebook_refuses_an_unknown_profile():
+    with pytest.raises(ValueError, match="unknown profile 'smaple'; valid: .*sample"):
+        load_runs("smaple")  # analysis.ipynb's parameters: an empty report, rc 0

@@ -1,8 +1,8 @@
 """Command line: ``python -m mixnb {prepare,train,sweep,report}`` (``make bench``: ``python -m mixnb.bench``).
 
 ``torchrun --nproc-per-node K -m mixnb train ...`` trains one run on K GPUs (DDP; see mixnb.train).
-A user error (a bad value, a missing file, a run folder of another config) prints one line and exits 2;
-``--debug`` shows the traceback instead.
+A user error (a bad value, a missing file, a run folder of another config) prints one line and exits 2, a failed
+child process (the report's notebook) 1 and Ctrl-C 130; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import subprocess
 import sys
 from typing import Any
 
@@ -95,9 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _run(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as err:
+    except (ValueError, TypeError, OSError, RuntimeError, subprocess.CalledProcessError, KeyboardInterrupt) as err:
         if args.debug:
             raise
+        if isinstance(err, KeyboardInterrupt):
+            print(f"mixnb {args.command}: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(err, subprocess.CalledProcessError):  # its own error is printed above
+            print(f"mixnb {args.command}: error: {' '.join(map(str, err.cmd[1:4]))} exited with status "
+                  f"{err.returncode} (its error is above)", file=sys.stderr)
+            return 1
         print(f"mixnb {args.command}: error: {err}", file=sys.stderr)
         return 2
 

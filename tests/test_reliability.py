@@ -505,3 +505,21 @@ def test_sweep_options_are_checked_before_any_run_naming_themselves(tmp_path, mo
 def test_the_analysis_notebook_refuses_an_unknown_profile():
     with pytest.raises(ValueError, match="unknown profile 'smaple'; valid: .*sample"):
         load_runs("smaple")  # analysis.ipynb's parameters: an empty report, rc 0
+
+
+def test_ctrl_c_and_a_failed_report_notebook_end_in_one_line(monkeypatch, capsys):
+    import mixnb.report
+
+    def interrupted(profile):
+        raise KeyboardInterrupt
+
+    def notebook_failed(profile):
+        raise subprocess.CalledProcessError(1, [sys.executable, "-m", "papermill", "notebooks/analysis.ipynb", "out"])
+
+    monkeypatch.setattr(mixnb.report, "render_report", interrupted)
+    assert main(["report", "--profile", "test"]) == 130
+    assert capsys.readouterr().err == "mixnb report: interrupted\n"
+    monkeypatch.setattr(mixnb.report, "render_report", notebook_failed)
+    assert main(["report", "--profile", "test"]) == 1
+    assert capsys.readouterr().err == ("mixnb report: error: -m papermill notebooks/analysis.ipynb exited with status 1 "
+                                       "(its error is above)\n")

@@ -29,24 +29,30 @@ WAIT ?= 1
 BENCH_ARGS ?=
 export MIXNB_DATA
 
-SWEEP_ARGS = --profile $(PROFILE) \
-	$(if $(METHODS),--methods $(METHODS)) \
-	$(if $(BACKBONES),--backbones $(BACKBONES)) \
-	$(if $(SEEDS),--seeds $(SEEDS)) \
-	$(if $(EPOCHS),--epochs $(EPOCHS)) \
-	$(if $(ALPHAS),--alphas $(ALPHAS)) \
-	$(if $(SET),--set $(SET)) \
-	$(if $(ARGS),--arg $(ARGS)) \
-	$(if $(GRID),--grid $(GRID)) \
+# A value reaches the shell as one single-quoted word (its spaces, ; and quotes stay in it and run nothing); SET, ARGS
+# and BENCH_ARGS hold several items separated by spaces, each its own word.
+quote = '$(subst ','\'',$(1))'
+quote_each = $(foreach item,$(1),$(call quote,$(item)))
+
+SWEEP_ARGS = --profile $(call quote,$(PROFILE)) \
+	$(if $(METHODS),--methods $(call quote,$(METHODS))) \
+	$(if $(BACKBONES),--backbones $(call quote,$(BACKBONES))) \
+	$(if $(SEEDS),--seeds $(call quote,$(SEEDS))) \
+	$(if $(EPOCHS),--epochs $(call quote,$(EPOCHS))) \
+	$(if $(ALPHAS),--alphas $(call quote,$(ALPHAS))) \
+	$(if $(SET),--set $(call quote_each,$(SET))) \
+	$(if $(ARGS),--arg $(call quote_each,$(ARGS))) \
+	$(if $(GRID),--grid $(call quote,$(GRID))) \
 	$(if $(filter-out 0,$(DRY_RUN)),--dry-run) \
 	$(if $(filter 0,$(ANALYSIS)),--no-analysis) \
-	$(if $(GPUS),--gpus $(GPUS)) \
-	$(if $(CPU_JOBS),--cpu-jobs $(CPU_JOBS)) \
-	--gpus-per-run $(GPUS_PER_RUN) --runs-per-gpu $(RUNS_PER_GPU) --executor $(EXECUTOR) --wait $(WAIT) \
-	$(if $(PARTITION),--partition $(PARTITION)) \
-	$(if $(ACCOUNT),--account $(ACCOUNT)) \
-	$(if $(QOS),--qos $(QOS)) \
-	$(if $(TIME),--time $(TIME))
+	$(if $(GPUS),--gpus $(call quote,$(GPUS))) \
+	$(if $(CPU_JOBS),--cpu-jobs $(call quote,$(CPU_JOBS))) \
+	--gpus-per-run $(call quote,$(GPUS_PER_RUN)) --runs-per-gpu $(call quote,$(RUNS_PER_GPU)) \
+	--executor $(call quote,$(EXECUTOR)) --wait $(call quote,$(WAIT)) \
+	$(if $(PARTITION),--partition $(call quote,$(PARTITION))) \
+	$(if $(ACCOUNT),--account $(call quote,$(ACCOUNT))) \
+	$(if $(QOS),--qos $(call quote,$(QOS))) \
+	$(if $(TIME),--time $(call quote,$(TIME)))
 
 .PHONY: install sweep report analyze test test-fast bench lab
 install: $(STAMP)
@@ -71,17 +77,17 @@ ifneq ($(filter-out 0,$(DRY_RUN)),)
 	$(PY) -m mixnb sweep $(SWEEP_ARGS)
 else ifeq ($(WAIT),0)
 	$(PY) -m mixnb sweep $(SWEEP_ARGS)
-	@echo "WAIT=0: the jobs run on; 'make report PROFILE=$(PROFILE)' renders the runs that have finished"
+	@echo $(call quote,WAIT=0: the jobs run on; 'make report PROFILE=$(PROFILE)' renders the runs that have finished)
 else
 	$(PY) -m mixnb sweep $(SWEEP_ARGS); rc=$$?; \
-	$(MAKE) --no-print-directory report PROFILE=$(PROFILE) && exit $$rc
+	$(MAKE) --no-print-directory report PROFILE=$(call quote,$(PROFILE)) && exit $$rc
 endif
 
 report: $(STAMP)
-	$(PY) -m mixnb report --profile $(PROFILE)
+	$(PY) -m mixnb report --profile $(call quote,$(PROFILE))
 
 analyze: $(STAMP)
-	$(PY) -m mixnb analyze --profile $(PROFILE)
+	$(PY) -m mixnb analyze --profile $(call quote,$(PROFILE))
 
 # -n auto: one pytest worker per core, each with its share of the cores as torch threads (tests/conftest.py)
 test: $(STAMP)
@@ -92,14 +98,14 @@ test-fast: $(STAMP)  # the unit tests: everything but the end-to-end ones (marke
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) -m mixnb.bench $(BENCH_ARGS)
+	$(PY) -m mixnb.bench $(call quote_each,$(BENCH_ARGS))
 
 LAB_PORT ?= 8888
 # Rooted at the repo (notebooks/, runs/ and reports/ in reach); no browser, so it works on a remote GPU box:
 # open the printed URL, through `ssh -L $(LAB_PORT):localhost:$(LAB_PORT) HOST` from your machine.
 lab: $(STAMP)
 	@echo "JupyterLab on port $(LAB_PORT): open the http://localhost:$(LAB_PORT)/lab?token=... URL printed below"
-	$(VENV)/bin/jupyter lab --notebook-dir=. --no-browser --port=$(LAB_PORT) \
+	$(VENV)/bin/jupyter lab --notebook-dir=. --no-browser --port=$(call quote,$(LAB_PORT)) \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 # Wheels the lent GPU machines lack (papermill, nbclient, ipykernel, submitit, gco-wrapper), for their Python 3.12,

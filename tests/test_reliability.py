@@ -523,3 +523,14 @@ def test_ctrl_c_and_a_failed_report_notebook_end_in_one_line(monkeypatch, capsys
     assert main(["report", "--profile", "test"]) == 1
     assert capsys.readouterr().err == ("mixnb report: error: -m papermill notebooks/analysis.ipynb exited with status 1 "
                                        "(its error is above)\n")
+
+
+def test_make_passes_every_value_as_one_quoted_word():
+    """Unquoted, SET="lr=0.1; echo pwned" ran echo and PROFILE="a b" split in two."""
+    from mixnb.paths import ROOT
+
+    out = subprocess.run(["make", "-n", "sweep", "DRY_RUN=1", "SET=lr=0.1; echo pwned", "PROFILE=a b",
+                          "ARGS=cutmix:alpha=0.5 it's"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    [command] = [line for line in out.splitlines() if " -m mixnb sweep " in line]
+    assert "--profile 'a b'" in command and "--set 'lr=0.1;' 'echo' 'pwned'" in command
+    assert "--arg 'cutmix:alpha=0.5' 'it'\\''s'" in command

@@ -136,7 +136,7 @@ def _line(points: list[float], batch: int) -> float:
 
 def _dataset(profile: str) -> tuple[int, int, int]:
     """(train images, val images, classes) of a profile."""
-    sample = PROFILES[profile]["sample"]
+    sample = PROFILES[profile].sample
     if sample is None:
         return TINY_IMAGENET["train"], TINY_IMAGENET["val"], TINY_IMAGENET["classes"]
     k = sample["num_classes"]

@@ -85,11 +85,6 @@ class Profile:
         """The train augmentations in order (``mixnb.data.loader.AUGMENTS`` keys)."""
         return PIPELINES[self.pipeline]
 
-    def __getitem__(self, key: str) -> Any:
-        """``profile["sample"]``, as the dict this record replaced. TODO: runs.load_data, memory._dataset and the
-        bench CLI still read it so; their modules move to the attributes."""
-        return getattr(self, key)
-
 
 # CIFAR-100's method settings: the α of OpenMixup's table (mixnb.mixups.CIFAR100, read there: one copy) and FMix's
 # mask at the image's size, (32, 32) in configs/classification/cifar100/mixups/basic/r18_mixups_CE_none.py (69ee565).

@@ -199,7 +199,7 @@ def load_data(cfg: RunConfig) -> ImageTensors:
     sample set (made once, cached)."""
     root = cfg.data_root()
     if root is None:
-        sample = PROFILES[cfg.profile]["sample"]
+        sample = PROFILES[cfg.profile].sample
         root = make_sample_dataset(default_cache_dir() / f"sample-{cfg.profile}", seed=0, **sample)
     return load_dataset(root)
 

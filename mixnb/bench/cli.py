@@ -78,7 +78,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     opts.barrier = opts.barrier and Barrier(Path(opts.barrier[0]), int(opts.barrier[1]), int(opts.barrier[2]))
     opts.device = resolve_device(opts.device)
     on_cuda = opts.device.type == "cuda"
-    opts.width = opts.width or (64 if on_cuda else PROFILES["sample"]["width"])
+    opts.width = opts.width or (64 if on_cuda else PROFILES["sample"].width)
     opts.seconds = opts.seconds or (2.0 if on_cuda else 1.0)
     opts.eval_images = opts.eval_images or (EVAL_IMAGES if on_cuda else 1_000)
     opts.methods = opts.methods.split(",") if opts.methods else list(REGISTRY)

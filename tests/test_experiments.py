@@ -78,7 +78,8 @@ def test_cli_accumulates_repeated_options_and_types_method_args(tmp_path, capsys
     assert err.count("\n") == 1 and "alpha expects a number" in err and "Traceback" not in err
     help_text = subprocess.run([sys.executable, "-m", "mixnb", "train", "--help"], capture_output=True, text=True).stdout
     help_text = " ".join(help_text.split())  # argparse wraps at the terminal's width
-    assert "{auto,off,default,reduce-overhead" in help_text and "(default: 0.2)" in help_text and "--weight-decay" in help_text
+    assert "{auto,off,default,reduce-overhead" in help_text and "None: the profile's (0.2 Tiny" in help_text
+    assert "--weight-decay" in help_text
 
 
 # ----------------------------------------------------------------------------- run identity

@@ -89,12 +89,13 @@ report: $(STAMP)
 analyze: $(STAMP)
 	$(PY) -m mixnb analyze --profile $(call quote,$(PROFILE))
 
-# -n auto: one pytest worker per core, each with its share of the cores as torch threads (tests/conftest.py)
+# -n auto: one pytest worker per core, each with its share of the cores as torch threads (tests/conftest.py);
+# --dist loadgroup: a module marked xdist_group (costly module fixtures: DDP, bench, analysis) stays on one worker
 test: $(STAMP)
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n auto --dist loadgroup
 
 test-fast: $(STAMP)  # the unit tests: everything but the end-to-end ones (marked slow)
-	$(PY) -m pytest -n auto -m "not slow"
+	$(PY) -m pytest -n auto --dist loadgroup -m "not slow"
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

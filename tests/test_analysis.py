@@ -19,6 +19,8 @@ from mixnb import runs
 from mixnb.config import RunConfig
 from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
 
+pytestmark = pytest.mark.xdist_group("analysis")  # make test -n: its module fixtures are built once, on one worker
+
 
 # ----------------------------------------------------------------------------- a real tiny run (module-wide)
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from mixnb.config import RunConfig
 from mixnb.mixups import REGISTRY
 from mixnb.runs import load_data
 
+pytestmark = pytest.mark.xdist_group("bench")  # make test -n: its module fixtures are built once, on one worker
+
 TINY = ["--device", "cpu", "--width", "8", "--batch-size", "20", "--steps", "1", "--windows", "1", "--warmup", "1",
         "--eval-images", "40", "--profile", "test", "--workers", "1"]
 

@@ -33,6 +33,8 @@ from mixnb.sweep import TrainJob, expand, gpu_slots, make_executor, minutes, sub
 
 from ddp_worker import bn_from_running_stats, crash_at, vanilla  # tests/ is on sys.path (pytest's rootdir)
 
+pytestmark = pytest.mark.xdist_group("scale")  # make test -n: its module fixtures are built once, on one worker
+
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 MATH = ["epoch", "lr", "train_loss", "top1", "top5", "val_loss"]
 TOL = dict(rtol=1e-5, atol=1e-5)

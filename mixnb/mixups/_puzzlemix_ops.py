@@ -307,6 +307,7 @@ def grid_cost(b: int, device: torch.device) -> Tensor:
     return ((r[:, None] - r[None]) ** 2 + (c[:, None] - c[None]) ** 2).float() / (b - 1) ** 2
 
 
+@eager
 def transport_sources(shown: Tensor, sal: Tensor, t_eps: float) -> tuple[Tensor, Tensor]:
     """Greedy transport of one image's blocks towards the blocks where it is shown.
 
@@ -320,7 +321,9 @@ def transport_sources(shown: Tensor, sal: Tensor, t_eps: float) -> tuple[Tensor,
     The contest is held on the claims alone, (N, M) per round, never the (N, M, M) plan the reference builds: a
     position's lowest claim wins if it is below 0, or equal to 0 and made by a source before the first one that
     did not claim the position (argmin's first-index rule over the plan's zeros); else a source that did not claim
-    it wins (src: the first such, as argmin picks) and the position stays empty.
+    it wins (src: the first such, as argmin picks) and the position stays empty. Kept out of a compiled step
+    (``eager``): its sqrt(M) rounds would be unrolled into the graph (16 x 2 at the published 4-px cells), a long
+    trace for ~10 small kernels a round.
     """
     n, m = shown.shape
     cost = t_eps * grid_cost(math.isqrt(m), sal.device) - sal[:, :, None] * shown[:, None, :].float()  # (N, M, M)

@@ -88,7 +88,7 @@ def test_run_names_are_readable_and_distinct():
     assert RunConfig(method="cutmix", method_args={"alpha": 1}).run_name() == "cutmix-resnet18-s0"  # the default
     assert RunConfig(method="cutmix", method_args={"alpha": 0.2}).run_name() == "cutmix-resnet18-s0-a0.2"
     assert RunConfig(method="mixup", seed=1, epochs=100, lr=0.1).run_name() == "mixup-resnet18-s1-ep100-lr0.1"
-    assert RunConfig(method="mixup", epochs=4).run_name() == "mixup-resnet18-s0"  # the sample profile's 4
+    assert RunConfig(method="mixup", epochs=3).run_name() == "mixup-resnet18-s0"  # the sample profile's 3
     a, b = RunConfig(data="/data/a"), RunConfig(data="/data/b")
     assert a.run_name() == b.run_name() == RunConfig().run_name()  # the dataset is in the identity, not the name
     assert RunConfig(compile="off", log_every=3, eval_batch_size=7, device="cpu").run_name() == "vanilla-resnet18-s0"
@@ -102,7 +102,7 @@ def test_identity_ignores_what_does_not_change_the_result():
     base = RunConfig(precision="fp32").identity(cpu, data)
     for other in (dict(compile="default"), dict(log_every=3), dict(eval_batch_size=10), dict(device="cpu")):
         assert RunConfig(precision="fp32", **other).identity(cpu, data) == base
-    assert RunConfig(precision="fp32", epochs=4).identity(cpu, data) == base  # resolved: the profile's 4
+    assert RunConfig(precision="fp32", epochs=3).identity(cpu, data) == base  # resolved: the profile's 3
     assert RunConfig(precision="bf16").identity(cpu, data) != base
     assert RunConfig(precision="fp32").identity(cpu, {**data, "manifest_key": "other"}) != base
 

@@ -3,7 +3,7 @@ prints one line and passes).
 
 The dry sizes are tiny (width 8, the test profile, batches of 8-16, the eager compile backend), so this is a
 check of the plumbing, not of the GPU's numbers. The test runs every kind of check once, ``TESTED``: the captured
-checks of CutMix, ManifoldMix and PuzzleMix are the same code as Vanilla's and SAMix's with another method (every
+checks of CutMix, ManifoldMix, PuzzleMix and SAMix are the same code as Vanilla's with another method (every
 method's capture is tests/test_compile.py's), and the RX-50 analysis is R-18's at another width; all of them take
 ~2.5 more minutes on 2 cores (``python scripts/gpu_verify.py --dry`` runs them). ``--slack 4`` and a 900 s
 budget keep a loaded machine from failing it on time alone.
@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_verify.py"
 
 
-TESTED = ("env", "fit-resume", "captured-vanilla", "captured-samix", "divergence", "analysis-resnet18", "bn-groups",
-          "notebook", "bench")
+TESTED = ("env", "fit-resume", "captured-vanilla", "divergence", "analysis-resnet18", "bn-groups", "notebook", "bench")
 
 
 def check_names() -> tuple[str, ...]:

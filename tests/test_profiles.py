@@ -45,7 +45,7 @@ VANILLA_MATHS = {"method": "vanilla", "method_args": {}, "backbone": "resnet18",
                  "sync_bn": False, "bn_groups": 1, "crop_interpolation": "bilinear"}
 
 
-@pytest.mark.parametrize("profile, epochs, width", [("sample", 4, 8), ("test", 2, 8), ("tiny-imagenet", 400, 64)])
+@pytest.mark.parametrize("profile, epochs, width", [("sample", 3, 8), ("test", 2, 8), ("tiny-imagenet", 400, 64)])
 def test_existing_profiles_keep_their_identity(profile, epochs, width):
     cfg = RunConfig(profile=profile, device="cpu", precision="fp32")
     assert cfg.identity(CPU, SAMPLE_DATA) == {**VANILLA_MATHS, "epochs": epochs, "width": width, "precision": "fp32",

@@ -534,3 +534,18 @@ def test_make_passes_every_value_as_one_quoted_word():
     [command] = [line for line in out.splitlines() if " -m mixnb sweep " in line]
     assert "--profile 'a b'" in command and "--set 'lr=0.1;' 'echo' 'pwned'" in command
     assert "--arg 'cutmix:alpha=0.5' 'it'\\''s'" in command
+
+
+def test_explore_notebook_checks_its_profile_before_drawing():
+    """explore.ipynb's ``profile`` is checked by get_profile before the galleries (a typo read as "AttentiveMix+ has
+    no teacher"), and that check names the valid profiles."""
+    import nbformat
+
+    from mixnb.paths import NOTEBOOKS
+    from mixnb.profiles import get_profile
+
+    code = "\n".join(c.source for c in nbformat.read(NOTEBOOKS / "explore.ipynb", as_version=4).cells
+                     if c.cell_type == "code")
+    assert -1 < code.find("get_profile(profile)") < code.find("photo_galleries(")
+    with pytest.raises(ValueError, match=r"unknown profile 'smaple'; valid: .*\bsample\b"):
+        get_profile("smaple")

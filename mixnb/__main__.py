@@ -18,7 +18,7 @@ from typing import Any
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     """One option per RunConfig field (its help, choices and default), plus --set / --arg."""
     from mixnb.config import RunConfig
-    from mixnb.mixups import REGISTRY
+    from mixnb.mixups import REGISTRY, settings_text
 
     for f in dataclasses.fields(RunConfig):
         if f.name == "method_args":
@@ -36,7 +36,8 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="any RunConfig field; repeatable, later values win (e.g. --set lr=0.1 weight_decay=5e-4)")
     p.add_argument("--arg", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="method settings (method_args), typed like the registry defaults; repeatable (e.g. --arg alpha=0.2)")
+                   help=f"method settings (method_args), typed like the registry defaults; repeatable (e.g. --arg "
+                        f"alpha=0.2). Each method's: {settings_text()}")
 
 
 def _none_or(kind: type) -> Any:

@@ -66,7 +66,7 @@ from mixnb.config import RunConfig, parse_value, resolve_device, split_top
 from mixnb.io import remove_stale_temps, temp_path
 from mixnb.memory import (ANALYSIS_BUDGET_GIB, CARD_GIB, CONTEXT_GIB, GIB, analysis_batch, predict_analysis_gib,
                           predict_step_gib)
-from mixnb.mixups import REGISTRY, get_spec
+from mixnb.mixups import REGISTRY, get_spec, settings_text
 from mixnb.paths import KERNEL, NOTEBOOKS, ROOT, runs_root
 from mixnb.progress import SweepWatcher
 from mixnb.profiles import get_profile
@@ -645,7 +645,8 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=V1[,V2...]",
                    help="RunConfig fields for every run, each value list an axis of the grid")
     p.add_argument("--arg", action="extend", nargs="+", default=[], metavar="[METHOD:]KEY=V1[,V2...]",
-                   help="method settings; without METHOD: every method that has the setting")
+                   help=f"method settings; without METHOD: every method that has the setting. Each method's: "
+                        f"{settings_text()}")
     p.add_argument("--grid", default=None, help="a TOML grid file, e.g. grids/alpha-search.toml")
     p.add_argument("--dry-run", action="store_true", help="list the runs, which are finished, and their GPU time")
     p.add_argument("--no-analysis", dest="analysis", action="store_false",

@@ -215,3 +215,17 @@ def test_the_gpu_time_of_puzzlemix_at_the_published_settings_is_not_guessed_from
     assert rate_for(published, rates) is None  # 16x16 blocks and 4-px transport: ~26x HEAD's per batch, no GPU rate
     assert rate_for(head, rates) == rates[("resnet18", "puzzlemix")]  # measured at HEAD's settings
     assert rate_for(cutmix, rates) == rates[("resnet18", "cutmix")]
+
+
+def test_cli_help_lists_each_methods_settings():
+    """--arg's help in train and sweep names every method's keys (the registry's defaults), so no one guesses them."""
+    import argparse
+
+    from mixnb.__main__ import _add_config_options
+    from mixnb.sweep import add_sweep_options
+
+    for add in (_add_config_options, add_sweep_options):
+        p = argparse.ArgumentParser()
+        add(p)
+        text = " ".join(p.format_help().split())
+        assert "cutmix: alpha, partner_tries" in text and "puzzlemix: alpha, block_nums" in text and "t_size" in text

@@ -285,6 +285,11 @@ def published_top1(table: PublishedTable, method: str, backbone: str, epochs: in
     return row.top1.get(backbone, {}).get(epochs) if row is not None else None
 
 
+def settings_text() -> str:
+    """Each method's settings (``--arg`` / ``ARGS`` keys) in one line per method, for the CLI's help."""
+    return "; ".join(f"{name}: {', '.join(spec.defaults) or '(none)'}" for name, spec in REGISTRY.items())
+
+
 def get_spec(name: str) -> MethodSpec:
     """The registry entry for ``name``; unknown names fail with the valid ones."""
     if name not in REGISTRY:

@@ -18,19 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mixnb.data.loader import IMAGENET_MEAN, IMAGENET_STD
 from mixnb.mixups import CIFAR100
+from mixnb.mixups.puzzlemix import CIFAR_MEAN, CIFAR_STD
 
 # Train pipelines on the device (mixnb.data.loader.AUGMENTS keys, in order):
 # "rrc" = RandomResizedCrop(size, scale (0.08, 1)) + flip (OpenMixup's Tiny-ImageNet, docs/protocol.md §1.4);
 # "crop-pad" = RandomCrop(32, padding=4, reflect) + flip (OpenMixup's CIFAR-100, docs/protocol.md §8.2).
 PIPELINES = {"rrc": ("random_resized_crop", "flip_lr"), "crop-pad": ("random_crop_pad", "flip_lr")}
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# OpenMixup's CIFAR-100 normalisation (configs/classification/_base_/datasets/cifar100/sz32_bs100.py at 69ee565 and
+# CIFAR_MEAN/CIFAR_STD (one copy, PuzzleMix's) are also OpenMixup's CIFAR-100 normalisation (configs/classification/_base_/datasets/cifar100/sz32_bs100.py at 69ee565 and
 # 37e1372: the CIFAR-10 statistics). TODO: runs normalise with ImageNet's for every profile: the analysis (attacks,
 # corruptions, CAM) and the gallery normalise with one constant; when that constant becomes the profile's, use this.
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.201)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from mixnb.device import autocast_dtype, resolve_device  # resolve_device: sweep imports it here until its split lands
 from mixnb.data.loader import IMAGENET_MEAN, IMAGENET_STD, KERNELS
 from mixnb.mixups import REFERENCES, get_method, get_spec, reference_code
 from mixnb.models import BACKBONES, INITS
@@ -50,7 +51,7 @@ COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "m
 # backward), its random draws and host solvers left eager (mixnb.mixups._helpers.eager).
 CAPTURES = ("model", "step")
 # Autocast precision: bf16 keeps fp32 master weights, optimizer state and BN statistics (docs/performance.md §8.1);
-# "auto" resolves per device (resolve_precision).
+# "auto" resolves per device (mixnb.device.autocast_dtype).
 PRECISIONS = ("auto", "bf16", "fp32")
 INTERPOLATIONS = tuple(KERNELS)  # RandomResizedCrop: bicubic | bilinear
 # The evaluation's BN statistics under bn_groups > 1, per reference: OpenMixup HEAD's ValidateHook broadcasts rank
@@ -252,7 +253,7 @@ class RunConfig:
         """What makes two runs the same run: ``maths()`` plus precision, device type and the dataset
         (``mixnb.runs.dataset_record``: its content key and sizes, then where and how it was read, which
         ``mixnb.runs.check_identity`` does not compare). Stored in params.json, checkpoints and summary.json."""
-        precision = "bf16" if resolve_precision(self, device) == torch.bfloat16 else "fp32"
+        precision = "bf16" if autocast_dtype(self.precision, device) == torch.bfloat16 else "fp32"
         return {**self.maths(), "precision": precision, "device_type": device.type, "dataset": dataset}
 
     def overrides(self) -> dict[str, Any]:
@@ -454,36 +455,3 @@ def _check_type(key: str, value: Any, annotation: str) -> None:
         raise TypeError(f"RunConfig.{key} must be {annotation}, got {value!r}")
     if not isinstance(value, types):
         raise TypeError(f"RunConfig.{key} must be {annotation}, got {type(value).__name__} {value!r}")
-
-
-# ----------------------------------------------------------------------------- device and precision
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available here; use device='cpu' or 'auto'")
-    return device
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device runs bf16 matmuls/convs natively: CUDA (Ampere on), or a CPU with AMX or AVX512-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: assume not
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(cfg: RunConfig, device: torch.device) -> torch.dtype:
-    """The autocast dtype of a run (torch.float32 = no autocast)."""
-    if cfg.precision == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-    return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-
-
-def default_cache_dir() -> Path:
-    """Where generated sample sets and dataset caches go ($MIXNB_CACHE, default ~/.cache/mixnb)."""
-    return Path(os.environ.get("MIXNB_CACHE", Path.home() / ".cache" / "mixnb"))

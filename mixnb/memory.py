@@ -18,7 +18,7 @@ line to the config's batch: the fit's intercept is what does not scale (the bf16
 measured on the meta device: PuzzleMix's graph cuts, SaliencyMix's OpenCV saliency and the samplers read
 values. An analysis pass is ``mixnb.analysis.attacks._input_grad`` on the meta device (the plain model reads
 no values): eval mode, fp32, forward + input gradient, plus the val images on the device twice (the moved set
-and the attacked subset). Measurements are cached under ``default_cache_dir() / "memory"``, keyed by method
+and the attacked subset). Measurements are cached under ``mixnb.device.cache_dir() / "memory"``, keyed by method
 (every resolved setting), backbone, width, BN groups, image size, classes, precision and torch version; the
 26-run tiny-imagenet dry run measures once (~3 CPU-minutes on 2 cores; RX-50 AutoMix/SAMix ~20 s each on a
 quiet machine) and then reads the files in a second.
@@ -47,7 +47,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mixnb.config import PROFILES, RunConfig, default_cache_dir
+from mixnb.config import PROFILES, RunConfig
+from mixnb.device import cache_dir
 from mixnb.data.tinyimagenet import IMAGE_SIZE
 from mixnb.io import read_json, write_json
 
@@ -267,7 +268,7 @@ def _random_teacher() -> Any:
     """A random-init torchvision ResNet-18 state_dict in the cache: the ImageNet teacher's size."""
     from mixnb.bench import random_teacher
 
-    folder = default_cache_dir() / "memory"
+    folder = cache_dir() / "memory"
     folder.mkdir(parents=True, exist_ok=True)
     return random_teacher(folder)
 
@@ -298,7 +299,7 @@ def _measured(key: dict[str, Any], measure: Callable[[], dict[str, Any]]) -> dic
     key = json.loads(json.dumps(key, sort_keys=True))  # as the file holds it (tuples -> lists)
     name = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     if name not in _MEMO:
-        path = default_cache_dir() / "memory" / f"{key['kind']}-{name}.json"
+        path = cache_dir() / "memory" / f"{key['kind']}-{name}.json"
         try:
             record = read_json(path)
         except (OSError, ValueError):

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from mixnb.config import (ADDED_GROUPED_SETTINGS, ADDED_METHOD_SETTINGS, ADDED_SETTINGS, PROFILES, RunConfig,
-                          default_cache_dir)
+from mixnb.config import (ADDED_GROUPED_SETTINGS, ADDED_METHOD_SETTINGS, ADDED_SETTINGS, PROFILES, RunConfig)
+from mixnb.device import cache_dir
 from mixnb.data import DatasetError, ImageTensors, load_dataset, make_sample_dataset
 from mixnb.data.tinyimagenet import folder_stat_key
 from mixnb.io import write_json
@@ -200,7 +200,7 @@ def load_data(cfg: RunConfig) -> ImageTensors:
     root = cfg.data_root()
     if root is None:
         sample = PROFILES[cfg.profile].sample
-        root = make_sample_dataset(default_cache_dir() / f"sample-{cfg.profile}", seed=0, **sample)
+        root = make_sample_dataset(cache_dir() / f"sample-{cfg.profile}", seed=0, **sample)
     return load_dataset(root)
 
 

@@ -345,7 +345,8 @@ def _train_steps(cfg: Any, s: Sizes) -> tuple[list[float], dict[str, Any]]:
 def check_divergence(s: Sizes, dry: bool, tmp: Path) -> tuple[str, str]:
     """A NaN loss at iteration 3 must raise Diverged naming it, read every 2 steps and (log_every beyond the
     epoch) at the epoch's end (tests/test_reliability.py poisons Vanilla's training_step the same way)."""
-    from mixnb.config import RunConfig, resolve_precision
+    from mixnb.config import RunConfig
+    from mixnb.device import autocast_dtype
     from mixnb.data import DeviceLoader
     from mixnb.mixups import StepContext, StepOutput
     from mixnb.mixups.vanilla import Vanilla
@@ -380,7 +381,7 @@ def check_divergence(s: Sizes, dry: bool, tmp: Path) -> tuple[str, str]:
                 return "FAIL", f"a NaN loss at iteration 3 raised nothing (log_every {log_every})"
     finally:
         Vanilla.training_step = real
-    precision = str(resolve_precision(cfg, dev)).removeprefix("torch.")
+    precision = str(autocast_dtype(cfg.precision, dev)).removeprefix("torch.")
     return "PASS", (f"a NaN loss at iteration 3 raised Diverged naming it, read every 2 steps and at the epoch's "
                     f"end ({len(loader)} steps, {s.device}, {precision})")
 
@@ -394,7 +395,7 @@ def check_analysis(backbone: str) -> Callable[[Sizes, bool, Path], tuple[str, st
 
         from mixnb import memory
         from mixnb.analysis import AnalysisSettings, adversarial, fgsm
-        from mixnb.analysis.run import _layout
+        from mixnb.device import memory_format
         from mixnb.config import RunConfig
         from mixnb.models import build_model
         from mixnb.train import load_data
@@ -415,7 +416,7 @@ def check_analysis(backbone: str) -> Callable[[Sizes, bool, Path], tuple[str, st
         idx = torch.arange(n_val) % len(data.y_val)
         x = data.x_val[idx].to(dev).permute(0, 3, 1, 2).contiguous()  # (N, 3, 64, 64) uint8, as analyze_run's _images
         y = data.y_val[idx].to(dev)
-        model = build_model(backbone, num_classes=200, width=s.protocol_width).to(dev, memory_format=_layout(dev)).eval()
+        model = build_model(backbone, num_classes=200, width=s.protocol_width).to(dev, memory_format=memory_format(dev)).eval()
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True  # as in the train notebook's process, where fit turned it on
         xb, yb = x[:batch].float() / 255, y[:batch]

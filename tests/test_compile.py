@@ -24,7 +24,8 @@ import pytest
 import torch
 
 import mixnb.train
-from mixnb.config import RunConfig, resolve_precision
+from mixnb.config import RunConfig
+from mixnb.device import autocast_dtype
 from mixnb.mixups import REGISTRY, StepContext
 from mixnb.mixups import attentivemix as attentivemix_module
 from mixnb.train import Generators, build_parts, fit, new_cuda_graph_step, resolve_compile, train_step
@@ -69,8 +70,8 @@ def test_compile_and_precision_resolve_per_device():
     assert resolve_compile(RunConfig(method="automix"), cuda) is None  # ... where the registry says it pays
     assert resolve_compile(RunConfig(method="automix", compile="default"), cuda) == "default"
     assert resolve_compile(RunConfig(), cuda, world=2) is None  # DDP: eager unless asked
-    assert resolve_precision(RunConfig(precision="fp32"), cuda) == torch.float32
-    assert resolve_precision(RunConfig(precision="bf16"), cpu) == torch.bfloat16
+    assert autocast_dtype("fp32", cuda) == torch.float32
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(ValueError, match="compile must be one of"):
         RunConfig(compile="fast")
     with pytest.raises(ValueError, match="precision must be one of"):

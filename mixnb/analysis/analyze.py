@@ -28,7 +28,8 @@ from mixnb.analysis.flop_count import flops
 from mixnb.analysis.occlude import occlusion
 from mixnb.analysis.run import MEAN, STD, _images, _subset, load_run, predict
 from mixnb.analysis.settings import PROFILE_SETTINGS, AnalysisSettings, settings_for
-from mixnb.config import RunConfig, resolve_precision
+from mixnb.config import RunConfig
+from mixnb.device import autocast_dtype
 from mixnb.io import remove_stale_temps, write_json
 from mixnb.memory import ANALYSIS_BUDGET_GIB, analysis_batch, predict_analysis_gib
 from mixnb.runs import (ANALYSIS, ANALYSIS_FAILED, ANALYSIS_VERSION, CHECKPOINT, PARAMS, complete_identity, failure,
@@ -176,7 +177,7 @@ def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
     localization, logits = timed("clean + CAM", lambda: localisation(run.model, x, y, boxes, s, gallery))
     if run.logits is not run.model:
         logits = timed("clean", lambda: predict(run.logits, x, batch_size=s.batch_size))
-    autocast = resolve_precision(run.cfg, dev) == torch.bfloat16
+    autocast = autocast_dtype(run.cfg.precision, dev) == torch.bfloat16
     result: dict[str, Any] = {
         "version": ANALYSIS_VERSION, "key": analysis_key(record, s, tinc), "checkpoint": {**record, "epoch": run.ckpt["epoch"]},
         "run": run.cfg.run_name(), "run_dir": str(run_dir), "method": run.cfg.method, "backbone": run.cfg.backbone,

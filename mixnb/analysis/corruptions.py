@@ -24,7 +24,7 @@ from torch import Tensor
 from mixnb.analysis.corruption_ops import CORRUPTION_CACHE_VERSION, CORRUPTIONS, corrupt, frost_files, skip_reason
 from mixnb.analysis.run import _images, _subset, predict
 from mixnb.analysis.settings import AnalysisSettings
-from mixnb.config import default_cache_dir
+from mixnb.device import cache_dir
 from mixnb.io import atomic_torch_save, remove_stale_temps
 
 TINC_ENV = "MIXNB_TINC"  # an official Tiny-ImageNet-C folder: <corruption>/<severity>/<wnid>/<image>
@@ -42,14 +42,14 @@ def check_tinc() -> str | None:
 
 def _corruption_cache_path(data: Any, key: str) -> Path:
     tag = hashlib.sha1(str(data.root).encode()).hexdigest()[:12]
-    return default_cache_dir() / f"tinyimagenet-c-generated-{Path(data.root).name}-{tag}-{key[:12]}.pt"
+    return cache_dir() / f"tinyimagenet-c-generated-{Path(data.root).name}-{tag}-{key[:12]}.pt"
 
 
 def generated_corruptions(data: Any, s: AnalysisSettings) -> dict[str, Any]:
     """The generated corruption set of ``data``'s val images: {"x": (C, S, K, 3, H, W) uint8, "idx": (K,),
     "names", "severities", "skipped": {name: reason}, "key", "generation_seconds"}; made once on the CPU (the
     same set whatever device analyses; CPU and CUDA generators differ), cached under
-    ``mixnb.config.default_cache_dir()`` keyed on the dataset's content key, the settings that shape it and
+    ``mixnb.device.cache_dir()`` keyed on the dataset's content key, the settings that shape it and
     the frost pictures."""
     names = [c for c in s.corruptions if skip_reason(c) is None]
     skipped = {c: skip_reason(c) for c in s.corruptions if skip_reason(c) is not None}

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mixnb.analysis.run import Run, _layout
+from mixnb.analysis.run import Run
+from mixnb.device import memory_format
 from mixnb.data import DeviceLoader
 from mixnb.rng import stream_seed
 
@@ -53,7 +54,7 @@ def flops(run: Run) -> dict[str, Any]:
     gen = torch.Generator(dev).manual_seed(stream_seed(0, "flops"))
     loader = DeviceLoader(run.data.x_train[:b], run.data.y_train[:b], batch_size=b, device=dev, train=True, gen=gen)
     x, y = next(iter(loader))
-    x = x.contiguous(memory_format=_layout(dev))
+    x = x.contiguous(memory_format=memory_format(dev))
     model.train()
     method.train()
     what = f"method.training_step + backward ({run.cfg.method}), batch {len(x)}"

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mixnb.config import RunConfig, resolve_device
+from mixnb.config import RunConfig
+from mixnb.device import memory_format, resolve_device
 from mixnb.data import DeviceLoader, normalize
 from mixnb.rng import stream_seed
 from mixnb.runs import open_run
@@ -43,7 +44,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     """``mixnb.runs.open_run`` on ``device`` in the layout training used there, with its reported head."""
     dev = resolve_device(device)
     opened = open_run(run_dir, dev)
-    model = opened.model.to(memory_format=_layout(dev))
+    model = opened.model.to(memory_format=memory_format(dev))
     run = Run(opened.run_dir, opened.cfg, opened.ckpt, opened.data, model, opened.method, dev, "", model,
               opened.setup_error)
     run.head, run.logits = _reported_head(run)
@@ -62,15 +63,9 @@ def _reported_head(run: Run) -> tuple[str, Callable[[Tensor], Tensor]]:
     return "method.eval_logits(model, x)[''] (not model(x))", lambda x: run.method.eval_logits(run.model, x)[""]
 
 
-def _layout(device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA (as training: +20-50% for convs); the default on the CPU, where torch 2.14's conv
-    backward crashed on channels_last in train mode here (a double free) and was no faster."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-
 def _normalise(x: Tensor) -> Tensor:
     """(N, 3, H, W) pixels in [0, 1] -> the model's input (the run's mean/std) in the device's layout."""
-    return normalize(x * 255, MEAN, STD).contiguous(memory_format=_layout(x.device))
+    return normalize(x * 255, MEAN, STD).contiguous(memory_format=memory_format(x.device))
 
 
 def _images(x_uint8: Tensor, device: torch.device) -> Tensor:

@@ -27,7 +27,8 @@ from mixnb.bench.rig import EVAL_IMAGES
 from mixnb.bench.sync_check import sync_check
 from mixnb.bench.throughput import bench_method
 from mixnb.bench.timing import Stat
-from mixnb.config import CAPTURES, COMPILE_MODES, PRECISIONS, PROFILES, RunConfig, resolve_device, resolve_precision
+from mixnb.config import CAPTURES, COMPILE_MODES, PRECISIONS, PROFILES, RunConfig
+from mixnb.device import autocast_dtype, resolve_device
 from mixnb.io import environment, git_state
 from mixnb.mixups import REGISTRY
 from mixnb.runs import load_data
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(dev)
     settings = RunConfig(compile=opts.compile, precision=opts.precision)
     compiled = resolve_compile(settings, dev) or "off"
-    precision = str(resolve_precision(settings, dev)).removeprefix("torch.")
+    precision = str(autocast_dtype(settings.precision, dev)).removeprefix("torch.")
     log(f"{env['device_name']} ({dev}), torch {env['torch']}, width {opts.width}, batch {opts.batch_size}, "
         f"compile {compiled}, capture {opts.capture}, autocast {precision}, methods {','.join(opts.methods)}, "
         f"backbones {','.join(opts.backbones)}")

@@ -18,7 +18,8 @@ from mixnb.bench.rig import EPOCH_IMAGES, EVAL_IMAGES, Rig, Steps, build_rig
 from mixnb.bench.timing import Stat, measure
 from mixnb.data import TinyImageNetTensors
 from mixnb.mixups import REGISTRY, MixMethod
-from mixnb.train import evaluate, peak_memory_mb, resolve_compile
+from mixnb.device import peak_memory_mb
+from mixnb.train import evaluate, resolve_compile
 
 NO_MIX_PROBE = {"manifoldmix": "mixes hidden features inside the forward"}
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mixnb.device import cache_dir
 from mixnb.io import atomic_torch_save, remove_stale_temps
 
 CACHE_VERSION = 3  # bump when what a cache file holds changes (3: the content key and the form's facts)
@@ -154,11 +155,11 @@ def content_key(wnids: list[str], y_train: torch.Tensor, y_val: torch.Tensor, tr
 
 
 def default_cache_dir(root: Path) -> Path:
-    """`<root>/.mixnb-cache` if writable, else `$MIXNB_CACHE` (default `~/.cache/mixnb`)."""
+    """`<root>/.mixnb-cache` if writable, else `mixnb.device.cache_dir()`."""
     local = root / ".mixnb-cache"
     if os.access(local if local.is_dir() else root, os.W_OK):
         return local
-    return Path(os.environ.get("MIXNB_CACHE", Path.home() / ".cache" / "mixnb"))
+    return cache_dir()
 
 
 def cache_path(root: Path, prefix: str, cache_dir: Path) -> Path:

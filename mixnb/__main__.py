@@ -1,4 +1,4 @@
-"""Command line: ``python -m mixnb {prepare,train,sweep,report}`` (``make bench``: ``python -m mixnb.bench``).
+"""Command line: ``python -m mixnb {prepare,replica,train,sweep,analyze,report}`` (``make bench``: ``python -m mixnb.bench``).
 
 ``torchrun --nproc-per-node K -m mixnb train ...`` trains one run on K GPUs (DDP; see mixnb.train).
 A user error (a bad value, a missing file, a run folder of another config) prints one line and exits 2, a failed
@@ -72,6 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data", help="the dataset folder: tiny-imagenet-200, its parquet files, cifar-100-python, "
                                 "ImageNet 64x64 batches")
 
+    p = sub.add_parser("replica", help="write a small replica of a real dataset form from the generated sample set "
+                                       "(try a reader and a profile end to end without downloading)")
+    from mixnb.data.replicas import FORMS
+
+    p.add_argument("form", choices=list(FORMS))
+    p.add_argument("path", help="a new folder")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--train-per-class", type=int, default=50)
+    p.add_argument("--val-per-class", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("train", help="train one run (resumes from the run folder's checkpoint); "
                                      "under torchrun, one run on several GPUs")
     p.add_argument("--config", default=None, help="a params.json (or JSON of RunConfig fields); options override it")
@@ -122,6 +133,12 @@ def _run(args: argparse.Namespace) -> int:
               f"  val boxes    {'present' if data.has_boxes else 'absent (whole images)'}\n"
               f"  content key  {data.content_key}\n"
               f"  cache        {data.cache_file}")
+    elif args.command == "replica":
+        from mixnb.data.replicas import write_replica
+
+        path = write_replica(args.form, args.path, seed=args.seed, num_classes=args.classes,
+                             train_per_class=args.train_per_class, val_per_class=args.val_per_class)
+        print(f"{path}: a {args.form} replica ({args.classes} generated classes); MIXNB_DATA={path}")
     elif args.command == "train":
         from mixnb.paths import run_dir
         from mixnb.train import fit

@@ -21,6 +21,7 @@ from mixnb import runs
 from mixnb.__main__ import main
 from mixnb.config import RunConfig
 from mixnb.data import DatasetError, ImageTensors, detect_form, load_dataset, load_tiny_imagenet, make_sample_dataset
+from mixnb.data.replicas import FORMS, planar, write_pickle, write_replica
 from mixnb.runs import RunConflict, check_identity, dataset_differences, dataset_record
 
 CPU = torch.device("cpu")
@@ -336,18 +337,12 @@ def test_parquet_without_image_bytes_names_the_file(tmp_path: Path) -> None:
 # CIFAR-100 and Downsampled ImageNet 64x64 (CIFAR's pickle format)
 
 
-def _planar(x: np.ndarray) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> CIFAR's (N, 3 * S * S) rows of R, G, B planes."""
-    return x.transpose(0, 3, 1, 2).reshape(len(x), -1)
-
-
 def _images(n: int, side: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
 
 
 def _pickle(path: Path, record: dict, *, byte_keys: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps({k.encode() if byte_keys else k: v for k, v in record.items()}, protocol=2))
+    write_pickle(path, {k.encode() if byte_keys else k: v for k, v in record.items()})
 
 
 @pytest.fixture
@@ -357,7 +352,7 @@ def cifar(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     x = {"train": _images(5, 32, 0), "test": _images(3, 32, 1)}
     for split, labels in (("train", [0, 99, 5, 5, 42]), ("test", [1, 2, 3])):
         _pickle(folder / split, {"filenames": ["f.png"] * len(labels), "batch_label": split,
-                                 "fine_labels": labels, "coarse_labels": [0] * len(labels), "data": _planar(x[split])})
+                                 "fine_labels": labels, "coarse_labels": [0] * len(labels), "data": planar(x[split])})
     _pickle(folder / "meta", {"fine_label_names": [f"class_{k}" for k in range(100)],
                               "coarse_label_names": [f"super_{k}" for k in range(20)]})
     return folder.parent, x
@@ -391,7 +386,7 @@ def test_a_pickle_that_would_run_code_is_refused(cifar: tuple[Path, dict], tmp_p
 
 def test_cifar_label_out_of_range_names_the_file(cifar: tuple[Path, dict], tmp_path: Path) -> None:
     parent, x = cifar
-    _pickle(parent / "cifar-100-python" / "test", {"data": _planar(x["test"]), "fine_labels": [1, 100, 3]})
+    _pickle(parent / "cifar-100-python" / "test", {"data": planar(x["test"]), "fine_labels": [1, 100, 3]})
     with pytest.raises(DatasetError, match=r"test `fine_labels` holds 100 at 1, outside 0..99"):
         load_dataset(parent, cache_dir=tmp_path / "cache")
 
@@ -404,9 +399,9 @@ def _imagenet64(folder: Path, kind: str, *, byte_keys: bool = False, split_folde
     for name, (x, y) in batches.items():
         where = folder / ("val" if name == "val_data" else f"part{1 + (int(name.split('_')[-1]) > 5)}") \
             if split_folders else folder
-        record = {"data": _planar(x), "labels": [int(v) for v in y]}
+        record = {"data": planar(x), "labels": [int(v) for v in y]}
         if name != "val_data":
-            record["mean"] = _planar(x).mean(0)
+            record["mean"] = planar(x).mean(0)
         if kind == "npz":
             where.mkdir(parents=True, exist_ok=True)
             np.savez(where / f"{name}.npz", **record)
@@ -500,3 +495,25 @@ def test_an_unfinished_run_recorded_before_the_content_key_resumes(tmp_path: Pat
     params["identity"]["dataset"] = _old_record(data)
     (tmp_path / "params.json").write_text(json.dumps(params))
     assert fit(cfg, tmp_path, progress="none")["epochs"] == 1  # resumed at its end, not refused
+
+
+def test_every_replica_reads_as_its_form_and_the_tiny_forms_share_one_content_key(tmp_path: Path) -> None:
+    sample = {"num_classes": 3, "train_per_class": 10, "val_per_class": 2}
+    read = {form: load_dataset(write_replica(form, tmp_path / form, **sample), cache_dir=tmp_path / f"cache-{form}")
+            for form in FORMS}
+    forms = {form: data.form for form, data in read.items()}
+    assert forms == {"zip": "tiny-imagenet-zip", "val-class-folders": "tiny-imagenet-val-folders",
+                     "hf-parquet": "tiny-imagenet-parquet", "cifar-100-python": "cifar-100-python",
+                     "imagenet64-npz": "imagenet64-npz", "imagenet64-pickle": "imagenet64-pickle"}
+    tiny = read["zip"]
+    for form in ("val-class-folders", "hf-parquet"):
+        assert read[form].content_key == tiny.content_key and same_tensors(read[form], tiny)
+    assert read["imagenet64-npz"].content_key == read["imagenet64-pickle"].content_key
+    assert torch.equal(read["imagenet64-npz"].x_train, tiny.x_train)
+    assert read["imagenet64-npz"].y_val.tolist() == tiny.y_val.tolist() and len(read["imagenet64-npz"].wnids) == 1000
+    cifar = read["cifar-100-python"]
+    assert cifar.image_size == 32 and cifar.y_train.tolist() == tiny.y_train.tolist() and len(cifar.wnids) == 100
+    blocks = tiny.x_train.view(-1, 32, 2, 32, 2, 3).double().mean((2, 4))  # the 64-px images, 2x2-averaged
+    assert torch.equal(cifar.x_train, blocks.round().to(torch.uint8))
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_replica("hf-parquet", tmp_path / "hf-parquet", **sample)

@@ -39,7 +39,7 @@ from mixnb.models import build_model
 PARAMS, METRICS, CHECKPOINT, SUMMARY, FAILED = "params.json", "metrics.csv", "checkpoint.pt", "summary.json", "failed.json"
 LOCK = ".lock"  # held (flock) by the process that trains or analyses the run
 ANALYSIS = "analysis.json"  # mixnb.analysis.analyze_run's result, keyed on the checkpoint
-ANALYSIS_VERSION = 2  # bump when a number's definition or what analysis.json holds changes: every run is analysed again
+ANALYSIS_VERSION = 3  # bump when a number's definition or what analysis.json holds changes: every run is analysed again
 ANALYSIS_FAILED = "analysis_failed.json"  # why the last analysis of a finished run failed; gone once one succeeds
 ANALYSIS_SECTIONS = ("clean", "calibration", "adversarial", "occlusion", "corruptions", "localization")  # its numbers
 GALLERY = "mix_samples.png"  # the mixed samples train.ipynb draws from the checkpoint

@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import math
+import statistics
 from pathlib import Path
 
 import cv2
@@ -64,6 +65,10 @@ def test_calibration_hand_computed() -> None:
     nll = (50 * -math.log(0.55) + 30 * -math.log(0.95) + 20 * -math.log(0.05)) / 100
     brier = (50 * 2 * 0.45**2 + 30 * 2 * 0.05**2 + 20 * 2 * 0.95**2) / 100  # sum over the 2 classes
     assert cal["nll"] == pytest.approx(nll) and cal["brier"] == pytest.approx(brier)
+    per_image_nll = [-math.log(0.55)] * 50 + [-math.log(0.95)] * 30 + [-math.log(0.05)] * 20
+    per_image_brier = [2 * 0.45**2] * 50 + [2 * 0.05**2] * 30 + [2 * 0.95**2] * 20
+    assert cal["nll_se"] == pytest.approx(statistics.stdev(per_image_nll) / 10)  # sample std / sqrt(100)
+    assert cal["brier_se"] == pytest.approx(statistics.stdev(per_image_brier) / 10)
     assert cal["top1"] == pytest.approx(80.0)
     full = [b for b in cal["bins"] if b["count"]]
     assert [(b["count"], round(b["confidence"], 6), round(b["accuracy"], 6)) for b in full] == [(50, 0.55, 1.0),

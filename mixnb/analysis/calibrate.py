@@ -25,7 +25,8 @@ def reliability_bins(confidence: Tensor, correct: Tensor, n_bins: int = 15) -> d
 
 
 def calibration(logits: Tensor, y: Tensor, *, n_bins: int = 15) -> dict[str, Any]:
-    """ECE, MCE (both in %, over ``n_bins`` equal-width bins), NLL (nats), Brier and the reliability bins.
+    """ECE, MCE (both in %, over ``n_bins`` equal-width bins), NLL (nats), Brier, the standard errors of NLL and
+    Brier (means over images: std / sqrt(n)) and the reliability bins.
 
     ECE = sum_m |B_m|/N |acc_m - conf_m|; MCE = max_m |acc_m - conf_m| (empty bins: 0), as torchmetrics'
     multiclass_calibration_error (l1 / max); Brier = mean over images of sum over classes (p - onehot)^2 (not
@@ -38,16 +39,24 @@ def calibration(logits: Tensor, y: Tensor, *, n_bins: int = 15) -> dict[str, Any
     gap = (bins["accuracy"] - bins["confidence"]).abs()
     n = len(y)
     onehot = F.one_hot(y, p.shape[1]).double()
+    nll, brier = F.cross_entropy(logits, y, reduction="none"), ((p - onehot) ** 2).sum(dim=1)  # (N,) each
     return {
         "n_bins": n_bins,
         "bin_rule": "equal-width, right-closed ((m-1)/M, m/M]",
         "ece": 100 * float((bins["count"] / n * gap).sum()),
         "mce": 100 * float(gap.max()),
-        "nll": float(F.cross_entropy(logits, y)),
-        "brier": float(((p - onehot) ** 2).sum(dim=1).mean()),
+        "nll": float(nll.mean()),
+        "nll_se": _standard_error(nll),
+        "brier": float(brier.mean()),
+        "brier_se": _standard_error(brier),
         "top1": 100 * float(correct.double().mean()),
         "mean_confidence": 100 * float(conf.mean()),
         "bins": [{"lo": float(lo), "hi": float(hi), "confidence": float(c), "accuracy": float(a), "count": int(k)}
                  for lo, hi, c, a, k in zip(*(bins[f].tolist() for f in ("lo", "hi", "confidence", "accuracy",
                                                                             "count")))],
     }
+
+
+def _standard_error(values: Tensor) -> float:
+    """Standard error of the mean of ``values`` (N,): sample std / sqrt(N); 0 for one value."""
+    return float(values.std() / len(values) ** 0.5) if len(values) > 1 else 0.0

@@ -16,7 +16,7 @@ from mixnb.data import make_sample_dataset
 from mixnb.paths import NOTEBOOKS
 from mixnb.report import appendix_table, benchmark_table, best_alpha, load_runs
 from mixnb.runs import RunConflict
-from mixnb.sweep import dry_run, expand, parse_axes, parse_method_axes, read_grid, run_sweep
+from mixnb.sweep import dry_run, expand, run_sweep
 from mixnb.train import fit
 
 TEST = dict(profile="test", epochs=1, device="cpu")
@@ -142,25 +142,6 @@ def test_resume_is_not_blocked_by_a_compile_change(tmp_path):
 
 
 # ----------------------------------------------------------------------------- grids and the table
-def test_grids_from_the_command_line_and_a_grid_file(tmp_path):
-    names = [j.config.run_name() for j in expand("sample", ["vanilla", "mixup", "cutmix"], alphas=[0.2, 1])]
-    assert names == ["vanilla-resnet18-s0", "mixup-resnet18-s0-a0.2", "mixup-resnet18-s0",
-                     "cutmix-resnet18-s0-a0.2", "cutmix-resnet18-s0"]  # Vanilla has no alpha: one run
-    jobs = expand("sample", ["mixup", "cutmix"], sets=parse_axes(["lr=0.1,0.2", "weight_decay=5e-4"]),
-                  args=parse_method_axes(["cutmix:alpha=0.5"]))
-    assert [j.config.run_name() for j in jobs] == ["mixup-resnet18-s0-lr0.1-wd0.0005", "mixup-resnet18-s0-wd0.0005",
-                                                  "cutmix-resnet18-s0-a0.5-lr0.1-wd0.0005", "cutmix-resnet18-s0-a0.5-wd0.0005"]
-    assert jobs[0].parameters()["weight_decay"] == 0.0005  # every field reaches the notebook
-    grid = read_grid(NOTEBOOKS.parent / "grids" / "alpha-search.toml")
-    runs = expand("tiny-imagenet", grid=grid)
-    assert {j.config.full_method_args().get("alpha") for j in runs if j.config.method == "samix"} == {0.2, 1.0, 2.0}
-    (tmp_path / "bad.toml").write_text("[cutmix]\nalhpa = [1]\n")
-    with pytest.raises(ValueError, match="bad.toml.*alhpa.*its settings: alpha"):
-        read_grid(tmp_path / "bad.toml")
-    with pytest.raises(ValueError, match="alpha must be > 0"):
-        expand("sample", ["mixup"], alphas=[-1])
-
-
 def test_best_alpha_selection_and_no_pooling_across_settings():
     rows = pd.DataFrame([
         dict(method="cutmix", backbone="resnet18", settings="", alpha=a, seed=s, median_top1=v,
@@ -203,18 +184,6 @@ def test_a_setting_added_later_at_its_default_does_not_orphan_a_finished_run(tmp
     assert fit(cfg, tmp_path, progress="none")["median_top1"] == summary["median_top1"]
     with pytest.raises(RunConflict, match="method_args.decouple: False there, True now"):
         fit(RunConfig(method="cutmix", method_args={"decouple": True}, **TEST), tmp_path, progress="none")
-
-
-def test_the_gpu_time_of_puzzlemix_at_the_published_settings_is_not_guessed_from_heads_rate():
-    from mixnb.sweep import measured_rates, rate_for
-
-    _, rates = measured_rates()
-    [published] = expand("tiny-imagenet", ["puzzlemix"], backbones=["resnet18"])
-    [head] = expand("tiny-imagenet", ["puzzlemix"], backbones=["resnet18"], sets={"reference": ["head"]})
-    [cutmix] = expand("tiny-imagenet", ["cutmix"], backbones=["resnet18"])
-    assert rate_for(published, rates) is None  # 16x16 blocks and 4-px transport: ~26x HEAD's per batch, no GPU rate
-    assert rate_for(head, rates) == rates[("resnet18", "puzzlemix")]  # measured at HEAD's settings
-    assert rate_for(cutmix, rates) == rates[("resnet18", "cutmix")]
 
 
 def test_cli_help_lists_each_methods_settings():

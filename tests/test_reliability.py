@@ -135,7 +135,7 @@ def test_a_report_from_a_folder_full_of_markup_has_none_of_it_live(tmp_path, mon
 @pytest.mark.slow
 def test_the_sweep_survives_a_crashing_worker_and_the_report_a_broken_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
-    import mixnb.sweep as s
+    from mixnb.sweep import job as sweep_job
 
     tried = []
 
@@ -145,7 +145,7 @@ def test_the_sweep_survives_a_crashing_worker_and_the_report_a_broken_checkpoint
             raise OSError(30, "Read-only file system", str(job.run_dir / ".lock"))
         fit(job.config, job.run_dir, progress="none")
 
-    monkeypatch.setattr(s, "execute", execute)
+    monkeypatch.setattr(sweep_job, "execute", execute)
     failures = run_sweep(expand("test", ["vanilla", "mixup"], epochs=1, analysis=False))
     assert tried == ["vanilla", "mixup"]  # the crash did not end the sweep
     assert [(j.config.method, r) for j, r in failures] == [("vanilla", "OSError: [Errno 30] Read-only file system: "
@@ -255,7 +255,8 @@ def test_a_damaged_executed_notebook_is_skipped_by_the_report_and_never_left_by_
     import nbformat
 
     import mixnb.report as report
-    import mixnb.sweep as sweep
+    from mixnb.sweep import Job
+    from mixnb.sweep.job import execute
 
     whole = nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# curves")]))
     cut, fine = tmp_path / "runs" / "cut", tmp_path / "runs" / "fine"
@@ -275,13 +276,13 @@ def test_a_damaged_executed_notebook_is_skipped_by_the_report_and_never_left_by_
             return subprocess.CompletedProcess(cmd, rc)
         return run
 
-    job = sweep.Job(RunConfig(method="vanilla", profile="test"), runs=tmp_path / "sweep")
-    monkeypatch.setattr(sweep.subprocess, "run", papermill(whole, 0))
-    sweep.execute(job)
+    job = Job(RunConfig(method="vanilla", profile="test"), runs=tmp_path / "sweep")
+    monkeypatch.setattr(subprocess, "run", papermill(whole, 0))
+    execute(job)
     assert (job.run_dir / "train.ipynb").read_text() == whole
-    monkeypatch.setattr(sweep.subprocess, "run", papermill(whole[:40], -9))
+    monkeypatch.setattr(subprocess, "run", papermill(whole[:40], -9))
     with pytest.raises(RuntimeError, match="papermill failed; see"):
-        sweep.execute(job)
+        execute(job)
     assert sorted(p.name for p in job.run_dir.iterdir()) == ["papermill.log"]  # no cut notebook, no stale one, no temp
 
 
@@ -324,33 +325,6 @@ def test_a_run_page_keeps_its_notebook_and_none_of_its_script(tmp_path):
     assert _live_markup(page) == [] and "alert(" not in page.replace("ipt&gt;alert(1)", "")  # text, not script
     assert page.count(f'src="{PNG}"') == 2 and "<td>1.5</td>" in page and '<h2 id="Learning-curve">' in page
     assert "<style" in page and "<title>mixnb run run</title>" in page  # the template's CSS and title kept
-
-
-def test_every_grid_value_reaches_a_run_or_is_refused(tmp_path):
-    """The loop's own axes given as settings, a setting no method has, an empty list: each one line, no run."""
-    import re
-
-    from mixnb.sweep import parse_axes, parse_method_axes, read_grid
-
-    for item, option in (("seed=1,2", "seeds"), ("method=mixup", "methods"), ("backbone=resnext50", "backbones"),
-                         ("profile=test", "profile")):
-        with pytest.raises(ValueError, match=rf"an axis of the sweep's own loop.*--{option} \(make {option.upper()}="):
-            parse_axes([item])  # SET="seed=1,2" ran seed 0 only
-    with pytest.raises(ValueError, match=r"--arg 'apha=0.5': no method has setting 'apha'; valid: .*\balpha\b"):
-        parse_method_axes(["apha=0.5"])  # dropped
-    with pytest.raises(ValueError, match=r"cutmix has no setting 'lr'.*RunConfig fields go in --set"):
-        parse_method_axes(["cutmix:lr=0.1"])
-    assert parse_method_axes(["alpha=0.5", "cutmix:alpha=1,2"]) == {None: {"alpha": [0.5]}, "cutmix": {"alpha": [1, 2]}}
-    grid = tmp_path / "grid.toml"
-    for text, message in (("[all]\nseed = [0, 1]", r"\[all\]: seed is an axis.*--seeds"),
-                          ("[all]\napha = [0.2]", r"\[all\] has no setting 'apha'; its settings: .*\balpha\b"),
-                          ("[mixup]\nalpha = []", r"\[mixup\] alpha = \[\] would leave mixup out of the sweep"),
-                          ("[cutmix]\nbackbone = 'resnext50'", r"\[cutmix\]: backbone is an axis.*--backbones")):
-        grid.write_text(text)
-        with pytest.raises(ValueError, match=rf"^grid file {re.escape(str(grid))}: {message}"):
-            read_grid(grid)
-    grid.write_text("[all]\nepochs = 2\nalpha = [0.2, 1.0]\n[cutmix]\nalpha = 0.5")
-    assert read_grid(grid) == {"all": {"epochs": [2], "alpha": [0.2, 1.0]}, "cutmix": {"alpha": [0.5]}}
 
 
 def test_labels_and_exports_escape_what_matplotlib_markdown_and_latex_would_read(tmp_path):
@@ -415,8 +389,8 @@ def test_a_copied_run_folder_is_left_out_never_another_seed(tmp_path):
 def test_every_product_a_run_owes_is_one_check_that_the_sweep_and_analyze_use(tmp_path, monkeypatch, capsys):
     """A finished run owes its gallery and analysis; the sweep makes the missing ones (the notebook again for the
     gallery), and with checkpoint.pt deleted says once that they cannot be made instead of retrying forever."""
-    import mixnb.sweep as sweep
     from mixnb.runs import ANALYSIS, GALLERY, missing_products
+    from mixnb.sweep import job as sweep_job
 
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
     run = _finished_run(tmp_path)
@@ -424,8 +398,8 @@ def test_every_product_a_run_owes_is_one_check_that_the_sweep_and_analyze_use(tm
     assert missing_products(run, analysis=True) == {GALLERY: gone, ANALYSIS: gone}
     assert missing_products(run.with_name("none"), analysis=False) == {"summary.json": None}
     made = []
-    monkeypatch.setattr(sweep, "execute", lambda job, **kw: made.append("notebook") or (run / GALLERY).touch())
-    monkeypatch.setattr(sweep, "analyse", lambda job, **kw: made.append("analysis"))
+    monkeypatch.setattr(sweep_job, "execute", lambda job, **kw: made.append("notebook") or (run / GALLERY).touch())
+    monkeypatch.setattr(sweep_job, "analyse", lambda job, **kw: made.append("analysis"))
     [job] = expand("test", ["vanilla"], epochs=1)
     assert job.run_dir == run and run_sweep([job]) == [] and made == []  # not retried ...
     assert f"{run.name}: {GALLERY} {gone}; {ANALYSIS} {gone} (its result stands)" in capsys.readouterr().out
@@ -471,35 +445,15 @@ def test_analyze_refuses_a_checkpoint_of_another_run(tmp_path):
 
 # ----------------------------------------------------------------------------- issue 24: lower harm
 def test_the_dry_run_lists_a_diverged_run_as_diverged(tmp_path, monkeypatch):
-    import mixnb.sweep as sweep
-    from mixnb.sweep import dry_run
+    from mixnb.sweep import dry_run, plan
 
     monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
-    monkeypatch.setattr(sweep, "memory_cells", lambda job: "")  # the memory model is not what is tested
+    monkeypatch.setattr(plan, "memory_cells", lambda job: "")  # the memory model is not what is tested
     run = _finished_run(tmp_path)
     (run / "summary.json").unlink()
     runs.mark_failed(run, "diverged: non-finite loss at epoch 1")
     out = dry_run(expand("test", ["vanilla"], epochs=1))
     assert "\ndiverged  " in out and "1 runs: 0 finished, 0 to run, 1 diverged" in out
-
-
-def test_sweep_options_are_checked_before_any_run_naming_themselves(tmp_path, monkeypatch, capsys):
-    grid = tmp_path / "grid.toml"
-    grid.write_bytes(b"\x80\x81\x00binary")
-    monkeypatch.delenv("MIXNB_DATA", raising=False)
-    monkeypatch.delenv("MIXNB_TINC", raising=False)
-    for argv, message in ((["--alphas", "abc"], "--alphas 'abc': give comma-separated numbers, e.g. --alphas 0.2,1"),
-                          (["--seeds", "0,,1"], "--seeds '0,,1': give comma-separated integers"),
-                          (["--grid", str(grid)], f"grid file {grid} is not text"),
-                          (["--runs-per-gpu", "0", "--dry-run"], "RUNS_PER_GPU must be >= 1, got 0"),
-                          (["--profile", "tiny-imagenet", "--executor", "slurm", "--time", "abc"],  # before the data
-                           "--time 'abc': use minutes, H:MM")):
-        assert main(["sweep", *argv]) == 2, argv
-        err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1, err
-    monkeypatch.setenv("MIXNB_TINC", str(tmp_path / "moved"))  # found only after each run's training
-    assert main(["sweep", "--profile", "test", "--dry-run"]) == 2
-    assert f"MIXNB_TINC={tmp_path / 'moved'} is not a Tiny-ImageNet-C folder" in capsys.readouterr().err
 
 
 def test_the_analysis_notebook_refuses_an_unknown_profile():

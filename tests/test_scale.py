@@ -1,4 +1,5 @@
-"""Scaling out: one run over 2 processes (DDP, gloo on the CPU), sweeps with a run lock, submitit.
+"""Scaling out: one run over 2 processes (DDP, gloo on the CPU); the sweep's locks and submitit are in
+test_sweep.py.
 
 The DDP tests launch ``.venv/bin/torchrun --nproc-per-node 2`` once (the ``ddp`` fixture) on
 tests/ddp_worker.py, which runs every multi-process scenario and saves what the assertions need.
@@ -11,16 +12,10 @@ max |diff| 3e-8 on the weights, 1.2e-7 on the losses; asserted within 1e-5 (abso
 """
 
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
 import torch
@@ -28,8 +23,6 @@ from torch import nn
 
 import mixnb.train as t
 from mixnb.data import DeviceLoader
-from mixnb.runs import is_locked, run_lock
-from mixnb.sweep import TrainJob, expand, gpu_slots, make_executor, minutes, submit_sweep, wait_for
 
 from ddp_worker import bn_from_running_stats, crash_at, vanilla  # tests/ is on sys.path (pytest's rootdir)
 
@@ -151,111 +144,3 @@ def test_shards_union_is_the_single_process_batch(n, batch, world):
         assert max(len(p[i][1]) for p in parts) - min(len(p[i][1]) for p in parts) <= 1
     with pytest.raises(ValueError, match="shard"):
         DeviceLoader(images, torch.arange(n), batch_size=batch, device="cpu", train=False, shard=(2, 2))
-
-
-# ----------------------------------------------------------------------------- sweeps
-LOCK_SWEEP = textwrap.dedent("""
-    import sys, time
-    import mixnb.sweep as s
-    def fake(job, *, env=None, pass_fds=()):  # a job that takes a while, then is finished
-        with open(sys.argv[1], "a") as log:
-            log.write(f"start {job.config.run_name()} {time.time()}\\n")
-        time.sleep(1.5)  # long enough that the other sweep, started at once, finds jobs running (two slots each)
-        (job.run_dir / "metrics.csv").write_text("epoch\\n1\\n")
-        (job.run_dir / "summary.json").write_text('{"epochs": 1}')
-        with open(sys.argv[1], "a") as log:
-            log.write(f"end {job.config.run_name()} {time.time()}\\n")
-    s.execute = fake
-    s.run_sweep(s.expand("test", sys.argv[2].split(","), epochs=1, analysis=False))  # the fake trains, analyses nothing
-""")
-
-
-@pytest.mark.slow
-def test_two_sweeps_at_once_run_each_job_once(tmp_path):
-    methods = ["vanilla", "attentivemix", "mixup", "cutmix"]
-    env = {**os.environ, "MIXNB_RUNS": str(tmp_path / "runs")}
-    log = tmp_path / "executions.log"
-    procs = [subprocess.Popen([sys.executable, "-c", LOCK_SWEEP, str(log), ",".join(methods)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
-    events = [line.split() for line in log.read_text().splitlines()]
-    started = [name for kind, name, _ in events if kind == "start"]
-    assert sorted(started) == sorted(j.config.run_name() for j in expand("test", methods, epochs=1)), events
-    assert "elsewhere" in "".join(outputs)  # each job ran once; the other sweep reports it as skipped
-    when = {(kind, name.split("-")[0]): float(at) for kind, name, at in events}
-    assert when["end", "vanilla"] < when["start", "attentivemix"]  # the teacher run first, whoever ran it
-
-
-def test_a_lock_dies_with_its_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time\n"
-                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\nfcntl.flock(fd, fcntl.LOCK_EX)\n"
-                               "print('held', flush=True)\ntime.sleep(120)", str(tmp_path / ".lock")],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        assert is_locked(tmp_path)
-        with run_lock(tmp_path, wait_s=0.2) as fd:
-            assert fd is None
-    finally:
-        holder.kill()
-        holder.wait()
-    assert not is_locked(tmp_path)  # a killed holder never leaves the run stuck
-    with run_lock(tmp_path) as fd:
-        assert fd is not None
-
-
-def test_gpu_groups_and_time_limits(monkeypatch):
-    assert gpu_slots(["0", "1", "2", "3"], 2) == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    assert gpu_slots(None, 4) == [{}]  # the default GPU, one run at a time
-    assert gpu_slots(["0", "1"], 1, runs_per_gpu=2) == [{"CUDA_VISIBLE_DEVICES": g} for g in ("0", "1", "0", "1")]
-    with pytest.raises(ValueError, match="GPUS_PER_RUN=2"):
-        gpu_slots(["0", "1", "2"], 2)
-    assert [minutes(v) for v in ("90", "2:00", "2:00:30", "1-12", "1-00:30:00")] == [90, 120, 121, 2160, 1470]
-    assert expand("test", ["cutmix"], gpus_per_run=2)[0].parameters()["world_size"] == 2
-    assert "world_size" not in expand("test", ["cutmix"])[0].parameters()
-
-
-def test_slurm_job_script_carries_the_options(tmp_path, monkeypatch):
-    (tmp_path / "srun").write_text("#!/bin/sh\n")  # submitit looks for srun before it builds a job script
-    (tmp_path / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    ex = make_executor("slurm", tmp_path, gpus_per_run=2, partition="gpu", account="lab", qos="high",
-                       time="1-00:00:00", cpus_per_task=16, mem_gb=64)
-    script = ex._executor._make_submission_file_text("python -m x", "uid")
-    for option in ("--partition=gpu", "--account=lab", "--qos=high", "--time=1440", "--gpus-per-node=2",
-                   "--cpus-per-task=16", "--mem=64GB", "--signal=USR2@", "--ntasks-per-node=1"):
-        assert option in script, option
-    delayed = TrainJob().checkpoint(expand("test", ["vanilla"])[0])  # requeue = the same call again
-    assert isinstance(delayed.function, TrainJob) and delayed.args[0].config.method == "vanilla"
-
-
-@pytest.mark.slow
-def test_submitit_sweep_of_a_two_process_run_survives_preemption(tmp_path, monkeypatch):
-    """submitit's local executor end to end: the job executes train.ipynb with world_size=2 (torchrun,
-    gloo); SIGUSR2 mid-run (SLURM's warning before preemption or the time limit) requeues it, and
-    the requeued job resumes from the run's checkpoint."""
-    monkeypatch.setenv("MIXNB_RUNS", str(tmp_path))
-    grid = dict(executor="local", gpus_per_run=2, time="20")
-    jobs = expand("test", ["mixup"], epochs=6, gpus_per_run=2, analysis=False)  # the analysis is not what is tested
-    [(job, sub)], conflicts = submit_sweep(jobs, **grid)
-    assert conflicts == []
-    deadline = time.monotonic() + 150
-    while not (job.run_dir / "checkpoint.pt").exists():  # at least one epoch done
-        assert time.monotonic() < deadline and sub.state == "RUNNING", sub.stderr()
-        time.sleep(0.1)
-    pid = sub._process.pid  # submitit's controller; the job's task is its child
-    task = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
-    os.kill(task, signal.SIGUSR2)
-    assert wait_for([(job, sub)]) == [] and sub.result() == "ran"
-    assert "Requeued" in (sub.stderr() or "") + (sub.stdout() or "")
-    executed = nbformat.read(job.run_dir / "train.ipynb", as_version=4)
-    assert executed.metadata.papermill.parameters["world_size"] == 2
-    outputs = json.dumps([c.get("outputs", []) for c in executed.cells])  # rank 0's log, streamed into it
-    start = int(re.search(r"\(cpu x 2\): epochs (\d+)->6", outputs).group(1))
-    assert 1 <= start < 6  # the requeued job resumed from the checkpoint, not from scratch
-    assert list(_metrics(job.run_dir)["epoch"]) == list(range(1, 7))
-    assert json.loads((job.run_dir / "summary.json").read_text())["world_size"] == 2
-    assert (job.run_dir / "mix_samples.png").exists()  # the notebook ran to its end
-    assert submit_sweep(jobs, **grid) == ([], [])  # finished: nothing to submit

@@ -22,3 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: pytest -n auto; the work
 @pytest.fixture(scope="session")
 def tmp_root() -> Path:
     return _TMP
+
+
+# The helpers the method tests share (gen, batch, ctx, tiny_model, the dispatch probes) and their one seed convention
+# live in tests/helpers.py, imported as `from helpers import ...`: this folder is on sys.path (rootdir-based imports).

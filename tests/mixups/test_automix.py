@@ -1,19 +1,17 @@
-"""AutoMix and SAMix: MixBlock masks, gradient routing, EMA schedule, lam margin, read-out, trainer runs."""
+"""AutoMix and what SAMix shares with it: MixBlock masks, gradient routing, EMA schedule, lam margin, read-out,
+trainer runs (SAMix's own: test_samix.py)."""
 
 import math
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
-from killing import run_until_killed
 from mixnb.config import RunConfig
-from mixnb.mixups import StepContext, get_method
+from mixnb.mixups import get_method
 from mixnb.mixups._automix_ops import (
     MixBlock,
     ema_momentum,
-    lam_rescale,
     mask_loss,
     pool,
     reference_readout,
@@ -21,31 +19,9 @@ from mixnb.mixups._automix_ops import (
 from mixnb.mixups._helpers import mixed_cross_entropy
 from mixnb.mixups.automix import AutoMix, AutoMixDraw, automix, sample_automix
 from mixnb.mixups.samix import SAMix
-from mixnb.models import build_model
 from mixnb.train import fit
 
-H = W = 64
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def setup_method(name: str, seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    model = build_model("resnet18", num_classes=4, width=8)
-    method = get_method(name, **overrides)
-    method.setup(model, cfg=RunConfig(method=name, profile="test", device="cpu"))
-    return model, method
-
-
-def batch(n: int = 5, seed: int = 0):
-    g = gen(seed)
-    return torch.randn(n, 3, H, W, generator=g), torch.randint(0, 4, (n,), generator=g)
-
-
-def ctx(seed: int = 0, step: int = 0, total: int = 100) -> StepContext:
-    return StepContext(gen=gen(seed), cpu_gen=gen(seed + 1), step=step, total_steps=total)
+from helpers import H, W, batch, ctx, gen, tiny_setup  # tests/helpers.py, on sys.path
 
 
 # ----------------------------------------------------------------------------- MixBlock and masks
@@ -53,7 +29,7 @@ def ctx(seed: int = 0, step: int = 0, total: int = 100) -> StepContext:
 
 @pytest.mark.parametrize("name", ["automix", "samix"])
 def test_masks_are_in_unit_range_and_the_two_weights_sum_to_one(name):
-    model, method = setup_method(name)
+    model, method = tiny_setup(name)
     x, y = batch()
     with torch.no_grad():  # large weights: saturated masks still stay in [0, 1]
         for p in method.mix_block.parameters():
@@ -94,39 +70,6 @@ def test_mixblock_matches_the_attention_formula_and_autoMix_ignores_lam():
     assert torch.equal(m, block(feat, torch.tensor(0.1), perm, (16, 16)))  # no lam input on Tiny
 
 
-def test_samix_block_uses_lam_and_its_layout():
-    _, method = setup_method("samix")
-    block = method.mix_block
-    qconv = block.query[0]  # att_norm (the published configs'): conv without bias, then BN
-    assert block.key is not None and qconv.in_channels == 2 * 32 and qconv.out_channels == 16 and qconv.bias is None
-    assert isinstance(block.value, torch.nn.Sequential) and block.upsample == "bilinear" and block.lam_mul_k == -1
-    assert all(c.bias is None for c in block.value if isinstance(c, torch.nn.Conv2d))
-    feat = torch.randn(4, 32, 16, 16)
-    perm = torch.tensor([1, 0, 3, 2])
-    with torch.no_grad():
-        for p in block.parameters():
-            p.normal_(0, 0.3)
-    lam_2, lam_8 = torch.tensor(0.2), torch.tensor(0.8)
-    assert not torch.allclose(block(feat, lam_2, perm, (H, W)), block(feat, lam_8, perm, (H, W)))
-    _, auto = setup_method("automix")
-    assert auto.mix_block.key is None and auto.mix_block.lam_mul_k is None and auto.mix_block.upsample == "nearest"
-
-
-def test_samix_lam_curve():
-    lam = torch.linspace(0, 1, 101, dtype=torch.float64)
-    assert torch.equal(lam_rescale(lam, -1), lam)  # R-18: identity
-    curve = lam_rescale(lam, 0.25)  # RX-50: K = 1.25
-    assert lam_rescale(torch.tensor(0.5, dtype=torch.float64), 0.25).item() == pytest.approx(0.5)
-    assert torch.allclose(lam_rescale(1 - lam, 0.25), 1 - curve, atol=1e-12)  # symmetric
-    assert curve[0] == 0 and curve[-1].item() == pytest.approx(1) and (curve.diff() > 0).all()
-    assert not torch.allclose(curve, lam)
-    assert SAMix().build_mix_block(32, SimpleNamespace(backbone="resnext50")).lam_mul_k == 0.25
-    assert SAMix().build_mix_block(32, SimpleNamespace(backbone="resnet18")).lam_mul_k == -1
-    assert SAMix(lam_mul_k=0.25).build_mix_block(32, None).lam_mul_k == 0.25
-    with pytest.raises(ValueError, match="backbone"):
-        SAMix().build_mix_block(32, None)
-
-
 def test_mask_loss_sign_and_variance():
     m = torch.full((2, 1, 4, 4), 0.3)  # share of x[perm] 0.3 -> share of x 0.7
     assert mask_loss(m, torch.tensor(0.7), margin=0.1, var_weight=0).item() == 0
@@ -161,7 +104,7 @@ def test_lam_margin_switches_to_plain_mixup():
 
 @pytest.mark.parametrize("name", ["automix", "samix"])
 def test_mix_k_trains_only_the_mixblock(name):
-    model, method = setup_method(name)
+    model, method = tiny_setup(name)
     x, y = batch()
     method.training_step(model, x, y, ctx(5)).loss.backward()
     assert all(p.grad is None for p in [*method.encoder_k.parameters(), *method.head_mix_k.parameters()])
@@ -183,18 +126,6 @@ def test_mix_k_trains_only_the_mixblock(name):
         assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-9)
     assert all(p.grad is None for p in [*model.parameters(), *method.head_mix_q.parameters(),
                                         *method.encoder_k.parameters(), *method.head_mix_k.parameters()])
-
-
-@pytest.mark.parametrize("n", [1, 3])
-def test_odd_and_single_batches_and_seeded_draws(n):
-    model, method = setup_method("samix")
-    x, y = batch(n)
-    out = method.training_step(model, x, y, ctx(2))
-    out.loss.backward()
-    assert torch.isfinite(out.loss) and set(out.logs) >= {"loss", "loss_mix_q", "loss_one_q", "loss_mix_k", "loss_mask"}
-    method.eval()
-    a, b = method.preview(model, x, y, gen=gen(4)), method.preview(model, x, y, gen=gen(4))
-    assert torch.equal(a.x, b.x) and torch.equal(a.mask, b.mask) and a.lam == b.lam
 
 
 def test_bad_settings_fail_clearly():
@@ -230,13 +161,13 @@ def test_ema_schedule_values():
 
 @pytest.mark.parametrize("step", [0, 100, 999])
 def test_ema_update_follows_the_formula(step):
-    model, method = setup_method("automix")
+    model, method = tiny_setup("automix")
     with torch.no_grad():  # q moves away from k
         for p in [*model.parameters(), *method.head_mix_q.parameters()]:
             p.add_(torch.randn(p.shape, generator=gen(7)))
     k_old = {n: t.clone() for n, t in method.encoder_k.state_dict().items()}
     h_old = [p.clone() for p in method.head_mix_k.parameters()]
-    method.on_step_end(model, ctx(step=step, total=1000))
+    method.on_step_end(model, ctx(step=step, total_steps=1000))
     m = ema_momentum(step, 1000, base=0.999, end=0.999999, warmup=0.1)
     q = dict(model.named_parameters())
     for name, p in method.encoder_k.named_parameters():
@@ -251,7 +182,7 @@ def test_ema_update_follows_the_formula(step):
 def test_param_groups_lr_and_floors():
     cfg = RunConfig(method="automix", profile="test", device="cpu")
     assert cfg.floor_lr == 0.05 and RunConfig(method="samix", profile="test").floor_lr == 0.05
-    model, method = setup_method("automix")
+    model, method = tiny_setup("automix")
     groups = method.param_groups(model, lr=cfg.lr, min_lr=cfg.floor_lr)
     assert [(g["lr"], g["min_lr"]) for g in groups] == [(0.2, 0.05), (0.1, 1e-3)]
     ids = [{id(p) for p in g["params"]} for g in groups]
@@ -312,23 +243,3 @@ def check_trainer_run(summary, run_dir):
 def test_automix_runs_through_the_trainer(tmp_path):
     summary = fit(RunConfig(method="automix", profile="test", epochs=2, width=4, device="cpu"), tmp_path, progress="none")
     check_trainer_run(summary, tmp_path)
-
-
-
-
-@pytest.mark.slow
-def test_samix_runs_and_a_killed_run_restores_the_ema_encoder_and_mixblock(tmp_path):
-    cfg = RunConfig(method="samix", profile="test", epochs=2, width=4, device="cpu")
-    straight = fit(cfg, tmp_path / "straight", progress="none")
-    check_trainer_run(straight, tmp_path / "straight")
-    killed = tmp_path / "killed"
-    run_until_killed(cfg, killed, 1)
-    resumed = fit(cfg, killed, progress="none")
-    a, b = pd.read_csv(tmp_path / "straight" / "metrics.csv"), pd.read_csv(killed / "metrics.csv")
-    cols = [c for c in a.columns if "seconds" not in c and c not in ("peak_mem_mb", "load_avg")]  # machine-measured
-    pd.testing.assert_frame_equal(a[cols], b[cols])
-    assert resumed["reference_top1"] == straight["reference_top1"]
-    sa = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["method"]
-    sb = torch.load(killed / "checkpoint.pt", weights_only=True)["method"]
-    assert any(k.startswith("encoder_k.") for k in sa) and any(k.startswith("mix_block.") for k in sa)
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

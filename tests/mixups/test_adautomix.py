@@ -28,12 +28,7 @@ from mixnb.mixups.adautomix import (
 from mixnb.models import build_model
 from mixnb.train import fit
 
-import test_automix
-from test_automix import H, W, batch, ctx, gen  # tests/ is on sys.path (pytest's rootdir)
-
-
-def setup_method(seed: int = 0, **overrides):
-    return test_automix.setup_method("adautomix", seed, **overrides)
+from helpers import H, W, batch, ctx, gen, tiny_setup  # tests/helpers.py, on sys.path
 
 
 # ----------------------------------------------------------------------------- mix block, core, margin
@@ -167,7 +162,7 @@ def generator_loss(method, x, y, draw, *, adversarial):
 
 @pytest.mark.parametrize("step", [0, 1])  # 0: adversarial (every 2nd step from the first), 1: cooperative
 def test_each_loss_reaches_only_its_parameters(step):
-    model, method = setup_method()
+    model, method = tiny_setup("adautomix")
     x, y = batch()
     out = method.training_step(model, x, y, ctx(5, step=step))
     logs = out.logs
@@ -197,7 +192,7 @@ def test_each_loss_reaches_only_its_parameters(step):
 
 
 def test_backbone_losses_use_the_drawn_targets_and_reach_only_q():
-    model, method = setup_method()
+    model, method = tiny_setup("adautomix")
     x, y = batch()
     out = method.training_step(model, x, y, ctx(8, step=1))
     out.loss.backward()
@@ -232,14 +227,14 @@ def test_seeded_steps_reproduce_and_odd_batches_work():
     x, y = batch(3)
     results = []
     for _ in range(2):
-        model, method = setup_method()
+        model, method = tiny_setup("adautomix")
         out = method.training_step(model, x, y, ctx(2))
         out.loss.backward()
         results.append((out.loss.detach(), [p.grad.clone() for p in method.mix_block.parameters()],
                         [p.grad.clone() for p in model.parameters()]))
     (la, ga, qa), (lb, gb, qb) = results
     assert torch.equal(la, lb) and all(map(torch.equal, ga, gb)) and all(map(torch.equal, qa, qb))
-    model, method = setup_method()
+    model, method = tiny_setup("adautomix")
     assert not torch.equal(method.training_step(model, x, y, ctx(9)).loss.detach(), la)  # another draw
     out = method.training_step(model, x[:1], y[:1], ctx(2))  # a single image: every source is itself
     assert torch.isfinite(out.loss) and set(out.logs) >= {"loss_mix_k", "cos_sim", "loss_gen", "loss_mask"}
@@ -281,7 +276,7 @@ def test_registry_entry_and_param_groups():
     assert (d["momentum"], d["end_momentum"], d["momentum_warmup"]) == (0.999, 0.999999, 0.1)
     assert (d["margin_rule"], d["adv_interval"], d["mask_loss"], d["mask_margin"]) == ("authors", 2, 0.1, 0.1)
     cfg = RunConfig(method="adautomix", profile="test", device="cpu")
-    model, method = setup_method()
+    model, method = tiny_setup("adautomix")
     groups = method.param_groups(model, lr=cfg.lr, min_lr=cfg.floor_lr)
     assert [(g["lr"], g["min_lr"]) for g in groups] == [(0.2, 0.0), (0.1, 0.0)]  # the R-18 config: all to 0
     ids = [{id(p) for p in g["params"]} for g in groups]
@@ -306,7 +301,7 @@ def test_summarize_gives_the_authors_readout_and_openmixups_beside_it():
 
 
 def test_preview_gives_the_weight_of_x_and_follows_gallery_steering():
-    model, method = setup_method()
+    model, method = tiny_setup("adautomix")
     with torch.no_grad():  # trained-scale weights: masks with structure
         for p in method.mix_block.parameters():
             p.mul_(300)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixnb.config import RunConfig
-from mixnb.mixups import REGISTRY, StepContext, get_method, mixed_cross_entropy, soft_target
+from mixnb.mixups import REGISTRY, get_method, mixed_cross_entropy, soft_target
 from mixnb.mixups import alignmix as alignmix_module
 from mixnb.mixups.alignmix import (AlignMix, AlignMixDraw, FeatureAlign, alignmix, sample_alignmix, sinkhorn_plan,
                                    transport_mix)
@@ -18,13 +18,9 @@ from mixnb.mixups.manifoldmix import sample_manifoldmix
 from mixnb.models import FeatureMix, build_model
 from mixnb.train import fit
 
-from test_mixups_manifold_fmix_resize import K, batch, gen, tiny_model
+from helpers import K, batch, ctx, gen, tiny_model  # tests/helpers.py, on sys.path
 
 HOST_SEED = 4242  # the host generator's seed: how the probe below tells its draws from the device stream's
-
-
-def ctx(seed: int = 0) -> StepContext:
-    return StepContext(gen=gen(seed), cpu_gen=gen(HOST_SEED))
 
 
 def points(n: int = 4, p: int = 16, c: int = 8, scale: float = 1.0, seed: int = 0) -> torch.Tensor:
@@ -140,7 +136,7 @@ def test_core_computes_in_float32_under_bf16_autocast():
 
 
 def test_hook_is_the_core_after_layer4():
-    model, (x, _) = tiny_model().eval(), batch()
+    model, (x, _) = tiny_model(random_affine=True).eval(), batch()
     d = sample_alignmix(5, gen=gen(1), cpu_gen=gen(2), alpha=2.0)
     mixed, _ = alignmix(model.forward_stages(x)[-1], d)
     torch.testing.assert_close(model(x, mix=FeatureAlign(d)), model.forward_head(mixed), rtol=0, atol=0)
@@ -162,9 +158,9 @@ def test_sampler_ranges_and_seeded_reproduction():
 @pytest.mark.parametrize("align_prob", [0.5, 1.0, 0.0])
 @pytest.mark.parametrize("n", [1, 3])
 def test_steps_reproduce_from_the_seeds_on_odd_and_size_one_batches(align_prob, n):
-    model, (x, y) = tiny_model(), batch(n)
+    model, (x, y) = tiny_model(random_affine=True), batch(n)
     method = get_method("alignmix", align_prob=align_prob)
-    losses = [method.training_step(model, x, y, ctx(s)).loss for s in (0, 0, 1, 2, 3)]
+    losses = [method.training_step(model, x, y, ctx(s, cpu_seed=HOST_SEED)).loss for s in (0, 0, 1, 2, 3)]
     assert all(torch.isfinite(v) and v.shape == () for v in losses)
     assert torch.equal(losses[0], losses[1])
     if n > 1:  # alone, an image mixes with itself: ManifoldMix then leaves it as it is, whatever lam
@@ -172,10 +168,10 @@ def test_steps_reproduce_from_the_seeds_on_odd_and_size_one_batches(align_prob, 
 
 
 def test_exact_lam_reaches_the_loss():
-    model, (x, y) = tiny_model(), batch(6)
+    model, (x, y) = tiny_model(random_affine=True), batch(6)
     method = get_method("alignmix", align_prob=1.0)
-    c = ctx(7)
-    replay = ctx(7)
+    c = ctx(7, cpu_seed=HOST_SEED)
+    replay = ctx(7, cpu_seed=HOST_SEED)
     assert method.draw_mode(replay.cpu_gen) == "alignmix"
     d = sample_alignmix(6, gen=replay.gen, cpu_gen=replay.cpu_gen, alpha=2.0)
     loss = method.training_step(model, x, y, c).loss
@@ -205,7 +201,7 @@ def test_mode_switch_frequencies_match_the_probabilities(align_prob):
     share = sum(method.draw_mode(g) == "alignmix" for _ in range(draws)) / draws
     assert abs(share - align_prob) <= 4 * math.sqrt(align_prob * (1 - align_prob) / draws)
     # the step takes the drawn branch: a replay of the host stream predicts each step's hook
-    model, (x, y), c, replay = Record(), batch(2), ctx(1), ctx(1)
+    model, (x, y), c, replay = Record(), batch(2), ctx(1, cpu_seed=HOST_SEED), ctx(1, cpu_seed=HOST_SEED)
     want = []
     for _ in range(60):
         method.training_step(model, x, y, c)
@@ -245,7 +241,7 @@ def test_bad_settings_fail_clearly(setting, value, says):
 
 
 def test_preview_moves_the_partners_cells_with_exact_lam(monkeypatch):
-    model, (x, y) = tiny_model().eval(), batch(4)
+    model, (x, y) = tiny_model(random_affine=True).eval(), batch(4)
     method = get_method("alignmix")
     perm = torch.tensor([1, 2, 3, 0])
     for lam, direction, want in [(1.0, 0, x), (0.0, 1, x[perm])]:
@@ -290,8 +286,8 @@ class DeviceReads(TorchDispatchMode):
 
 
 def test_step_reads_no_device_tensor_on_the_host():
-    model, (x, y) = tiny_model(), batch(4)
-    c = ctx(0)
+    model, (x, y) = tiny_model(random_affine=True), batch(4)
+    c = ctx(0, cpu_seed=HOST_SEED)
     with DeviceReads() as probe:  # the probe works: a device-stream read is caught, a host draw is not
         int(torch.randint(3, (), generator=c.cpu_gen))
         torch.rand((), generator=c.gen).item()
@@ -307,14 +303,14 @@ def test_step_reads_no_device_tensor_on_the_host():
 def test_captured_graph_matches_eager():
     """torch.compile's capture (aot_eager: the Trainer's graphs without code generation) of the hooked forward."""
     torch._dynamo.reset()
-    model, (x, y) = tiny_model(), batch(4)
+    model, (x, y) = tiny_model(random_affine=True), batch(4)
     method = get_method("alignmix", align_prob=1.0, max_iter=2)
-    eager = method.training_step(model, x, y, ctx(0)).loss
+    eager = method.training_step(model, x, y, ctx(0, cpu_seed=HOST_SEED)).loss
     eager.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     model.compile(backend="aot_eager", dynamic=False)
-    compiled = method.training_step(model, x, y, ctx(0)).loss
+    compiled = method.training_step(model, x, y, ctx(0, cpu_seed=HOST_SEED)).loss
     compiled.backward()
     torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=0)
     for g, p in zip(grads, model.parameters()):

@@ -1,39 +1,30 @@
-"""DecoupleMix (the loss option of every input-space method) and multi-mode mixing ("mixup+cutmix")."""
+"""DecoupleMix, the loss option of every input-space method: the decoupled regulariser by hand, its settings as
+registry data, and off = the plain loss bit for bit on each method."""
 
 import dataclasses
-import json
 import math
 
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixnb.config import RunConfig, parse_method_args
-from mixnb.models import build_model
-from mixnb.mixups import (LOSS_DEFAULTS, REGISTRY, MixLoss, MixMethod, StepContext, get_method, get_spec,
+from mixnb.mixups import (LOSS_DEFAULTS, REGISTRY, MixLoss, MixMethod, get_method, get_spec,
                           mixed_cross_entropy)
 from mixnb.mixups._helpers import decoupled_nll
 from mixnb.mixups.attentivemix import Teacher
-from mixnb.mixups.multimode import MultiMode
 from mixnb.sweep import expand, parse_method_axes
-from mixnb.train import fit
+
+from helpers import HostReads, ctx, gen, tiny_model  # tests/helpers.py, on sys.path
 
 K = 10
 LOSS_METHODS = [n for n, s in REGISTRY.items() if set(LOSS_DEFAULTS) <= set(s.defaults)]
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+def uniform_batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform images from gen(0), labels in [0, 10) from gen(1): the draws the regulariser's ``reg > 0`` below was
+    written against (helpers.batch draws normal images and labels from one generator)."""
     return torch.rand(n, 3, 64, 64, generator=gen(0)), torch.randint(0, K, (n,), generator=gen(1))
-
-
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return build_model("resnet18", num_classes=K, width=4)
 
 
 torch.manual_seed(0)
@@ -95,21 +86,13 @@ def test_decoupled_nll_is_exact_where_the_other_class_dominates():
 
 
 def test_decoupled_loss_never_reads_the_device_on_the_host():
-    seen = []
-
-    class HostReads(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.lift_fresh.default):
-                seen.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     logits, y_a, y_b = torch.randn(8, K, generator=gen(0)), torch.arange(8), torch.arange(8).flip(0)
     lams = torch.tensor(0.3), torch.rand(8, generator=gen(1))
-    with HostReads():
+    with HostReads() as probe:
         for form in ("openmixup", "paper"):
             for lam in lams:
                 MixLoss(decouple=True, decouple_form=form)(logits, y_a, y_b, lam)
-    assert seen == []
+    assert probe.seen == []
 
 
 # --- DecoupleMix: every input-space method, through the registry ------------------------------------------
@@ -152,104 +135,20 @@ def test_bad_loss_settings_fail_clearly(kwargs, match):
 
 @pytest.mark.parametrize("name", ["vanilla", *LOSS_METHODS])
 def test_decouple_off_is_the_plain_loss_bit_for_bit_and_on_adds_the_regulariser(name):
-    x, y = batch()
-    model = tiny_model()
-    ctx = lambda: StepContext(gen=gen(2), cpu_gen=gen(3))  # noqa: E731
-    out = built(name).training_step(model, x, y, ctx())
+    x, y = uniform_batch()
+    model = tiny_model(num_classes=K, width=4)
+    out = built(name).training_step(model, x, y, ctx(2))
     mixed = built(name).mix(x, y, gen=gen(2))
     logits = model(mixed.x)
     assert torch.equal(out.loss, mixed_cross_entropy(logits, mixed.y_a, mixed.y_b, mixed.lam))  # today's loss
     if name == "vanilla":
         return
-    off = built(name, decouple=False, decouple_eta=0.5, decouple_form="paper").training_step(model, x, y, ctx())
+    off = built(name, decouple=False, decouple_eta=0.5, decouple_form="paper").training_step(model, x, y, ctx(2))
     assert torch.equal(off.loss, out.loss)
     for form in ("openmixup", "paper"):
-        on = built(name, decouple=True, decouple_eta=0.5, decouple_form=form).training_step(model, x, y, ctx())
+        on = built(name, decouple=True, decouple_eta=0.5, decouple_form=form).training_step(model, x, y, ctx(2))
         reg = MixLoss(decouple=True, decouple_eta=0.5, decouple_form=form).regulariser(logits, mixed.y_a, mixed.y_b, mixed.lam)
         assert torch.allclose(on.loss - out.loss, reg, atol=1e-6) and torch.isfinite(on.loss)
     assert reg > 0  # paper form: the batch holds pairs of two classes with 0 < lam < 1
     on.loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-# --- multi-mode ---------------------------------------------------------------------------------------
-
-
-def test_multimode_registry_entry_and_run_name():
-    spec = get_spec("mixup+cutmix")
-    assert spec.cls is MultiMode and spec.label == "MixUp+CutMix" and not spec.sweep and spec.published == {}
-    assert spec.defaults == {"mix_modes": ("mixup", "cutmix"), "mix_prob": (0.5, 0.5), "alphas": (0.8, 1.0)}
-    method = get_method("mixup+cutmix")
-    assert [(m.name, m.alpha) for m in method.modes] == [("mixup", 0.8), ("cutmix", 1.0)]
-    cfg = RunConfig(method="mixup+cutmix")
-    assert cfg.run_name() == "mixup+cutmix-resnet18-s0"
-    assert "mixup+cutmix" not in [j.config.method for j in expand("test")]  # not in the default sweep
-    # plain JSON values, typed from the CLI like any list setting
-    assert json.loads(json.dumps(cfg.full_method_args()))["mix_modes"] == ["mixup", "cutmix"]
-    typed = RunConfig(method="mixup+cutmix", method_args=parse_method_args("mix_prob=[0.25,0.75],alphas=[1,2]"))
-    assert typed.method_args == {"mix_prob": (0.25, 0.75), "alphas": (1.0, 2.0)}
-    assert RunConfig.from_dict(typed.to_dict()) == typed
-    om_tiny = get_method("mixup+cutmix", mix_modes=["mixup", "cutmix", "vanilla"], mix_prob=[1 / 3] * 3,
-                         alphas=[0.1, 1, 1])  # OpenMixup's Tiny multi-mode config (vanilla ignores its alpha)
-    assert [m.name for m in om_tiny.modes] == ["mixup", "cutmix", "vanilla"] and om_tiny.modes[0].alpha == 0.1
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    ({"mix_modes": "mixup"}, "mix_modes must be a non-empty list"),
-    ({"mix_modes": [], "mix_prob": [], "alphas": []}, "mix_modes must be a non-empty list"),
-    ({"mix_prob": [1.0]}, r"one value per mode \(2: \['mixup', 'cutmix'\]\)"),
-    ({"alphas": [1.0, 1.0, 1.0]}, "one value per mode"),
-    ({"mix_prob": [0.5, 0.4]}, r"summing to 1, one per mode, got \[0.5, 0.4\]"),
-    ({"mix_prob": [1.5, -0.5]}, r">= 0 summing to 1, one per mode, got \[1.5, -0.5\]"),
-    ({"alphas": [0.8, 0.0]}, r"alphas must be numbers > 0 .* got \[0.8, 0.0\]"),
-    ({"mix_modes": ["mixup", "mixupp"]}, "mix_modes: unknown method 'mixupp'; valid methods: vanilla"),
-    ({"mix_modes": ["mixup", "automix"]}, "'automix' has its own param_groups, on_step_end, eval_logits"),
-    ({"mix_modes": ["mixup", "mixup+cutmix"]}, "'mixup\\+cutmix' is itself multi-mode"),
-])
-def test_multimode_bad_settings_fail_clearly(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        get_method("mixup+cutmix", **kwargs)
-
-
-def test_multimode_switches_with_the_given_probabilities():
-    draws = 2000
-    for prob in ([0.5, 0.5], [0.2, 0.3, 0.5], [0.0, 1.0]):
-        method = get_method("mixup+cutmix", mix_modes=["mixup", "cutmix", "fmix"][: len(prob)], mix_prob=prob,
-                            alphas=[1.0] * len(prob))
-        g = gen(11)
-        counts = torch.bincount(torch.tensor([method.draw_mode(g) for _ in range(draws)]), minlength=len(prob))
-        for count, p in zip(counts.tolist(), prob):
-            sd = math.sqrt(draws * p * (1 - p))  # binomial; 4.5 sd ~ 100 draws at p = 0.5: 0.6 would be 200 off
-            assert abs(count - draws * p) <= 4.5 * sd, (prob, counts)
-    assert 4.5 * math.sqrt(draws * 0.25) < draws * (0.6 - 0.5)  # the tolerance tells 0.5 from 0.6
-
-
-def test_multimode_is_seeded_and_runs_the_drawn_method():
-    x, y = batch()
-    model = tiny_model()
-    a, b = get_method("mixup+cutmix"), get_method("mixup+cutmix")
-    ctx_a, ctx_b = StepContext(gen=gen(5), cpu_gen=gen(6)), StepContext(gen=gen(5), cpu_gen=gen(6))
-    seen = set()
-    for _ in range(6):
-        mode = a.draw_mode(gen(0).set_state(ctx_a.cpu_gen.get_state()))  # the mode the next step draws
-        mix_state = ctx_a.gen.get_state()
-        out_a, out_b = a.training_step(model, x, y, ctx_a), b.training_step(model, x, y, ctx_b)
-        assert torch.equal(out_a.loss, out_b.loss)  # same seeds, same steps
-        mixed = a.modes[mode].mix(x, y, gen=gen(0).set_state(mix_state))
-        assert torch.equal(out_a.loss, mixed_cross_entropy(model(mixed.x), mixed.y_a, mixed.y_b, mixed.lam))
-        seen.add(mode)
-    assert seen == {0, 1}
-    preview = a.preview(model, x, y, gen=gen(7))
-    assert preview.x.shape == x.shape and torch.equal(preview.y_a, y)
-
-
-# --- through the Trainer ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("method, method_args", [("mixup+cutmix", {}), ("cutmix", {"decouple": True})])
-def test_one_epoch_through_the_trainer(method, method_args, tmp_path):
-    cfg = RunConfig(method=method, method_args=method_args, profile="test", epochs=1, device="cpu")
-    summary = fit(cfg, tmp_path / cfg.run_name(), progress="none")
-    assert summary["epochs"] == 1
-    params = json.loads((tmp_path / cfg.run_name() / "params.json").read_text())
-    assert params["identity"]["method_args"] == json.loads(json.dumps(cfg.full_method_args()))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
-from mixnb.mixups import StepContext, get_method, get_spec, soft_target
+from mixnb.mixups import get_method, get_spec, soft_target
 from mixnb.mixups import _puzzlemix_ops as ops
 from mixnb.mixups.puzzlemix import (
     CIFAR_MEAN,
@@ -29,7 +29,8 @@ from mixnb.mixups.puzzlemix import (
     puzzlemix,
     sample_puzzlemix,
 )
-from mixnb.models.resnet import build_model
+
+from helpers import ctx, gen, tiny_model  # tests/helpers.py, on sys.path
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -42,13 +43,9 @@ def _block_map(shares: list[list[float]], size: int = 64) -> torch.Tensor:
     return torch.tensor(shares).repeat_interleave(size // b, 0).repeat_interleave(size // b, 1)
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _random_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Smooth random images (N, 3, 64, 64) and positive saliency maps (N, 64, 64) with hot blocks."""
-    g = torch.Generator().manual_seed(seed)
+    g = gen(seed)
     x = 2 * torch.nn.functional.interpolate(torch.randn(n, 3, 4, 4, generator=g), size=64, mode="bilinear")
     hot = torch.nn.functional.interpolate(torch.rand(n, 1, 4, 4, generator=g) ** 3, size=64)[:, 0]
     return x, (0.05 + torch.rand(n, 64, 64, generator=g)) * hot
@@ -164,8 +161,8 @@ def test_three_label_swap_on_2x2_grids_against_exhaustive_search():
     optimal = total = 0
     for seed in range(6):
         x, sal = _random_batch(50, seed=100 + seed)
-        perm = torch.randperm(50, generator=torch.Generator().manual_seed(seed))
-        terms = _terms(x, sal, perm, float(torch.rand((), generator=torch.Generator().manual_seed(seed))), block_num=2)
+        perm = torch.randperm(50, generator=gen(seed))
+        terms = _terms(x, sal, perm, float(torch.rand((), generator=gen(seed))), block_num=2)
         labels = ops.solve_cuts(terms)
         for i in range(50):
             energy = _energy(labels[i], terms, i)
@@ -228,7 +225,7 @@ def test_swap_cuts_are_pygco_bit_for_bit_on_random_integer_problems(block_num):
 def test_swap_cuts_are_pygco_bit_for_bit_on_puzzlemix_energies(block_num):
     for seed, lam in enumerate((0.1, 0.5, 0.8)):
         x, sal = _random_batch(48, seed=20 + seed)
-        perm = torch.randperm(48, generator=_gen(seed))
+        perm = torch.randperm(48, generator=gen(seed))
         terms = _terms(x, sal, perm, lam, block_num=block_num, gamma=2.0)
         np.testing.assert_array_equal(ops.solve_cuts(terms), _pygco_labels(terms))
     # other integer dtypes and strided views are cast and copied as pygco does
@@ -343,7 +340,7 @@ def test_transport_moves_a_hidden_salient_block_by_hand():
 
 def test_transport_matches_a_per_sample_transcription():
     """The batched transport against a plain loop over samples, rows and columns (ties included)."""
-    g = torch.Generator().manual_seed(0)
+    g = gen(0)
     for b in (2, 4, 8):
         m = b * b
         shown = torch.rand(3, m, generator=g) > 0.4
@@ -431,7 +428,7 @@ def test_extreme_prior_keeps_one_image(block_num, transport):
     """A prior lam of 1 (0) makes every label but 'all x' ('all partner') cost eta * 18.4 / B^2
     per block, more than any spread-out saliency: the batch comes back unchanged (permuted)."""
     x, _ = _random_batch(5, seed=3)
-    sal = 0.5 + torch.rand(5, 64, 64, generator=torch.Generator().manual_seed(0))  # no block holds much
+    sal = 0.5 + torch.rand(5, 64, 64, generator=gen(0))  # no block holds much
     perm = torch.tensor([3, 0, 4, 1, 2])
     args = PuzzleMixArgs(transport=transport)
     out, lam, mask = puzzlemix(x, sal, PuzzleMixDraw(torch.tensor(1.0), perm, block_num), args)
@@ -467,7 +464,7 @@ def test_core_leaves_the_input_alone_and_accepts_odd_and_single_batches():
     for n in (5, 3, 1):
         x, sal = _random_batch(n, seed=n)
         x0, sal0 = x.clone(), sal.clone()
-        draw = sample_puzzlemix(n, gen=_gen(0), cpu_gen=_gen(n), alpha=1.0)
+        draw = sample_puzzlemix(n, gen=gen(0), cpu_gen=gen(n), alpha=1.0)
         x_mixed, lam, mask = puzzlemix(x, sal, draw, PuzzleMixArgs())
         assert x_mixed.shape == x.shape and lam.shape == (n,) and torch.equal(x, x0) and torch.equal(sal, sal0)
     same = PuzzleMixDraw(torch.tensor(0.3), torch.tensor([0]), 4)  # size 1: the partner is itself
@@ -476,13 +473,13 @@ def test_core_leaves_the_input_alone_and_accepts_odd_and_single_batches():
 
 
 def test_sampler_ranges_and_seeds():
-    draws = [sample_puzzlemix(9, gen=_gen(s), cpu_gen=_gen(s), alpha=1.0) for s in range(30)]
+    draws = [sample_puzzlemix(9, gen=gen(s), cpu_gen=gen(s), alpha=1.0) for s in range(30)]
     assert {d.block_num for d in draws} == {2, 4, 8, 16}  # the published 2 ** randint(1, 5)
     assert all(0 < float(d.lam) < 1 and sorted(d.perm.tolist()) == list(range(9)) for d in draws)
-    again = sample_puzzlemix(9, gen=_gen(4), cpu_gen=_gen(4), alpha=1.0)
+    again = sample_puzzlemix(9, gen=gen(4), cpu_gen=gen(4), alpha=1.0)
     assert torch.equal(again.lam, draws[4].lam) and torch.equal(again.perm, draws[4].perm)
     assert again.block_num == draws[4].block_num
-    assert sample_puzzlemix(3, gen=_gen(0), cpu_gen=_gen(0), alpha=1.0, block_nums=(4,)).block_num == 4
+    assert sample_puzzlemix(3, gen=gen(0), cpu_gen=gen(0), alpha=1.0, block_nums=(4,)).block_num == 4
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -528,8 +525,7 @@ def test_registry_defaults_are_the_protocol():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return build_model("resnet18", num_classes=4, width=8)
+    return tiny_model()
 
 
 def test_saliency_is_the_input_gradient_in_eval_mode(model):
@@ -554,14 +550,13 @@ def test_training_step_runs_and_is_reproducible(model):
     losses = []
     for _ in range(2):  # a fresh copy each time: the training forward moves the BN running stats
         net = copy.deepcopy(model).train()
-        ctx = StepContext(gen=torch.Generator().manual_seed(3), cpu_gen=torch.Generator().manual_seed(3))
-        out = method.training_step(net, x, y, ctx)
+        out = method.training_step(net, x, y, ctx(3))
         assert all(p.grad is None for p in net.parameters())  # the saliency pass left no weight grads
         losses.append(out.loss.detach())
     out.loss.backward()
     assert torch.isfinite(out.loss) and all(p.grad is not None for p in net.parameters())
     assert torch.equal(losses[0], losses[1]) and 0 <= float(out.logs["lam"]) <= 1
-    batch = method.preview(model, x, y, gen=torch.Generator().manual_seed(1))
+    batch = method.preview(model, x, y, gen=gen(1))
     assert batch.mask.shape == (5, 1, 64, 64) and torch.equal(batch.lam, batch.mask.mean((1, 2, 3)))
 
 

@@ -19,6 +19,7 @@ import mixnb.analysis as A
 from mixnb import runs
 from mixnb.config import RunConfig
 from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
+from mixnb.report.analysis import beyond_table, cam_gallery, definitions, mce_table, plot_occlusion, plot_reliability
 
 pytestmark = pytest.mark.xdist_group("analysis")  # make test -n: its module fixtures are built once, on one worker
 
@@ -496,27 +497,27 @@ def test_report_helpers(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     A.analyze_run(run_dir, device="cpu")
     rec = runs.read_analysis(run_dir)
     other = {**rec, "method": "mixup", "seed": 1}
-    table = A.beyond_table([rec, run_dir, other])
+    table = beyond_table([rec, run_dir, other])
     assert list(table.index) == ["vanilla", "mixup"] and table.loc["vanilla", "n"] == 2
     assert {"ECE", "NLL", "FGSM", "PGD", "occlusion AUC", "corruption", "localization"} <= set(table.columns)
     assert table.loc["vanilla", "ECE"] == pytest.approx(rec["calibration"]["ece"])
-    mce = A.mce_table([rec, other], source="generated")
+    mce = mce_table([rec, other], source="generated")
     assert mce.loc["vanilla", "mCE"] == pytest.approx(100)
     def moved(*args, **kwargs):
         raise AssertionError("the report read the dataset")
 
     monkeypatch.setattr(runs, "load_data", moved)  # the data moved, or lives on the GPU machine only
     assert [it["label_name"] for it in rec["localization"]["gallery"]][:1] and "image_png" in rec["localization"]["gallery"][0]
-    for fig in (A.plot_reliability([rec, other]), A.plot_occlusion([rec]), A.cam_gallery(run_dir)):
+    for fig in (plot_reliability([rec, other]), plot_occlusion([rec]), cam_gallery(run_dir)):
         assert fig.axes
         plt.close(fig)
-    grid = A.cam_gallery([run_dir, run_dir])  # one grid: the images, then a row per run
+    grid = cam_gallery([run_dir, run_dir])  # one grid: the images, then a row per run
     images = len(rec["localization"]["gallery"])
     assert len(grid.axes) == 3 * images
     assert " ".join(grid.axes[0].get_title().split()) == " ".join(rec["localization"]["gallery"][0]["label_name"].split())
     assert [t.get_text().replace("\n", "") for t in grid.axes[images].texts] == [rec["run"]]  # each run's row named
     plt.close(grid)
-    d = A.definitions()
+    d = definitions()
     assert set(table.columns) - {"backbone", "n"} <= set(d) and all(isinstance(v, str) and v for v in d.values())
     assert "15 equal-width" in d["ECE"] and ">= 0.5" in d["localization"]
 

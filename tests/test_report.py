@@ -13,13 +13,13 @@ import pytest
 import torch
 from matplotlib.collections import PathCollection
 
-from mixnb.analysis import ece_interval, wilson_interval
 from mixnb.config import RunConfig
 from mixnb.io import write_json
 from mixnb.report import (Runs, appendix_table, benchmark_table, best_alpha, beyond_accuracy, beyond_view,
                           compares_with_openmixup, cost_note_html, cost_styler, cost_table, dataset_name, header_html,
                           load_runs, openmixup_agreement, plot_alpha, table_intro_html, tidy_table, timing_caveat,
                           vanilla_deltas, write_exports)
+from mixnb.report.analysis import ece_interval, wilson_interval
 from mixnb.runs import ANALYSIS_VERSION
 from mixnb.train import summarize
 

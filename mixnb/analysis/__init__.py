@@ -5,7 +5,7 @@ evaluates it on its own val set on the run's device, writes ``run_dir/analysis.j
 returns it. The file is keyed on the checkpoint's sha256 and the settings: a second call skips, a
 retrained run is analysed again, ``force=True`` always re-runs. Facts and constants: docs/analysis.md
 (sections cited as §n), written to avoid the reference tools' bugs (§7).
-What each number is: ``definitions()``, one line each, for the report.
+The report's tables and plots of these numbers, and what each one is (``definitions()``): ``mixnb.report.analysis``.
 
 The modules, in reading order (each section's module docstring says how its numbers are computed):
 - ``settings``: ``AnalysisSettings`` (everything that changes a number) and ``PROFILE_SETTINGS``.
@@ -17,7 +17,6 @@ The modules, in reading order (each section's module docstring says how its numb
 - ``cam`` (§5): Grad-CAM boxes and top-1 / GT-known localisation.
 - ``flop_count`` (§6): FLOPs of one training step and of one image's forward.
 - ``analyze``: ``analyze_run`` and its ``analysis.json`` (and what a run costs to analyse).
-- ``report``: tables, plots and ``definitions()`` for the report notebook.
 - ``cli``: ``python -m mixnb analyze``.
 
 Every public name of these modules is re-exported here, so ``from mixnb.analysis import X`` works. The modules
@@ -69,21 +68,6 @@ from mixnb.analysis.corruptions import TINC_ENV, corruption_accuracy, generated_
 from mixnb.analysis.corruption_ops import _disk as _disk  # private, used by tests/test_analysis.py
 from mixnb.analysis.flop_count import count_flops, flops
 from mixnb.analysis.occlude import curve_auc, occlusion, occlusion_masks, patch_mask
-from mixnb.analysis.report import (
-    BEYOND_COLUMNS,
-    OFFICIAL_CORRUPTION,
-    BeyondColumn,
-    beyond_value,
-    ece_interval,
-    value_at,
-    wilson_interval,
-    beyond_table,
-    cam_gallery,
-    definitions,
-    mce_table,
-    plot_occlusion,
-    plot_reliability,
-)
 from mixnb.analysis.run import MEAN, STD, Run, load_run, predict
 from mixnb.analysis.run import _images as _images  # private, used by tests/test_analysis.py
 from mixnb.analysis.run import _normalise as _normalise  # private, used by tests/test_analysis.py
@@ -106,9 +90,6 @@ __all__ = [
     # §5 cam, §6 flop_count
     "box_iou", "gallery_indices", "grad_cam", "largest_region_boxes", "localisation", "upsample_cam", "count_flops",
     "flops",
-    # analyze, report, cli
-    "analysis_key", "analyze_or_record", "analyze_run", "checkpoint_record", "BEYOND_COLUMNS", "OFFICIAL_CORRUPTION",
-    "BeyondColumn", "beyond_value", "ece_interval", "value_at", "wilson_interval",
-    "beyond_table", "cam_gallery", "definitions", "mce_table", "plot_occlusion", "plot_reliability",
-    "add_analyze_options", "analyze_from_args",
+    # analyze, cli
+    "analysis_key", "analyze_or_record", "analyze_run", "checkpoint_record", "add_analyze_options", "analyze_from_args",
 ]

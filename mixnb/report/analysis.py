@@ -1,5 +1,6 @@
-"""Report helpers, read from analysis.json files: the beyond-accuracy table, mCE, the reliability and occlusion
-plots, the CAM gallery and ``definitions()`` (one line per reported number)."""
+"""The report's analysis section, read from analysis.json files: the beyond-accuracy numbers per configuration (with
+their n and 95 % interval) and per method, mCE, one run's corruption table, training FLOPs, the reliability and
+occlusion plots, the CAM gallery and ``definitions()`` (one line per reported number)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import torch
 
-from mixnb.runs import ANALYSIS, read_analysis
 from mixnb.analysis.cam import upsample_cam
 from mixnb.analysis.corruption_ops import CORRUPTIONS
 from mixnb.analysis.settings import AnalysisSettings
+from mixnb.mixups import REGISTRY
+from mixnb.report.frames import _rows
+from mixnb.report.labels import BACKBONE_LABELS, _alpha, method_label
+from mixnb.runs import ANALYSIS, read_analysis
 
 
 def _records(rows: Any) -> list[dict[str, Any]]:
     """analysis.json dicts from dicts, run folders, or a DataFrame with a run_dir column."""
-    import pandas as pd
-
     if isinstance(rows, pd.DataFrame):
         rows = list(rows["run_dir"]) if "run_dir" in rows else rows.to_dict("records")
     out = []
@@ -109,8 +113,6 @@ def beyond_table(rows: Any) -> Any:
     mean top-1 (%) and top-1 localisation (%) (``definitions()``), the mean over the seeds in ``rows`` (a list of
     analysis.json dicts or run folders, or a DataFrame with a run_dir column); ``n`` = seeds pooled, and the
     official Tiny-ImageNet-C mean top-1 when any run has it. Index: the method name."""
-    import pandas as pd
-
     recs = _records(rows)
     cols = {**BEYOND_COLUMNS, "corruption (official)": OFFICIAL_CORRUPTION}
     table = pd.DataFrame([{"method": r["method"], "backbone": r["backbone"],
@@ -125,6 +127,78 @@ def beyond_table(rows: Any) -> Any:
     return out.reset_index().set_index("method")
 
 
+def beyond_accuracy(summaries: pd.DataFrame) -> pd.DataFrame:
+    """The "beyond accuracy" numbers (``BEYOND_COLUMNS``) per configuration, in protocol order: one
+    row per method, α and settings (runs of different settings never pool, as in the main table); per number its
+    mean over the seeds, "<number> n" (the images it was computed on) and "<number> low"/"high" (the mean of the
+    seeds' 95 % intervals; ``beyond_value``)."""
+    rows = []
+    for r in _rows(summaries):
+        record = read_analysis(r.run_dir)
+        if record is None:
+            continue
+        row = {"method": r.method, "backbone": r.backbone, "alpha": r.alpha, "settings": r.settings,
+               "config_key": r.config_key}
+        for name, column in BEYOND_COLUMNS.items():
+            value, n, ci = beyond_value(record, column)
+            row |= {name: value, f"{name} n": n, f"{name} low": ci and ci[0], f"{name} high": ci and ci[1]}
+        rows.append(row)
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    columns = [c for name in BEYOND_COLUMNS for c in (name, f"{name} n", f"{name} low", f"{name} high")]
+    df[columns] = df[columns].astype(float)
+    grouped = df.groupby(["method", "backbone", "settings", "config_key"], sort=False)
+    out = grouped[columns].mean().assign(seeds=grouped.size(), alpha=grouped["alpha"].first()).reset_index()
+    out["_o"] = out["method"].map(lambda m: list(REGISTRY).index(m) if m in REGISTRY else 99)
+    out = out.sort_values(["backbone", "_o", "alpha"], kind="stable")
+    out["α"] = out["alpha"].map(_alpha)
+    out["method"] = out["method"].map(method_label)
+    out["backbone"] = out["backbone"].map(lambda b: BACKBONE_LABELS.get(b, b))
+    return out.set_index(["backbone", "method", "α", "settings"])[["seeds", *columns]]
+
+
+def beyond_view(beyond: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``beyond_accuracy`` as the report shows it, and a same-shaped frame marking the best cell of each column.
+    Each number's header carries its direction (↑ higher is better, ↓ lower) and n, e.g. "FGSM % ↑ (n=64)"; each
+    cell reads "value [95 % interval]" (NLL: the value alone)."""
+    view, best = pd.DataFrame(index=beyond.index), pd.DataFrame(index=beyond.index)
+    view["seeds"], best["seeds"] = beyond["seeds"].astype(int).astype(str), False
+    for name, column in BEYOND_COLUMNS.items():
+        values, ns = beyond[name], beyond[f"{name} n"].dropna()
+        if values.isna().all():
+            continue
+        n = f"{ns.min():.0f}" if ns.min() == ns.max() else f"{ns.min():.0f}–{ns.max():.0f}"
+        unit = "" if name == "NLL" else " %"
+        header = f"{name}{unit} {'↑' if column.higher_is_better else '↓'} (n={n})"
+        view[header] = [("–" if pd.isna(v) else f"{v:.2f}" + (f" [{lo:.1f}, {hi:.1f}]" if pd.notna(lo) else ""))
+                        for v, lo, hi in zip(values, beyond[f"{name} low"], beyond[f"{name} high"])]
+        top = values.max() if column.higher_is_better else values.min()
+        best[header] = values.round(2) == round(top, 2)
+    return view, best
+
+
+def beyond_styler(beyond: pd.DataFrame) -> Any:
+    """``beyond_view`` as an HTML Styler, the best cell of each column in bold."""
+    view, best = beyond_view(beyond)
+    return (view.style.set_properties(**{"white-space": "nowrap"})  # a value and its interval on one line
+            .apply(lambda col: ["font-weight: bold" if b else "" for b in best[col.name]], subset=view.columns[1:]))
+
+
+def train_gflops(run_dir: str) -> float | None:
+    """GFLOPs of one training image through the method's step (forward + backward; analysis.json), or None."""
+    flops = value_at(read_analysis(run_dir) or {}, ("flops", "train_step_per_image"))
+    return flops / 1e9 if flops else None
+
+
+def corruption_table(record: dict[str, Any]) -> pd.DataFrame:
+    """One run's generated-corruption top-1 (%) per corruption and severity, from its analysis.json record."""
+    generated = record["corruptions"]["generated"]
+    table = pd.DataFrame(generated["top1"], index=[f"severity {s}" for s in generated["severities"]]).T.round(1)
+    table.index.name = "corruption"
+    return table
+
+
 def _errors(rec: dict[str, Any], source: str) -> dict[str, float]:
     """{corruption: sum over severities of top-1 error (%)} of one analysis (``source``: official | generated)."""
     per = value_at(rec, ("corruptions", source, "top1")) or {}
@@ -136,8 +210,6 @@ def mce_table(rows: Any, *, reference: str = "vanilla", source: str = "official"
     and corruption, CE_c = 100 x sum_s E_{s,c} / sum_s E_{s,c}^{reference} with E = top-1 error (%), each the mean
     over seeds; mCE = the mean of CE_c over the 15 common corruptions present. ``source``: "official"
     (``$MIXNB_TINC``) or "generated". Methods without a reference run of their backbone are left out."""
-    import pandas as pd
-
     seeds: dict[tuple[str, str], list[dict[str, float]]] = {}
     for r in _records(rows):
         seeds.setdefault((r["method"], r["backbone"]), []).append(_errors(r, source))
@@ -157,8 +229,6 @@ def plot_reliability(rows: Any, *, cols: int = 4) -> Any:
     """Reliability diagrams, one panel per analysis (``rows``: analysis.json dicts or run folders): per confidence
     bin its accuracy (blue bar) and mean confidence (hatched red outline; the gap between them is the bin's
     calibration error) against the diagonal, and each bin's share of images (grey step line)."""
-    import matplotlib.pyplot as plt
-
     recs = _records(rows if isinstance(rows, (list, tuple)) or not isinstance(rows, dict) else [rows])
     n = max(len(recs), 1)
     cols = min(cols, n)
@@ -193,8 +263,6 @@ def plot_reliability(rows: Any, *, cols: int = 4) -> Any:
 def plot_occlusion(rows: Any) -> Any:
     """Top-1 (%) against the share of 8x8 patches zeroed, one line per analysis, AUC in the legend, the images
     each point was measured on (n) in the title."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(5, 3.5))
     recs = _records(rows if not isinstance(rows, dict) else [rows])
     for r in recs:
@@ -216,7 +284,6 @@ def cam_gallery(run_dirs: str | Path | list[str | Path]) -> Any:
     import base64
     import io
 
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
     from PIL import Image
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from mixnb.device import autocast_dtype, resolve_device  # resolve_device: sweep imports it here until its split lands
+from mixnb.device import autocast_dtype
 from mixnb.data.loader import IMAGENET_MEAN, IMAGENET_STD, KERNELS
 from mixnb.mixups import REFERENCES, get_method, get_spec, reference_code
 from mixnb.models import BACKBONES, INITS

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mixnb.data.base import DatasetError, ImageTensors
 from mixnb.data.loader import IMAGENET_MEAN, IMAGENET_STD
 from mixnb.mixups import CIFAR100
 from mixnb.mixups.puzzlemix import CIFAR_MEAN, CIFAR_STD
@@ -41,6 +42,9 @@ class Profile:
         epochs, width: defaults of ``RunConfig.epochs`` / ``width`` (64 = the papers' width).
         image_size: the side of the images, px (the crop keeps it).
         classes: classes of the real dataset (None for generated sets: their spec says).
+        train_images: train images of the real dataset (None for generated sets); with ``image_size`` it scales the
+            DRY_RUN estimate from Tiny-ImageNet's measured rates.
+        forms: the prefix of the data forms this profile reads (``mixnb.data.load_dataset``'s ``form``).
         pipeline: "rrc" or "crop-pad" (``PIPELINES``).
         backbones: what ``make sweep`` runs when BACKBONES is unset.
         published: the key of the published table runs are compared with (``mixnb.mixups.PUBLISHED``), or None.
@@ -60,6 +64,8 @@ class Profile:
     width: int
     image_size: int
     classes: int | None
+    train_images: int | None
+    forms: str
     pipeline: str
     backbones: tuple[str, ...]
     published: str | None
@@ -77,6 +83,16 @@ class Profile:
         if self.pipeline not in PIPELINES:
             raise ValueError(f"profile {self.name}: pipeline must be one of {', '.join(PIPELINES)}, got "
                              f"{self.pipeline!r}")
+
+    def check_data(self, data: ImageTensors) -> None:
+        """Fail in one line when ``data`` is not this profile's dataset (another form or image size), naming the
+        profile that reads it."""
+        if data.form.startswith(self.forms) and data.image_size == self.image_size:
+            return
+        fits = [p.name for p in PROFILES.values() if p.sample is None and data.form.startswith(p.forms)]
+        raise DatasetError(f"profile {self.name} runs on {self.dataset}, but {data.root} holds {data.form} at "
+                           f"{data.image_size} px: use PROFILE={fits[0] if fits else '...'} for it, or point MIXNB_DATA "
+                           f"at this profile's data")
 
     @property
     def augment(self) -> tuple[str, ...]:
@@ -113,16 +129,16 @@ _TINY_ANALYSIS = {"batch_size": 1000, "corruption_images": 2000}
 PROFILES: dict[str, Profile] = {
     "tiny-imagenet": Profile(
         "tiny-imagenet", None, "Tiny-ImageNet (200 classes, 100,000 train / 10,000 val, 64 px)", epochs=400,
-        width=64, image_size=64, classes=200, pipeline="rrc", backbones=("resnet18", "resnext50"),
+        width=64, image_size=64, classes=200, train_images=100_000, forms="tiny-imagenet", pipeline="rrc", backbones=("resnet18", "resnext50"),
         published="tiny-imagenet", analysis=_TINY_ANALYSIS),
     "sample": Profile(
         "sample", {"num_classes": 10, "train_per_class": 100, "val_per_class": 30}, "generated", epochs=3, width=8,
-        image_size=64, classes=None, pipeline="rrc", backbones=("resnet18",), published=None,
+        image_size=64, classes=None, train_images=None, forms="tiny-imagenet", pipeline="rrc", backbones=("resnet18",), published=None,
         analysis={"batch_size": 64, "attack_images": 32, "occlusion_images": 50, "corruption_images": 20,
                   "corruption_severities": (1, 3, 5)}),
     "test": Profile(
         "test", {"num_classes": 4, "train_per_class": 16, "val_per_class": 8}, "generated", epochs=2, width=8,
-        image_size=64, classes=None, pipeline="rrc", backbones=("resnet18",), published=None,
+        image_size=64, classes=None, train_images=None, forms="tiny-imagenet", pipeline="rrc", backbones=("resnet18",), published=None,
         analysis={"batch_size": 64, "attack_images": 16, "pgd_steps": 3, "occlusion_images": 16,
                   "corruption_images": 8, "corruption_severities": (1, 5), "gallery_images": 4}),
     # OpenMixup's CIFAR-100 configs (docs/protocol.md §8; 69ee565 and 37e1372 alike): _base_/datasets/cifar100/
@@ -132,7 +148,7 @@ PROFILES: dict[str, Profile] = {
     # max_epochs 400 (the table also has 200, 800, 1200: EPOCHS=...).
     "cifar100": Profile(
         "cifar100", None, "CIFAR-100 (100 classes, 50,000 train / 10,000 test, 32 px)", epochs=400, width=64,
-        image_size=32, classes=100, pipeline="crop-pad", backbones=("resnet18", "resnext50"), published="cifar-100",
+        image_size=32, classes=100, train_images=50_000, forms="cifar-100", pipeline="crop-pad", backbones=("resnet18", "resnext50"), published="cifar-100",
         lr=0.1, weight_decay=1e-4, mean=CIFAR_MEAN, std=CIFAR_STD, method_args=_CIFAR_METHOD_ARGS,
         registry_bn_groups=False,
         analysis=_TINY_ANALYSIS),
@@ -140,7 +156,7 @@ PROFILES: dict[str, Profile] = {
     # optimiser (no published mixup numbers to follow); 40 epochs = the paper's WRN budget (docs/protocol.md §9.2).
     "imagenet64": Profile(
         "imagenet64", None, "Downsampled ImageNet 64x64 (1000 classes, 1,281,167 train / 50,000 val)", epochs=40,
-        width=64, image_size=64, classes=1000, pipeline="rrc", backbones=("resnet18", "resnext50"), published=None,
+        width=64, image_size=64, classes=1000, train_images=1_281_167, forms="imagenet64", pipeline="rrc", backbones=("resnet18", "resnext50"), published=None,
         registry_bn_groups=False,
         analysis={"batch_size": 1000, "attack_images": 10000, "occlusion_images": 10000, "corruption_images": 2000}),
 }
@@ -156,3 +172,12 @@ def get_profile(name: str) -> Profile:
 def profile_method_args(profile: str, method: str) -> dict[str, Any]:
     """The settings ``profile`` gives ``method`` over the registry's (``Profile.method_args``)."""
     return dict(get_profile(profile).method_args.get(method, {}))
+
+
+def pixels_per_epoch(profile: Profile) -> float | None:
+    """Train pixels an epoch of ``profile`` sees, relative to Tiny-ImageNet's (100,000 images at 64 px): what scales
+    a rate measured on Tiny-ImageNet to this profile (compute per image grows with its pixels); None off real data."""
+    tiny = PROFILES["tiny-imagenet"]
+    if profile.train_images is None or tiny.train_images is None:
+        return None
+    return profile.train_images * profile.image_size**2 / (tiny.train_images * tiny.image_size**2)

@@ -201,7 +201,9 @@ def load_data(cfg: RunConfig) -> ImageTensors:
     if root is None:
         sample = PROFILES[cfg.profile].sample
         root = make_sample_dataset(cache_dir() / f"sample-{cfg.profile}", seed=0, **sample)
-    return load_dataset(root)
+    data = load_dataset(root)
+    PROFILES[cfg.profile].check_data(data)
+    return data
 
 
 # Recorded with a run's dataset for its reader, never compared: the content key says what the data is, so the

@@ -11,12 +11,13 @@ from torchvision.transforms import v2
 
 from mixnb.analysis.settings import PROFILE_SETTINGS
 from mixnb.config import RunConfig
+from mixnb.data import DatasetError
+from mixnb.data.replicas import write_replica
 from mixnb.data.loader import AUGMENTS, DeviceLoader, batch_flip_lr, padded_crop, sample_crop_offsets
 from mixnb.mixups import CIFAR100, PUBLISHED, REGISTRY, TINY_IMAGENET, nearest_budget, published_top1
 from mixnb.profiles import PIPELINES, PROFILES, Profile
 from mixnb.report import benchmark_table, compares_with_openmixup, load_runs, table_intro_html, tidy_table
 from mixnb.sweep import expand
-from test_data_forms import _images, _pickle, _planar  # tests/ is on sys.path (pytest's rootdir)
 from test_report import TINY_DATA, write_run
 
 CPU = torch.device("cpu")
@@ -118,19 +119,24 @@ def test_crop_pad_pipeline_flips_on_the_device_loader():
 def test_cifar100_trains_one_epoch_on_a_cifar_replica(tmp_path):
     from mixnb.train import fit
 
-    folder = tmp_path / "cifar-100-python"
-    labels = {"train": [k % 100 for k in range(200)], "test": [k % 100 for k in range(100)]}
-    for i, (split, y) in enumerate(labels.items()):
-        _pickle(folder / split, {"filenames": ["f.png"] * len(y), "batch_label": split, "fine_labels": y,
-                                 "coarse_labels": [0] * len(y), "data": _planar(_images(len(y), 32, i))})
-    _pickle(folder / "meta", {"fine_label_names": [f"class_{k}" for k in range(100)],
-                              "coarse_label_names": [f"super_{k}" for k in range(20)]})
+    folder = write_replica("cifar-100-python", tmp_path / "cifar", num_classes=5, train_per_class=40, val_per_class=20)
     cfg = RunConfig(method="cutmix", profile="cifar100", data=str(folder), epochs=1, width=4, device="cpu",
                     eval_batch_size=100)
     summary = fit(cfg, tmp_path / "run", progress="none")
     identity = json.loads((tmp_path / "run" / "params.json").read_text())["identity"]
     assert summary["epochs"] == 1 and identity["pipeline"] == "crop-pad" and identity["dataset"]["classes"] == 100
     assert identity["lr"] == 0.1 and identity["method_args"]["alpha"] == 0.2 and np.isfinite(summary["median_top1"])
+
+
+@pytest.mark.parametrize("form, profile, reads_it", [("cifar-100-python", "tiny-imagenet", "cifar100"),
+                                                     ("zip", "cifar100", "tiny-imagenet"),
+                                                     ("imagenet64-npz", "tiny-imagenet", "imagenet64")])
+def test_a_profile_refuses_another_profiles_data_naming_that_profile(tmp_path, form, profile, reads_it):
+    from mixnb.runs import load_data
+
+    folder = write_replica(form, tmp_path / form, num_classes=2, train_per_class=5, val_per_class=1)
+    with pytest.raises(DatasetError, match=rf"profile {profile} runs on .* holds .*: use PROFILE={reads_it} for it"):
+        load_data(RunConfig(profile=profile, data=str(folder)))
 
 
 # ----------------------------------------------------------------------------- the published tables

@@ -254,7 +254,7 @@ def test_a_damaged_executed_notebook_is_skipped_by_the_report_and_never_left_by_
                                                                                            capsys):
     import nbformat
 
-    import mixnb.report as report
+    import mixnb.report.render as report
     from mixnb.sweep import Job
     from mixnb.sweep.job import execute
 

@@ -18,7 +18,7 @@ import pytest
 from mixnb.__main__ import main
 from mixnb.paths import NOTEBOOKS
 from mixnb.runs import is_locked, run_lock
-from mixnb.sweep import (TrainJob, expand, gpu_slots, make_executor, measured_rates, minutes, parse_axes,
+from mixnb.sweep import (TrainJob, dry_run, expand, gpu_slots, make_executor, measured_rates, minutes, parse_axes,
                          parse_method_axes, rate_for, read_grid, submit_sweep, wait_for)
 
 
@@ -74,6 +74,16 @@ def test_the_gpu_time_of_puzzlemix_at_the_published_settings_is_not_guessed_from
     assert rate_for(published, rates) is None  # 16x16 blocks and 4-px transport: ~26x HEAD's per batch, no GPU rate
     assert rate_for(head, rates) == rates[("resnet18", "puzzlemix")]  # measured at HEAD's settings
     assert rate_for(cutmix, rates) == rates[("resnet18", "cutmix")]
+
+
+def test_the_gpu_time_of_another_profile_scales_tinys_rate_by_its_train_pixels():
+    _, rates = measured_rates()
+    tiny = rates[("resnet18", "cutmix")][0]
+    for profile, scale in (("cifar100", 50_000 * 32**2 / (100_000 * 64**2)), ("imagenet64", 12.81167)):
+        [job] = expand(profile, ["cutmix"], backbones=["resnet18"])
+        rate, how = rate_for(job, rates)
+        assert rate == pytest.approx(tiny * scale) and f"for {profile}'s train pixels per epoch" in how
+    assert "imagenet64: Tiny-ImageNet's measured rates x12.8117" in dry_run(expand("imagenet64", ["vanilla"], epochs=1))
 
 
 def test_sweep_options_are_checked_before_any_run_naming_themselves(tmp_path, monkeypatch, capsys):

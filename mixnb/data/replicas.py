@@ -91,6 +91,9 @@ def imagenet64(path: Path, *, kind: str = "npz", byte_keys: bool = False, **samp
     if kind not in ("npz", "pickle"):
         raise ValueError(f"kind must be 'npz' or 'pickle', got {kind!r}")
     data = _tensors(path, **sample)
+    if len(data.y_train) < IMAGENET64_TRAIN_BATCHES:
+        raise ValueError(f"an ImageNet 64x64 replica needs at least {IMAGENET64_TRAIN_BATCHES} train images (one per "
+                         f"batch file), got {len(data.y_train)}")
     folder = _empty(path)
     x_train, y_train = planar(data.x_train.numpy()), data.y_train.numpy() + 1
     parts = [(f"train_data_batch_{k + 1}", x, y) for k, (x, y) in

@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mixnb.config import resolve_device
+from mixnb.device import resolve_device
 from mixnb.memory import ANALYSIS_BUDGET_GIB, CONTEXT_GIB, analysis_batch, predict_analysis_gib, predict_step_gib
 from mixnb.mixups import get_spec
 from mixnb.paths import ROOT
+from mixnb.profiles import get_profile, pixels_per_epoch
 from mixnb.runs import (FAILED, SUMMARY, RunConflict, check_identity, dataset_record, failure, load_data,
                         missing_products)
 from mixnb.sweep.grid import Job
@@ -90,13 +91,18 @@ COSTLIER_THAN_MEASURED = {"puzzlemix": ("block_nums", "t_size")}
 
 
 def rate_for(job: Job, rates: dict[tuple[str, str], tuple[float, str]]) -> tuple[float, str] | None:
-    """The measured (s/epoch, how) of ``job``'s backbone and method, or None when none was measured at its
-    costly settings (``COSTLIER_THAN_MEASURED``)."""
+    """The measured (s/epoch, how) of ``job``'s backbone and method, scaled from Tiny-ImageNet's train pixels per
+    epoch to its profile's (``pixels_per_epoch``: CIFAR-100 x0.125, ImageNet 64x64 x12.8), or None when none was
+    measured at its costly settings (``COSTLIER_THAN_MEASURED``)."""
     spec, args = get_spec(job.config.method), job.config.full_method_args()
     head = json.loads(json.dumps(spec.head))
     if any(args[k] != head.get(k, args[k]) for k in COSTLIER_THAN_MEASURED.get(job.config.method, ())):
         return None
-    return rates.get((job.config.backbone, job.config.method))
+    rate = rates.get((job.config.backbone, job.config.method))
+    scale = pixels_per_epoch(get_profile(job.config.profile))
+    if rate is None or scale in (None, 1.0):
+        return rate
+    return rate[0] * scale, f"{rate[1]}, x{scale:g} for {job.config.profile}'s train pixels per epoch"
 
 
 def longest_first(jobs: list[Job]) -> list[Job]:
@@ -136,6 +142,11 @@ def dry_run(jobs: list[Job]) -> str:
     others = "".join(f", {states.count(s)} {s}" for s in ("to finish", *BLOCKED) if s in states)
     lines.append(f"{len(jobs)} runs: {states.count('finished')} finished, {states.count('to run')} to run{others}, "
                  f"~{total:.1f} GPU-hours on one {card} at the measured s/epoch in BENCHMARKS.md")
+    scales = {j.config.profile: pixels_per_epoch(get_profile(j.config.profile)) for j in jobs}
+    for profile, scale in scales.items():
+        if scale not in (None, 1.0):
+            lines.append(f"{profile}: Tiny-ImageNet's measured rates x{scale:g}, its train pixels per epoch against "
+                         f"Tiny-ImageNet's (an estimate: not measured on {profile})")
     if unknown:
         lines.append(f"no measured rate for {len(unknown)} of them (not counted): {', '.join(unknown)}")
         if any(j.config.method in COSTLIER_THAN_MEASURED and j.config.run_name() in unknown for j in jobs):

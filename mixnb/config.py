@@ -41,7 +41,6 @@ from mixnb.profiles import PROFILES, Profile, get_profile, profile_method_args
 
 # A profile fixes the data, width, epochs, pipeline and optimiser defaults (mixnb.profiles: one record per profile).
 # "sample" proves the pipeline on a generated dataset on a 2-core CPU in minutes; it reproduces no published number.
-PROTOCOL = {"epochs": PROFILES["tiny-imagenet"].epochs, "width": PROFILES["tiny-imagenet"].width}  # §1.5: Tiny's
 
 # torch.compile settings: "auto" resolves per device (mixnb.train.resolve_compile); the others are
 # torch.compile modes, or "off". Compiling changes no maths beyond float reassociation (docs/performance.md §8.5).

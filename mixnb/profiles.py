@@ -20,7 +20,7 @@ from typing import Any
 
 from mixnb.data.base import DatasetError, ImageTensors
 from mixnb.data.loader import IMAGENET_MEAN, IMAGENET_STD
-from mixnb.mixups import CIFAR100
+from mixnb.mixups import CIFAR100, PUBLISHED
 from mixnb.mixups.puzzlemix import CIFAR_MEAN, CIFAR_STD
 
 # Train pipelines on the device (mixnb.data.loader.AUGMENTS keys, in order):
@@ -39,6 +39,7 @@ class Profile:
         sample: the generated sample set's sizes (``mixnb.data.make_sample_dataset`` kwargs), or None = real data
             (``data=`` / ``$MIXNB_DATA``, the form detected; docs/datasets.md).
         dataset: what the data is, in words (the README and errors name it; "generated" for sample sets).
+        protocol: the protocol in one line, for the report's header.
         epochs, width: defaults of ``RunConfig.epochs`` / ``width`` (64 = the papers' width).
         image_size: the side of the images, px (the crop keeps it).
         classes: classes of the real dataset (None for generated sets: their spec says).
@@ -60,6 +61,7 @@ class Profile:
     name: str
     sample: dict[str, int] | None
     dataset: str
+    protocol: str
     epochs: int
     width: int
     image_size: int
@@ -95,6 +97,16 @@ class Profile:
                            f"at this profile's data")
 
     @property
+    def reference(self) -> Profile:
+        """The real protocol this profile's runs are held to: its own; Tiny-ImageNet's for the generated sets."""
+        return PROFILES["tiny-imagenet"] if self.sample is not None else self
+
+    @property
+    def protocol_epochs(self) -> tuple[int, ...]:
+        """The epoch counts on the protocol: the published table's budgets, else the profile's epochs."""
+        return PUBLISHED[self.published].budgets if self.published else (self.epochs,)
+
+    @property
     def augment(self) -> tuple[str, ...]:
         """The train augmentations in order (``mixnb.data.loader.AUGMENTS`` keys)."""
         return PIPELINES[self.pipeline]
@@ -126,19 +138,25 @@ _CIFAR_METHOD_ARGS: dict[str, dict[str, Any]] = {
 # (5x Tiny's full val set would be ~5x its cost), corruptions on a seeded 2,000 as Tiny's. Not measured.
 _TINY_ANALYSIS = {"batch_size": 1000, "corruption_images": 2000}
 
+_TINY_PROTOCOL = ("OpenMixup's Tiny-ImageNet benchmark (SGD with momentum, per-epoch cosine, 64 px, RandomResizedCrop "
+                  "(bilinear or bicubic, as the code column says) + flip, no centre crop at test; the median top-1 of "
+                  "the last 10 epochs)")
+
 PROFILES: dict[str, Profile] = {
     "tiny-imagenet": Profile(
-        "tiny-imagenet", None, "Tiny-ImageNet (200 classes, 100,000 train / 10,000 val, 64 px)", epochs=400,
-        width=64, image_size=64, classes=200, train_images=100_000, forms="tiny-imagenet", pipeline="rrc", backbones=("resnet18", "resnext50"),
-        published="tiny-imagenet", analysis=_TINY_ANALYSIS),
+        "tiny-imagenet", None, "Tiny-ImageNet (200 classes, 100,000 train / 10,000 val, 64 px)", _TINY_PROTOCOL,
+        epochs=400, width=64, image_size=64, classes=200, train_images=100_000, forms="tiny-imagenet", pipeline="rrc",
+        backbones=("resnet18", "resnext50"), published="tiny-imagenet", analysis=_TINY_ANALYSIS),
     "sample": Profile(
-        "sample", {"num_classes": 10, "train_per_class": 100, "val_per_class": 30}, "generated", epochs=3, width=8,
-        image_size=64, classes=None, train_images=None, forms="tiny-imagenet", pipeline="rrc", backbones=("resnet18",), published=None,
+        "sample", {"num_classes": 10, "train_per_class": 100, "val_per_class": 30}, "generated", _TINY_PROTOCOL,
+        epochs=3, width=8, image_size=64, classes=None, train_images=None, forms="tiny-imagenet", pipeline="rrc",
+        backbones=("resnet18",), published=None,
         analysis={"batch_size": 64, "attack_images": 32, "occlusion_images": 50, "corruption_images": 20,
                   "corruption_severities": (1, 3, 5)}),
     "test": Profile(
-        "test", {"num_classes": 4, "train_per_class": 16, "val_per_class": 8}, "generated", epochs=2, width=8,
-        image_size=64, classes=None, train_images=None, forms="tiny-imagenet", pipeline="rrc", backbones=("resnet18",), published=None,
+        "test", {"num_classes": 4, "train_per_class": 16, "val_per_class": 8}, "generated", _TINY_PROTOCOL,
+        epochs=2, width=8, image_size=64, classes=None, train_images=None, forms="tiny-imagenet", pipeline="rrc",
+        backbones=("resnet18",), published=None,
         analysis={"batch_size": 64, "attack_images": 16, "pgd_steps": 3, "occlusion_images": 16,
                   "corruption_images": 8, "corruption_severities": (1, 5), "gallery_images": 4}),
     # OpenMixup's CIFAR-100 configs (docs/protocol.md §8; 69ee565 and 37e1372 alike): _base_/datasets/cifar100/
@@ -147,17 +165,20 @@ PROFILES: dict[str, Profile] = {
     # "adjust wd={1e-4, 5e-4} for mixup methods"), CosineAnnealing min_lr 0 (AutoMix/SAMix 0.05: the registry's),
     # max_epochs 400 (the table also has 200, 800, 1200: EPOCHS=...).
     "cifar100": Profile(
-        "cifar100", None, "CIFAR-100 (100 classes, 50,000 train / 10,000 test, 32 px)", epochs=400, width=64,
-        image_size=32, classes=100, train_images=50_000, forms="cifar-100", pipeline="crop-pad", backbones=("resnet18", "resnext50"), published="cifar-100",
-        lr=0.1, weight_decay=1e-4, mean=CIFAR_MEAN, std=CIFAR_STD, method_args=_CIFAR_METHOD_ARGS,
-        registry_bn_groups=False,
-        analysis=_TINY_ANALYSIS),
+        "cifar100", None, "CIFAR-100 (100 classes, 50,000 train / 10,000 test, 32 px)",
+        "OpenMixup's CIFAR-100 benchmark (SGD lr 0.1 with momentum, weight decay 1e-4, per-epoch cosine, 32 px, "
+        "RandomCrop(32, padding 4, reflect) + flip; 200/400/800/1200 epochs; the median top-1 of the last 10 epochs)",
+        epochs=400, width=64, image_size=32, classes=100, train_images=50_000, forms="cifar-100", pipeline="crop-pad",
+        backbones=("resnet18", "resnext50"), published="cifar-100", lr=0.1, weight_decay=1e-4, mean=CIFAR_MEAN,
+        std=CIFAR_STD, method_args=_CIFAR_METHOD_ARGS, registry_bn_groups=False, analysis=_TINY_ANALYSIS),
     # Downsampled ImageNet 64x64 (arXiv 1707.08819): 1,281,167 train / 50,000 val, 1000 classes; the Tiny pipeline and
     # optimiser (no published mixup numbers to follow); 40 epochs = the paper's WRN budget (docs/protocol.md §9.2).
     "imagenet64": Profile(
-        "imagenet64", None, "Downsampled ImageNet 64x64 (1000 classes, 1,281,167 train / 50,000 val)", epochs=40,
-        width=64, image_size=64, classes=1000, train_images=1_281_167, forms="imagenet64", pipeline="rrc", backbones=("resnet18", "resnext50"), published=None,
-        registry_bn_groups=False,
+        "imagenet64", None, "Downsampled ImageNet 64x64 (1000 classes, 1,281,167 train / 50,000 val)",
+        "Downsampled ImageNet 64x64 through OpenMixup's Tiny-ImageNet pipeline and optimiser, 40 epochs (the dataset "
+        "paper's budget; no published mixup table); the median top-1 of the last 10 epochs", epochs=40, width=64,
+        image_size=64, classes=1000, train_images=1_281_167, forms="imagenet64", pipeline="rrc",
+        backbones=("resnet18", "resnext50"), published=None, registry_bn_groups=False,
         analysis={"batch_size": 1000, "attack_images": 10000, "occlusion_images": 10000, "corruption_images": 2000}),
 }
 

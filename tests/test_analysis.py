@@ -503,6 +503,8 @@ def test_report_helpers(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert table.loc["vanilla", "ECE"] == pytest.approx(rec["calibration"]["ece"])
     mce = mce_table([rec, other], source="generated")
     assert mce.loc["vanilla", "mCE"] == pytest.approx(100)
+    n = rec["corruptions"]["generated"]["images"]
+    assert mce.loc["mixup", "images"] == (max(n.values()) if isinstance(n, dict) else n) and mce.loc["mixup", "seeds"] == 1
     def moved(*args, **kwargs):
         raise AssertionError("the report read the dataset")
 

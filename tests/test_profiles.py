@@ -16,7 +16,8 @@ from mixnb.data.replicas import write_replica
 from mixnb.data.loader import AUGMENTS, DeviceLoader, batch_flip_lr, padded_crop, sample_crop_offsets
 from mixnb.mixups import CIFAR100, PUBLISHED, REGISTRY, TINY_IMAGENET, nearest_budget, published_top1
 from mixnb.profiles import PIPELINES, PROFILES, Profile
-from mixnb.report import benchmark_table, compares_with_openmixup, load_runs, table_intro_html, tidy_table
+from mixnb.report import (benchmark_table, compares_with_openmixup, header_html, load_runs, table_intro_html,
+                          tidy_table)
 from mixnb.sweep import expand
 from test_report import TINY_DATA, write_run
 
@@ -166,10 +167,14 @@ def test_report_compares_cifar100_runs_with_cifar100_numbers(tmp_path):
     assert table.loc["CutMix (epochs 4)", ("R-18", "α")] == "0.2"  # the CIFAR-100 table's α is the profile's default
     assert tidy_table(s).set_index("method").loc["CutMix", "openmixup"] == 79.45
     assert "OpenMixup 200 ep: CIFAR-100's published numbers at 200 epochs" in table_intro_html(s, "cifar100")
+    header = header_html(load_runs("cifar100", tmp_path), "cifar100")
+    assert "Protocol: OpenMixup&#x27;s CIFAR-100 benchmark (SGD lr 0.1" in header and "Tiny-ImageNet" not in header
+    assert "epochs 4 in 2 of 2 runs (protocol: 200/400/800/1200)" in header
 
     write_run(tmp_path / "long", [75.0] * 400, profile="cifar100", dataset=CIFAR_DATA)
     s = load_runs("cifar100", tmp_path / "long").summaries
-    assert s["on_protocol"].all()
+    assert s["on_protocol"].all() and "Off the protocol" not in header_html(load_runs("cifar100", tmp_path / "long"),
+                                                                             "cifar100")
     table = benchmark_table(s, reference=True)
     assert table.loc["Vanilla", ("R-18", "OpenMixup 400 ep")] == "77.73"
     assert table.loc["Vanilla", ("R-18", "Δ OpenMixup")] == "-2.73"
@@ -182,3 +187,7 @@ def test_report_has_no_openmixup_column_for_imagenet64(tmp_path):
     assert not compares_with_openmixup(s)
     assert "No OpenMixup column: OpenMixup published no mixup table on Downsampled ImageNet" in \
         table_intro_html(s, "imagenet64")
+    header = header_html(load_runs("imagenet64", tmp_path), "imagenet64")
+    assert "Protocol: Downsampled ImageNet 64x64 through" in header and "epochs 4 in 1 of 1 runs (protocol: 40)" in header
+    assert "Downsampled ImageNet 64x64 (1000 classes" in header_html(load_runs("imagenet64", tmp_path / "none"),
+                                                                      "imagenet64")  # no runs yet: the profile's

@@ -200,11 +200,11 @@ def test_a_top1_against_alpha_plot_per_searched_method():
 
 
 # ----------------------------------------------------------------------------- analysis numbers
-def analysis_record(*, fgsm: float, ece: float) -> dict:
+def analysis_record(*, fgsm: float, ece: float, nll_se: float | None = 0.05) -> dict:
     bins = [{"lo": 0.0, "hi": 0.5, "count": 100, "accuracy": 0.4, "confidence": 0.3},
             {"lo": 0.5, "hi": 1.0, "count": 200, "accuracy": 0.8, "confidence": 0.9}]
     return {"version": ANALYSIS_VERSION, "clean": {"images": 300, "top1": 66.7},
-            "calibration": {"ece": ece, "nll": 1.0, "bins": bins},
+            "calibration": {"ece": ece, "nll": 1.0, "bins": bins} | ({} if nll_se is None else {"nll_se": nll_se}),
             "adversarial": {"fgsm_top1": fgsm, "pgd_top1": fgsm - 5, "images": 64},
             "occlusion": {"auc": 50.0, "images": 100},
             "corruptions": {"generated": {"mean_top1": 40.0, "images": 30}, "official": None},
@@ -213,7 +213,7 @@ def analysis_record(*, fgsm: float, ece: float) -> dict:
 
 def test_analysis_numbers_carry_n_interval_direction_and_the_best_in_bold(tmp_path):
     write_run(tmp_path, [50.0] * 4, analysis=analysis_record(fgsm=50.0, ece=10.0))
-    write_run(tmp_path, [55.0] * 4, method="mixup", analysis=analysis_record(fgsm=30.0, ece=5.0))
+    write_run(tmp_path, [55.0] * 4, method="mixup", analysis=analysis_record(fgsm=30.0, ece=5.0, nll_se=None))
     view, best = beyond_view(beyond_accuracy(load_runs("sample", tmp_path).summaries))
     view, best = view.droplevel(["backbone", "α", "settings"]), best.droplevel(["backbone", "α", "settings"])
     assert {"ECE % ↓ (n=300)", "NLL ↓ (n=300)", "FGSM % ↑ (n=64)", "PGD % ↑ (n=64)", "occlusion AUC % ↑ (n=100)",
@@ -222,7 +222,8 @@ def test_analysis_numbers_carry_n_interval_direction_and_the_best_in_bold(tmp_pa
     assert view.loc["Vanilla", "FGSM % ↑ (n=64)"] == f"50.00 [{lo:.1f}, {hi:.1f}]" == "50.00 [38.1, 61.9]"
     assert best.loc["Vanilla", "FGSM % ↑ (n=64)"] and not best.loc["MixUp", "FGSM % ↑ (n=64)"]  # higher is better
     assert best.loc["MixUp", "ECE % ↓ (n=300)"] and not best.loc["Vanilla", "ECE % ↓ (n=300)"]  # lower is better
-    assert view.loc["MixUp", "NLL ↓ (n=300)"] == "1.00"  # no interval: per-image losses are not kept
+    assert view.loc["Vanilla", "NLL ↓ (n=300)"] == "1.00 [0.90, 1.10]"  # ± 1.96 SE of the mean over the images
+    assert view.loc["MixUp", "NLL ↓ (n=300)"] == "1.00"  # a record without the SE: the value alone
 
 
 def test_wilson_and_ece_intervals():

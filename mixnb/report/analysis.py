@@ -44,7 +44,8 @@ def _records(rows: Any) -> list[dict[str, Any]]:
 class BeyondColumn:
     """A beyond-accuracy number: where analysis.json holds it and the count of the images it was computed on,
     whether higher is better, and its 95 % interval: "wilson" (a top-1 over those images: ``wilson_interval``),
-    "ece" (``ece_interval``) or "" (none: NLL, whose per-image losses analysis.json does not keep)."""
+    "ece" (``ece_interval``), "se" (± 1.96 x the standard error analysis.json holds beside the value, ``<name>_se``;
+    records from before it have none) or "" (none)."""
 
     path: tuple[str, ...]
     images: tuple[str, ...]
@@ -54,7 +55,7 @@ class BeyondColumn:
 
 BEYOND_COLUMNS = {
     "ECE": BeyondColumn(("calibration", "ece"), ("clean", "images"), False, "ece"),
-    "NLL": BeyondColumn(("calibration", "nll"), ("clean", "images"), False, ""),
+    "NLL": BeyondColumn(("calibration", "nll"), ("clean", "images"), False, "se"),
     "FGSM": BeyondColumn(("adversarial", "fgsm_top1"), ("adversarial", "images"), True, "wilson"),
     "PGD": BeyondColumn(("adversarial", "pgd_top1"), ("adversarial", "images"), True, "wilson"),
     "occlusion AUC": BeyondColumn(("occlusion", "auc"), ("occlusion", "images"), True, "wilson"),
@@ -85,6 +86,11 @@ def ece_interval(calibration: dict[str, Any], z: float = 1.96) -> tuple[float, f
     return max(calibration["ece"] - z * se, 0.0), calibration["ece"] + z * se
 
 
+def se_interval(value: float, se: float | None, z: float = 1.96) -> tuple[float, float] | None:
+    """value ± z SE, the normal interval of a mean over images (NLL); None without a standard error."""
+    return None if se is None else (value - z * se, value + z * se)
+
+
 def beyond_value(rec: dict[str, Any], column: BeyondColumn) -> tuple[float | None, int | None, tuple[float, float] | None]:
     """One ``BeyondColumn`` of an analysis.json record: its value, the images it was computed on (the official
     corruption set: the largest corruption x severity folder) and its 95 % interval (None where it has none)."""
@@ -93,7 +99,9 @@ def beyond_value(rec: dict[str, Any], column: BeyondColumn) -> tuple[float | Non
     if value is None or not n:
         return value, n, None
     interval = (wilson_interval(value, n) if column.interval == "wilson" else
-                ece_interval(rec["calibration"]) if column.interval == "ece" else None)
+                ece_interval(rec["calibration"]) if column.interval == "ece" else
+                se_interval(value, value_at(rec, (*column.path[:-1], f"{column.path[-1]}_se")))
+                if column.interval == "se" else None)
     return value, n, interval
 
 
@@ -161,7 +169,7 @@ def beyond_accuracy(summaries: pd.DataFrame) -> pd.DataFrame:
 def beyond_view(beyond: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``beyond_accuracy`` as the report shows it, and a same-shaped frame marking the best cell of each column.
     Each number's header carries its direction (↑ higher is better, ↓ lower) and n, e.g. "FGSM % ↑ (n=64)"; each
-    cell reads "value [95 % interval]" (NLL: the value alone)."""
+    cell reads "value [95 % interval]" (the value alone where a record has no interval)."""
     view, best = pd.DataFrame(index=beyond.index), pd.DataFrame(index=beyond.index)
     view["seeds"], best["seeds"] = beyond["seeds"].astype(int).astype(str), False
     for name, column in BEYOND_COLUMNS.items():
@@ -169,9 +177,10 @@ def beyond_view(beyond: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         if values.isna().all():
             continue
         n = f"{ns.min():.0f}" if ns.min() == ns.max() else f"{ns.min():.0f}–{ns.max():.0f}"
-        unit = "" if name == "NLL" else " %"
+        unit, digits = ("", 2) if name == "NLL" else (" %", 1)  # nats: ~0.01 matters; percentages: 0.1
         header = f"{name}{unit} {'↑' if column.higher_is_better else '↓'} (n={n})"
-        view[header] = [("–" if pd.isna(v) else f"{v:.2f}" + (f" [{lo:.1f}, {hi:.1f}]" if pd.notna(lo) else ""))
+        view[header] = [("–" if pd.isna(v) else f"{v:.2f}" + (f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+                                                               if pd.notna(lo) else ""))
                         for v, lo, hi in zip(values, beyond[f"{name} low"], beyond[f"{name} high"])]
         top = values.max() if column.higher_is_better else values.min()
         best[header] = values.round(2) == round(top, 2)
@@ -208,11 +217,16 @@ def _errors(rec: dict[str, Any], source: str) -> dict[str, float]:
 def mce_table(rows: Any, *, reference: str = "vanilla", source: str = "official") -> Any:
     """Corruption errors normalised by the reference method's (Hendrycks & Dietterich, §4.4): per (method, backbone)
     and corruption, CE_c = 100 x sum_s E_{s,c} / sum_s E_{s,c}^{reference} with E = top-1 error (%), each the mean
-    over seeds; mCE = the mean of CE_c over the 15 common corruptions present. ``source``: "official"
-    (``$MIXNB_TINC``) or "generated". Methods without a reference run of their backbone are left out."""
+    over seeds; mCE = the mean of CE_c over the 15 common corruptions present; "images" = the images per corruption
+    x severity (n), "seeds" = the runs averaged. ``source``: "official" (``$MIXNB_TINC``) or "generated". Methods
+    without a reference run of their backbone are left out."""
     seeds: dict[tuple[str, str], list[dict[str, float]]] = {}
+    images: dict[tuple[str, str], int] = {}
     for r in _records(rows):
-        seeds.setdefault((r["method"], r["backbone"]), []).append(_errors(r, source))
+        key = (r["method"], r["backbone"])
+        seeds.setdefault(key, []).append(_errors(r, source))
+        n = value_at(r, ("corruptions", source, "images"))
+        images[key] = max(_leaves(n)) if isinstance(n, dict) else n
     err = {k: pd.DataFrame(v).mean().to_dict() for k, v in seeds.items()}
     out = []
     for (method, backbone), e in err.items():
@@ -221,8 +235,10 @@ def mce_table(rows: Any, *, reference: str = "vanilla", source: str = "official"
             continue
         ce = {c: 100 * v / ref[c] for c, v in e.items() if ref.get(c)}
         common = [v for c, v in ce.items() if c in CORRUPTIONS and CORRUPTIONS[c][2]]
-        out.append({"method": method, "backbone": backbone, "mCE": float(np.mean(common)) if common else None, **ce})
-    return pd.DataFrame(out, columns=None if out else ["method", "backbone", "mCE"]).set_index("method")
+        out.append({"method": method, "backbone": backbone, "mCE": float(np.mean(common)) if common else None,
+                    "images": images[(method, backbone)], "seeds": len(seeds[(method, backbone)]), **ce})
+    columns = ["method", "backbone", "mCE", "images", "seeds"]
+    return pd.DataFrame(out, columns=None if out else columns).set_index("method")
 
 
 def plot_reliability(rows: Any, *, cols: int = 4) -> Any:
@@ -359,8 +375,8 @@ def definitions() -> dict[str, str]:
         "GT-known loc": f"localisation (%) with IoU >= {s.iou_threshold} alone, whatever the prediction",
         "n and intervals": ("n = the val images a number was computed on; [ ] = its 95 % interval: Wilson's for a "
                             "top-1 (an upper bound for AUC and the corruption mean, averages over conditions on the "
-                            "same images), ECE ± 1.96 SE with each bin's accuracy binomial; NLL: none (per-image losses "
-                            "are not kept); over several seeds, the mean of their intervals"),
+                            "same images), ECE ± 1.96 SE with each bin's accuracy binomial, NLL ± 1.96 SE of its mean over "
+                            "the images; over several seeds, the mean of their intervals"),
         "FLOPs": ("FlopCounterMode FLOPs (2 x MACs, convs and matmuls) of one training step of the method (forward + "
                   "backward at the run's batch size) and of one 64 px image's forward"),
     }

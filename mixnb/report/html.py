@@ -33,9 +33,8 @@ def header_html(runs: Runs, profile: str) -> str:
                    "and a narrow network, minutes on a CPU). They prove the pipeline; they are <b>not</b> comparable "
                    "with OpenMixup's published Tiny-ImageNet numbers, which the tables therefore leave out."
                    "</blockquote>")
-    items = ["Protocol: OpenMixup's Tiny-ImageNet benchmark (SGD with momentum, per-epoch cosine, 64 px, "
-             "RandomResizedCrop (bilinear or bicubic, as the code column says) + flip, no centre crop at test; the "
-             "median top-1 of the last 10 epochs)."]
+    reference = PROFILES[profile].reference if profile in PROFILES else PROFILES["tiny-imagenet"]
+    items = [f"Protocol: {escape(reference.protocol)}."]
     if not s.empty:
         used = {name: _values(s[col]) for name, col in (
             ("epochs", "epochs"), ("width", "width"), ("batch", "batch_size"), ("lr", "lr"), ("momentum", "momentum"),
@@ -50,12 +49,14 @@ def header_html(runs: Runs, profile: str) -> str:
     items.append(f"Runs: {len(s)} finished in {s['config_key'].nunique() if not s.empty else 0} configurations; "
                  f"{len(runs.diverged)} diverged; {len(runs.skipped)} left out.")
     out.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
-    if (banner := off_protocol(s)):
-        out.append("<p><b>Off the protocol</b> (OpenMixup's 400 epochs at width 64, default settings): "
-                   + "; ".join(escape(b) for b in banner) + ".</p>")
-    if not s.empty and s["epochs"].max() < 100:
-        out.append("<p>With schedules this short (far below the protocol's 400 epochs) mixing methods usually trail "
-                   "Vanilla: they regularise, and pay off only when a model would otherwise overfit.</p>")
+    epochs = "/".join(map(str, reference.protocol_epochs))
+    if (banner := off_protocol(s, reference)):
+        out.append(f"<p><b>Off the protocol</b> ({escape(epochs)} epochs at width {reference.width}, default "
+                   f"settings): " + "; ".join(escape(b) for b in banner) + ".</p>")
+    if not s.empty and s["epochs"].max() < min(reference.protocol_epochs) / 4:
+        out.append(f"<p>With schedules this short (far below the protocol's {escape(epochs)} epochs) mixing methods "
+                   "usually trail Vanilla: they regularise, and pay off only when a model would otherwise "
+                   "overfit.</p>")
     if runs.skipped:
         out.append("<p>Left out: " + "; ".join(f"<code>{escape(n)}</code> {escape(why)}" for n, why in runs.skipped)
                    + ".</p>")
@@ -68,7 +69,7 @@ def dataset_title(summaries: pd.DataFrame, profile: str) -> str:
     if summaries.empty or "dataset" not in summaries:
         spec = PROFILES[profile].sample if profile in PROFILES else None
         if spec is None:
-            return "Tiny-ImageNet" if profile == "tiny-imagenet" else "no dataset yet"
+            return PROFILES[profile].dataset if profile in PROFILES else "no dataset yet"
         k = spec["num_classes"]
         sizes = [(k, k * spec["train_per_class"], k * spec["val_per_class"])]
         names = ["the generated sample set"]
@@ -87,7 +88,7 @@ def table_intro_html(summaries: pd.DataFrame, profile: str) -> str:
     items = ["top-1 (%): the median of the last 10 epochs as OpenMixup's summary script reads them (epochs 390–400 "
              "of 400: 11 values), mean ± std over the seeds of one configuration (seeds pool only within identical "
              "settings); each method at its best α among those that ran, chosen on the validation set by this same "
-             "read-out (Tiny-ImageNet has no labelled test split). A tie (means equal at two decimals) goes to the "
+             "read-out (as OpenMixup: no split is held out for the choice). A tie (means equal at two decimals) goes to the "
              "published α when it is among the tied, else to the smallest; the α cell names it. Every configuration "
              "is in the appendix."]
     if not summaries.empty:

@@ -9,8 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from mixnb.config import ADDED_METHOD_SETTINGS, PROFILES, PROTOCOL, REFERENCES, RunConfig
+from mixnb.config import ADDED_METHOD_SETTINGS, PROFILES, REFERENCES, RunConfig
 from mixnb.mixups import HEAD, PUBLISHED, REGISTRY, PublishedTable, get_spec, nearest_budget, published_top1, reference_code
+from mixnb.profiles import Profile
 from mixnb.report.labels import _num, _values
 
 
@@ -108,16 +109,17 @@ def openmixup_why(summaries: pd.DataFrame, profile: str) -> list[str]:
     return out
 
 
-def off_protocol(summaries: pd.DataFrame) -> list[str]:
-    """What differs from the protocol, per group of runs: epochs, width and every other override (alpha is the
-    searched setting: the table shows it)."""
+def off_protocol(summaries: pd.DataFrame, reference: Profile) -> list[str]:
+    """What differs from ``reference``'s protocol (``Profile.reference``), per group of runs: epochs (off its
+    published budgets), width and every other override (alpha is the searched setting: the table shows it)."""
     if summaries.empty:
         return []
     out = []
-    for key, value in (("epochs", PROTOCOL["epochs"]), ("width", PROTOCOL["width"])):
-        off = summaries[summaries[key] != value]
+    for key, allowed in (("epochs", reference.protocol_epochs), ("width", (reference.width,))):
+        off = summaries[~summaries[key].isin(allowed)]
         if len(off):
-            out.append(f"{key} {_values(off[key])} in {len(off)} of {len(summaries)} runs (protocol: {value})")
+            out.append(f"{key} {_values(off[key])} in {len(off)} of {len(summaries)} runs (protocol: "
+                       f"{'/'.join(map(str, allowed))})")
     others = summaries["settings"].map(lambda st: ", ".join(p for p in st.split(", ") if p
                                                             and not p.startswith(("epochs ", "width "))))
     for settings, group in summaries[others != ""].groupby(others[others != ""]):

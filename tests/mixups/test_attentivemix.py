@@ -1,24 +1,19 @@
-"""SaliencyMix and AttentiveMix+: exact cores on hand-made draws, samplers, teachers, one step."""
+"""AttentiveMix+: the exact core on hand-made teacher features, the sampler, and where the teacher comes from (an
+own Vanilla run, an ImageNet file), with one step."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import sys
-import types
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
 import torchvision
 from torch.nn import functional as F
 
 from mixnb.config import RunConfig
-from mixnb.models import build_model
 from mixnb.runs import needed_run
-from mixnb.mixups import LOSS_DEFAULTS, REGISTRY, StepContext, get_method, soft_target
+from mixnb.mixups import LOSS_DEFAULTS, REGISTRY, get_method, soft_target
 from mixnb.mixups.attentivemix import (
     TEACHER_ENV,
     AttentiveMix,
@@ -26,154 +21,12 @@ from mixnb.mixups.attentivemix import (
     attentivemix,
     sample_attentivemix,
 )
-from mixnb.mixups.saliencymix import (
-    SaliencyMix,
-    SaliencyMixDraw,
-    fine_grained_saliency,
-    map_peak,
-    sample_saliencymix,
-    saliencymix,
-)
+
+from helpers import batch, ctx, gen, share_of_x, tiny_model  # tests/helpers.py, on sys.path
 
 
+# ---------------------------------------------------------------------------- core
 
-def _batch(n: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 3, 64, 64, generator=g)  # (N, 3, 64, 64) float32, every pixel distinct between images
-    return x, torch.arange(n) % 4
-
-
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _share_of_x(x: torch.Tensor, x_mixed: torch.Tensor) -> torch.Tensor:
-    """Per-sample fraction of pixels taken from x itself (all channels equal)."""
-    return (x_mixed == x).all(dim=1).float().mean(dim=(1, 2))  # (N,)
-
-
-# --- SaliencyMix -------------------------------------------------------------------------------
-
-
-def test_only_the_headless_contrib_opencv_is_installed() -> None:
-    names = {(d.metadata["Name"] or "").lower().replace("_", "-") for d in importlib.metadata.distributions()}
-    opencv = {name for name in names if name.startswith("opencv")}
-    assert "opencv-contrib-python-headless" in opencv
-    clashing = opencv & {"opencv-python", "opencv-python-headless", "opencv-contrib-python"}
-    assert not clashing, f"several OpenCV wheels share the cv2 module; uninstall {sorted(clashing)}"
-
-
-def test_saliency_centre_is_argmax_of_uint8_map_of_first_partner() -> None:
-    x, _ = _batch(6)
-    for seed in range(4):
-        draw = sample_saliencymix(x, gen=_gen(seed), alpha=1.0)
-        img = x[draw.perm[0]].permute(1, 2, 0).numpy()  # normalised float32 HWC, as the reference passes it
-        ok, sal = cv2.saliency.StaticSaliencyFineGrained_create().computeSaliency(img)
-        sal_u8 = (sal * 255).astype("uint8")
-        expected = np.unravel_index(np.argmax(sal_u8), sal_u8.shape)
-        assert ok and draw.center.tolist() == [int(expected[0]), int(expected[1])]
-    # the peak must come from perm[0]'s image, not image 0 (the test would pass vacuously if equal)
-    peaks = []
-    for i in range(x.shape[0]):
-        _, sal = cv2.saliency.StaticSaliencyFineGrained_create().computeSaliency(x[i].permute(1, 2, 0).numpy())
-        peaks.append(np.unravel_index(np.argmax((sal * 255).astype("uint8")), sal.shape))
-    assert len(set(peaks)) > 1
-
-
-def test_saliency_peak_quantises_to_uint8_then_takes_the_first_max() -> None:
-    sal = np.zeros((4, 5), np.float32)
-    sal[1, 3] = 0.9990  # uint8 254: ties with the later, larger float value
-    sal[2, 1] = 0.9995  # uint8 254 too; the float argmax would pick this one
-    sal[3, 4] = 0.9900  # uint8 252
-    assert map_peak(sal) == (1, 3)
-    sal[3, 4] = 1.0  # uint8 255
-    assert map_peak(sal) == (3, 4)
-
-
-def test_saliencymix_core_box_at_a_known_corner() -> None:
-    x, _ = _batch(5)
-    perm = torch.tensor([1, 2, 3, 4, 0])
-    draw = SaliencyMixDraw(torch.tensor(0.75), perm, torch.tensor([0, 0]))
-    x_mixed, lam, mask = saliencymix(x, draw)
-    # side int(64 * sqrt(0.25)) = 32, corners centre -/+ 16 clipped: rows/cols [0, 16)
-    assert torch.equal(x_mixed[:, :, :16, :16], x[perm][:, :, :16, :16])
-    expected = x.clone()
-    expected[:, :, :16, :16] = x[perm][:, :, :16, :16]
-    assert torch.equal(x_mixed, expected)
-    assert lam.item() == 1 - 256 / 4096
-    assert mask.shape == (1, 1, 64, 64) and mask.sum().item() == 4096 - 256
-    assert torch.equal(x, _batch(5)[0])  # input left alone
-
-
-def test_saliencymix_core_box_inside_the_image() -> None:
-    x, _ = _batch(3)
-    perm = torch.tensor([2, 0, 1])
-    x_mixed, lam, _ = saliencymix(x, SaliencyMixDraw(torch.tensor(0.75), perm, torch.tensor([40, 20])))
-    expected = x.clone()
-    expected[:, :, 24:56, 4:36] = x[perm][:, :, 24:56, 4:36]
-    assert torch.equal(x_mixed, expected) and lam.item() == 0.75
-
-
-@pytest.mark.parametrize("n", [1, 3, 5])
-def test_saliencymix_lam_is_true_share_and_targets_sum_to_one(n: int) -> None:
-    x, y = _batch(n)
-    for seed in range(3):
-        draw = sample_saliencymix(x, gen=_gen(seed), alpha=1.0)
-        x_mixed, lam, mask = saliencymix(x, draw)
-        assert x_mixed.shape == x.shape and lam.shape == () and lam.dtype == torch.float32
-        assert set(mask.unique().tolist()) <= {0.0, 1.0} and lam.item() == mask.mean().item()
-        moved = draw.perm != torch.arange(n)  # fixed points of perm keep x everywhere
-        assert torch.equal(_share_of_x(x, x_mixed)[moved], lam.expand(n)[moved])
-        assert torch.equal(x_mixed[~moved], x[~moved])
-        target = soft_target(y, y[draw.perm], lam, 4)
-        assert torch.allclose(target.sum(1), torch.ones(n))
-    batch = SaliencyMix().mix(x, y, gen=_gen(0))  # the method wires the same draw
-    assert torch.equal(batch.x, saliencymix(x, sample_saliencymix(x, gen=_gen(0), alpha=1.0))[0])
-
-
-def test_saliencymix_lam_one_leaves_batch_unchanged() -> None:
-    x, _ = _batch(4)
-    draw = SaliencyMixDraw(torch.tensor(1.0), torch.tensor([3, 2, 1, 0]), torch.tensor([30, 30]))
-    x_mixed, lam, mask = saliencymix(x, draw)
-    assert torch.equal(x_mixed, x) and lam.item() == 1.0 and mask.min().item() == 1.0
-
-
-def test_saliencymix_seeded_generator_reproduces_batch() -> None:
-    x, y = _batch(5)
-    a = SaliencyMix().mix(x, y, gen=_gen(7))
-    b = SaliencyMix().mix(x, y, gen=_gen(7))
-    c = SaliencyMix().mix(x, y, gen=_gen(8))
-    assert torch.equal(a.x, b.x) and torch.equal(a.lam, b.lam) and torch.equal(a.y_b, b.y_b)
-    assert not torch.equal(a.x, c.x)
-
-
-def test_saliencymix_bad_settings_fail_clearly() -> None:
-    with pytest.raises(ValueError, match="-1"):
-        SaliencyMix(alpha=-1.0)
-    with pytest.raises(ValueError, match="alpha"):
-        get_method("saliencymix", alpha=0.0)
-
-
-@pytest.mark.parametrize("fake_cv2", [None, types.ModuleType("cv2")])
-def test_saliencymix_without_cv2_saliency_names_the_package(monkeypatch: pytest.MonkeyPatch, fake_cv2) -> None:
-    monkeypatch.setitem(sys.modules, "cv2", fake_cv2)  # None: import fails; bare module: no .saliency
-    with pytest.raises(RuntimeError, match="opencv-contrib-python-headless"):
-        fine_grained_saliency()
-    with pytest.raises(RuntimeError, match="opencv-contrib-python-headless"):
-        SaliencyMix()
-
-
-def test_saliencymix_registry_and_training_step_backward() -> None:
-    assert REGISTRY["saliencymix"].label == "SaliencyMix" and REGISTRY["saliencymix"].defaults == {"alpha": 1.0, **LOSS_DEFAULTS}
-    model = build_model("resnet18", num_classes=4, width=8)
-    x, y = _batch(5)
-    ctx = StepContext(gen=_gen(0), cpu_gen=_gen(1))
-    out = get_method("saliencymix").training_step(model, x, y, ctx)
-    out.loss.backward()
-    assert torch.isfinite(out.loss) and model.fc.weight.grad is not None
-
-
-# --- AttentiveMix+: core ---------------------------------------------------------------------
 
 # nearest upsampling 7 -> 64 takes source cell floor(i * 7 / 64): cells of 10, 9, 9, 9, 9, 9, 9 px
 _EDGES = [0, 10, 19, 28, 37, 46, 55, 64]
@@ -187,7 +40,7 @@ def _cells_mask(cells: list[tuple[int, int]]) -> torch.Tensor:
 
 
 def test_attentivemix_core_keeps_known_top_cells_with_exact_per_sample_lam() -> None:
-    x, _ = _batch(2)
+    x, _ = batch(2)
     top = [[(0, 0), (0, 1), (1, 0), (3, 3)], [(2, 2), (2, 3), (4, 4), (6, 6)]]
     feats = torch.zeros(2, 3, 7, 7)
     for i, cells in enumerate(top):
@@ -209,8 +62,8 @@ def test_attentivemix_core_keeps_known_top_cells_with_exact_per_sample_lam() -> 
 
 
 def test_attentivemix_core_lam_clip_and_identity() -> None:
-    x, _ = _batch(3)
-    feats = torch.randn(3, 8, 7, 7, generator=_gen(3))
+    x, _ = batch(3)
+    feats = torch.randn(3, 8, 7, 7, generator=gen(3))
     perm = torch.tensor([2, 0, 1])
     x_all, lam_all, _ = attentivemix(x, AttentiveMixDraw(torch.tensor(1.0), perm, feats))  # top_k 49
     assert torch.equal(x_all, x) and lam_all.tolist() == 1.0
@@ -222,25 +75,25 @@ def test_attentivemix_core_lam_clip_and_identity() -> None:
 
 @pytest.mark.parametrize("n", [1, 3, 5])
 def test_attentivemix_lam_is_true_share_binary_and_targets_sum_to_one(n: int) -> None:
-    x, y = _batch(n)
-    feats = torch.randn(n, 16, 7, 7, generator=_gen(n))
+    x, y = batch(n)
+    feats = torch.randn(n, 16, 7, 7, generator=gen(n))
     for seed in range(3):
-        draw = sample_attentivemix(feats, gen=_gen(seed), alpha=2.0)
+        draw = sample_attentivemix(feats, gen=gen(seed), alpha=2.0)
         x_mixed, lam, mask = attentivemix(x, draw, "sample")
         assert torch.equal(attentivemix(x, draw)[1], lam[0])  # "first": sample 0's for the batch
         assert lam.shape == (n,) and lam.dtype == torch.float32 and mask.shape == (n, 1, 64, 64)
         assert set(mask.unique().tolist()) <= {0.0, 1.0}
         moved = draw.perm != torch.arange(n)
-        assert torch.equal(_share_of_x(x, x_mixed)[moved], lam[moved])
+        assert torch.equal(share_of_x(x, x_mixed)[moved], lam[moved])
         assert torch.equal(x_mixed[~moved], x[~moved])
         target = soft_target(y, y[draw.perm], lam, 4)
         assert torch.allclose(target.sum(1), torch.ones(n))
 
 
 def test_attentivemix_sampler_is_seeded() -> None:
-    feats = torch.randn(5, 4, 7, 7, generator=_gen(0))
-    a = sample_attentivemix(feats, gen=_gen(3), alpha=2.0)
-    b = sample_attentivemix(feats, gen=_gen(3), alpha=2.0)
+    feats = torch.randn(5, 4, 7, 7, generator=gen(0))
+    a = sample_attentivemix(feats, gen=gen(3), alpha=2.0)
+    b = sample_attentivemix(feats, gen=gen(3), alpha=2.0)
     assert torch.equal(a.lam, b.lam) and torch.equal(a.perm, b.perm)
     assert 0 < a.lam.item() < 1 and sorted(a.perm.tolist()) == list(range(5))
 
@@ -251,17 +104,16 @@ def test_attentivemix_bad_settings_fail_clearly() -> None:
     with pytest.raises(ValueError, match="teacher_weights"):
         AttentiveMix(teacher_weights=3)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="setup"):
-        AttentiveMix().mix(*_batch(2), gen=_gen())
+        AttentiveMix().mix(*batch(2), gen=gen())
 
 
-# --- AttentiveMix+: teachers -----------------------------------------------------------------
+# ---------------------------------------------------------------------------- teachers
 
 
 def _fake_vanilla_run(runs: Path, seed: int, *, finished: bool = True) -> torch.nn.Module:
     run = runs / f"vanilla-resnet18-s{seed}"
     run.mkdir(parents=True)
-    torch.manual_seed(seed)
-    model = build_model("resnet18", num_classes=4, width=8)
+    model = tiny_model(seed)
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # non-trivial eval BN
         bn.running_mean.uniform_(-0.1, 0.1)
         bn.weight.data.uniform_(0.5, 1.5)
@@ -277,7 +129,7 @@ def _fake_vanilla_run(runs: Path, seed: int, *, finished: bool = True) -> torch.
 def _setup(runs: Path, seed: int) -> AttentiveMix:
     method = get_method("attentivemix")
     cfg = RunConfig(method="attentivemix", profile="test", seed=seed)
-    method.setup(build_model("resnet18", num_classes=4, width=8), cfg=cfg, needed=needed_run(cfg, runs))
+    method.setup(tiny_model(), cfg=cfg, needed=needed_run(cfg, runs))
     return method
 
 
@@ -300,15 +152,15 @@ def test_teacher_from_own_vanilla_run(monkeypatch: pytest.MonkeyPatch, tmp_path:
     method = _setup(tmp_path, 2)  # the same seed wins
     assert method.teacher_label == "own Vanilla run vanilla-resnet18-s2"
     assert method.summarize([]) == {"teacher": "own Vanilla run vanilla-resnet18-s2"}
-    x, y = _batch(3)
+    x, y = batch(3)
     with torch.no_grad():
         expected = F.adaptive_avg_pool2d(want.forward_stages(x)[-1], 7)  # (3, 64, 7, 7)
     assert torch.allclose(method.teacher(x), expected, atol=1e-6)
     assert _setup(tmp_path, 3).teacher_label == "own Vanilla run vanilla-resnet18-s0"  # s3 unfinished: fallback
     assert not method.teacher.net.training
     # one training step on CPU, teacher outside optimiser and checkpoint
-    model = build_model("resnet18", num_classes=4, width=8)
-    out = method.training_step(model, x, y, StepContext(gen=_gen(0), cpu_gen=_gen(1)))
+    model = tiny_model()
+    out = method.training_step(model, x, y, ctx(0))
     out.loss.backward()
     assert torch.isfinite(out.loss) and model.fc.weight.grad is not None
     assert all(p.grad is None for p in method.teacher.net.parameters())
@@ -330,7 +182,7 @@ def test_teacher_from_imagenet_file_via_env_var(monkeypatch: pytest.MonkeyPatch,
     method = _setup(tmp_path, 0)
     assert method.teacher_label.startswith("ImageNet R-18") and method.summarize([])["teacher"] == method.teacher_label
     assert method.teacher.net.training  # BN on batch statistics, as the reference
-    x, y = _batch(2)
+    x, y = batch(2)
     net.train()
     with torch.no_grad():
         up = F.interpolate(x, size=224, mode="bilinear", align_corners=False)
@@ -338,8 +190,8 @@ def test_teacher_from_imagenet_file_via_env_var(monkeypatch: pytest.MonkeyPatch,
         expected = net.layer4(net.layer3(net.layer2(net.layer1(h))))  # (2, 512, 7, 7)
     feats = method.teacher(x)
     assert feats.shape == (2, 512, 7, 7) and torch.allclose(feats, expected, atol=1e-5)
-    batch = method.mix(x, y, gen=_gen(0))
-    assert batch.lam.shape == () and len(method.state_dict()) == 0  # lam_rule "first": one lam for the batch
+    mixed = method.mix(x, y, gen=gen(0))
+    assert mixed.lam.shape == () and len(method.state_dict()) == 0  # lam_rule "first": one lam for the batch
     # the setting works too, and wins over the env var
     monkeypatch.setenv(TEACHER_ENV, str(tmp_path / "missing.pth"))
     by_setting = get_method("attentivemix", teacher_weights=str(path))

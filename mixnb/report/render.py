@@ -3,17 +3,15 @@ self-contained benchmark.html, with the exports beside it, a page per run and re
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from mixnb.config import PROFILES
 from mixnb.io import atomic_write_text
-from mixnb.paths import KERNEL, NOTEBOOKS, reports_root, runs_root
+from mixnb.notebook_run import run_notebook
+from mixnb.paths import NOTEBOOKS, reports_root, runs_root
 from mixnb.report.exports import write_exports
 from mixnb.report.frames import _col, load_runs
 from mixnb.report.html import run_summary_box, sanitised
@@ -32,9 +30,7 @@ def render_report(profile: str) -> Path:
     out_dir = reports_root() / profile
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / "analysis.ipynb"
-    subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOKS / "analysis.ipynb"), str(executed),
-                    "-k", KERNEL, "-y", json.dumps({"profile": profile, "runs_root": str(runs_root())}),
-                    "--no-progress-bar"], check=True)
+    run_notebook(NOTEBOOKS / "analysis.ipynb", executed, {"profile": profile, "runs_root": str(runs_root())})
     html = out_dir / "benchmark.html"
     _to_html(nbformat.read(executed, as_version=4), html,
              title=f"mixnb benchmark: {profile} ({time.strftime('%Y-%m-%d %H:%M')})")

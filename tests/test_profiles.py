@@ -170,6 +170,7 @@ def test_report_compares_cifar100_runs_with_cifar100_numbers(tmp_path):
     header = header_html(load_runs("cifar100", tmp_path), "cifar100")
     assert "Protocol: OpenMixup&#x27;s CIFAR-100 benchmark (SGD lr 0.1" in header and "Tiny-ImageNet" not in header
     assert "epochs 4 in 2 of 2 runs (protocol: 200/400/800/1200)" in header
+    assert "(read as <code>cifar-100-python</code>" in header  # the form the runs read
 
     write_run(tmp_path / "long", [75.0] * 400, profile="cifar100", dataset=CIFAR_DATA)
     s = load_runs("cifar100", tmp_path / "long").summaries

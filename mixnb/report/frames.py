@@ -86,7 +86,8 @@ def _summary_row(run_dir: Path) -> dict[str, Any]:
                 config_key=json.dumps({k: v for k, v in identity.items() if k != "seed"}
                                       | {"dataset": {k: v for k, v in identity["dataset"].items() if k not in DATASET_INFO}},
                                       sort_keys=True),
-                data_root=dataset["root"], precision=identity["precision"], device_type=identity["device_type"],
+                data_root=dataset["root"], data_form=dataset.get("form"), label_order=dataset.get("label_order"),
+                precision=identity["precision"], device_type=identity["device_type"],
                 dataset=dataset_name(cfg.profile, dataset), classes=dataset.get("classes"),
                 train_images=dataset.get("train_images"), val_images=dataset.get("val_images"),
                 # the Vanilla run a row is compared with: same backbone, epochs, width and run-level settings

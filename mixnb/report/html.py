@@ -40,9 +40,9 @@ def header_html(runs: Runs, profile: str) -> str:
             ("epochs", "epochs"), ("width", "width"), ("batch", "batch_size"), ("lr", "lr"), ("momentum", "momentum"),
             ("weight decay", "weight_decay"), ("min lr", "min_lr"), ("precision", "precision"))}
         items.append("Hyperparameters of these runs: " + "; ".join(f"{k} {escape(v)}" for k, v in used.items()) + ".")
-        roots = sorted(set(s["data_root"]))
-        items.append(("Dataset: " + ("generated sample set at " if sample else "")
-                      + ", ".join(f"<code>{escape(r)}</code>" for r in roots)) + ".")
+        read = s[["data_root", "data_form", "label_order"]].drop_duplicates()
+        items.append("Dataset: " + ("generated sample set at " if sample else "")
+                     + ", ".join(_dataset_read(*r) for r in read.itertuples(index=False)) + ".")
         items.append(f"Hardware: {escape(', '.join(sorted(set(s['device_name'].dropna()))) or '?')}; torch "
                      f"{escape(', '.join(sorted(set(s['torch'].dropna()))))}; commit(s) "
                      f"{escape(', '.join(c[:10] for c in sorted(set(s['commit'].dropna()))))}.")
@@ -61,6 +61,13 @@ def header_html(runs: Runs, profile: str) -> str:
         out.append("<p>Left out: " + "; ".join(f"<code>{escape(n)}</code> {escape(why)}" for n, why in runs.skipped)
                    + ".</p>")
     return "\n".join(out)
+
+
+def _dataset_read(root: str, form: Any, label_order: Any) -> str:
+    """A dataset folder and the form it was read as (docs/datasets.md), with its label order."""
+    known = [f"read as <code>{escape(form)}</code>"] if pd.notna(form) else []
+    known += [f"labels in {escape(label_order)} order"] if pd.notna(label_order) else []
+    return f"<code>{escape(root)}</code>" + (f" ({', '.join(known)})" if known else "")
 
 
 def dataset_title(summaries: pd.DataFrame, profile: str) -> str:

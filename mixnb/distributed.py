@@ -1,6 +1,6 @@
 """Several processes, one run: torchrun process groups, DDP around the model, all-reduces, BN averaging.
 
-``torchrun --nproc-per-node K -m mixnb train ...`` (or ``mixnb.train.launch`` from a notebook) trains one run on
+``torchrun --nproc-per-node K -m mixnb train ...`` (or ``mixnb.launch.launch`` from a notebook) trains one run on
 K GPUs (NCCL) or K CPU processes (gloo); ``mixnb.train.fit`` calls what is here, which knows process groups and
 collectives, not configs or methods. See mixnb.train's
 docstring for how batches, BatchNorm, mixing partners and checkpoints behave under DDP.

@@ -1,5 +1,8 @@
 """The one training loop, for CPU and CUDA: RunConfig -> Trainer phases -> run folder.
 
+Over ~450 lines on purpose: a run reads top to bottom in this one file, as airbench's and nanoGPT's loops do
+(docs/architecture.md, "The trace of one run").
+
 Protocol: docs/protocol.md §1.4-1.5, §1.7. SGD (lr 0.2, momentum 0.9, wd 1e-4 on every parameter),
 cosine per epoch to each group's floor, batch 100, the full val set after every epoch, the
 median top-1 of the last 10 epochs. Methods plug in only through ``MixMethod``
@@ -16,7 +19,7 @@ host-device sync inside the step: running sums stay on the device and are read e
 ``log_every`` iterations and at the end of the epoch. On CPUs with native bf16 (AMX) autocast is
 bf16 too (``RunConfig.precision``, ``mixnb.device.autocast_dtype``).
 
-Several GPUs (``torchrun --nproc-per-node K -m mixnb train ...``, or ``launch``; the process-group
+Several GPUs (``torchrun --nproc-per-node K -m mixnb train ...``, or ``mixnb.launch.launch``; the process-group
 helpers live in mixnb.distributed): one run with DistributedDataParallel, NCCL on CUDA and gloo on the CPU. The global batch stays
 ``batch_size`` (K ranks x batch_size / K); each rank takes its slice of every global batch of the
 one shared permutation and augmentation (``DeviceLoader(shard=...)``), so the union over ranks is
@@ -41,14 +44,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,9 +63,9 @@ from mixnb.config import RunConfig
 from mixnb.device import autocast_dtype, memory_format, peak_memory_mb
 from mixnb.data import DeviceLoader
 from mixnb.distributed import (DistributedModel, all_reduce_, average_buffers_, average_gradients_, broadcast_,
-                               die_with_parent, distributed, gather_objects, main_first)
-from mixnb.io import (atomic_torch_save, atomic_write_text, environment, git_state, read_json, remove_stale_temps,
-                      write_json)
+                               distributed, gather_objects, main_first)
+from mixnb.io import atomic_torch_save, atomic_write_text, environment, git_state, remove_stale_temps, write_json
+from mixnb.launch import check_world_size, rank_bn_groups
 from mixnb.mixups import MixMethod, StepContext, StepOutput, get_method, get_spec
 from mixnb.models import build_model
 from mixnb.models.groupbn import group_batchnorm_
@@ -424,51 +424,6 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
         if main:
             write_json(run_dir / SUMMARY, summary)
         return summary
-
-
-def launch(cfg: RunConfig, run_dir: str | Path, *, world_size: int, progress: str = "epoch") -> dict[str, Any]:
-    """``fit`` in ``world_size`` processes through torchrun (one GPU each, or gloo on the CPU); returns
-    the summary. The notebook's way to a DDP run; the same as, from the shell,
-    ``torchrun --standalone --nproc-per-node K -m mixnb train --config CONFIG.json --run-dir RUN_DIR``
-    (the config travels in a temp file: the run folder's params.json is ``fit``'s record of the run)."""
-    run_dir = Path(run_dir)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="mixnb-launch-") as config:
-        json.dump({"config": cfg.to_dict()}, config)
-        config.flush()
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
-               "-m", "mixnb", "train", "--config", config.name, "--run-dir", str(run_dir), "--progress", progress]
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              preexec_fn=die_with_parent if sys.platform == "linux" else None) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:  # into the notebook's output (a bare child would write past it)
-                print(line, end="", flush=True)
-    if proc.returncode:
-        raise RuntimeError(f"torchrun exited with status {proc.returncode}: {' '.join(cmd)}")
-    return read_json(run_dir / "summary.json")
-
-
-def check_world_size(cfg: RunConfig, world: int, device: torch.device, n_train: int, n_val: int) -> None:
-    """Fail clearly on settings that cannot run on ``world`` processes."""
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes: "
-                         f"use a process count that divides it")
-    if cfg.batchnorm_groups > 1 and world > 1 and cfg.batchnorm_groups % world:
-        raise ValueError(f"bn_groups {cfg.batchnorm_groups} does not split over {world} processes: with per-process "
-                         f"BN each process is at least one group; use a process count that divides it")
-    groups = rank_bn_groups(cfg, world)
-    if groups > 1 and (n_train % cfg.batch_size) // world % groups:
-        raise ValueError(f"the last batch ({n_train % cfg.batch_size} images) does not split into bn_groups="
-                         f"{cfg.batchnorm_groups} equal groups; use a batch size that leaves a divisible last batch")
-    if cfg.sync_bn and world > 1 and device.type != "cuda":
-        raise ValueError("sync_bn=True needs CUDA: torch's SyncBatchNorm does not run on the CPU (gloo)")
-    if world > 1 and (0 < n_train % cfg.batch_size < world or n_val < world):
-        raise ValueError(f"{world} processes need every batch, the last one included, and the val set to "
-                         f"have at least {world} images; got {n_train} train and {n_val} val images")
-
-
-def rank_bn_groups(cfg: RunConfig, world: int) -> int:
-    """BatchNorm groups of one process's slice: its per-process BN is already one of ``cfg``'s groups."""
-    return max(cfg.batchnorm_groups // world, 1)
 
 
 def tensorboard_writer(run_dir: Path, rows: list[dict[str, Any]]) -> Any:

@@ -122,7 +122,7 @@ def dataset_name(profile: str, dataset: dict[str, Any]) -> str:
     return next((name for prefix, name in DATASET_FORMS.items() if form.startswith(prefix)), form)
 
 
-READOUT_WINDOW = MEDIAN_RECORDS + 1  # the protocol's read-out: the median of epochs 390-400, 11 values (protocol.md §1.7)
+READOUT_WINDOW = MEDIAN_RECORDS + 1  # the read-out: the median of epochs 390-400, 11 values (docs/protocol.md §1.7)
 MEDIANS = ("readout_top1", "median_top1")  # the values read over that window (the others: one epoch each)
 
 

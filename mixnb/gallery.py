@@ -46,30 +46,6 @@ FLAT_STD = 0.02  # a mask whose spatial std is below this is called flat
 FONT = 7  # pt: at 90 dpi 7 pt is ~9 px, readable in a 900 px wide figure
 WIDTH = 10.0  # in: 900 px at 90 dpi
 
-CAPTIONS = {  # one line each: what the method does to a pair (the gallery's reading guide)
-    "vanilla": "No mixing: every image trains on its own label (λ = 1).",
-    "mixup": "Blends the whole images and their labels: λ · image + (1 − λ) · partner.",
-    "cutmix": "Pastes a box of the partner (one box per batch); λ = the image's true share once the box is "
-              "clipped to the image.",
-    "smoothmix": "Blends the partner in through a Gaussian mask of random centre and width (soft edges, no "
-                 "box); λ comes from the mask, not from a Beta draw.",
-    "saliencymix": "A CutMix box centred on the saliency peak (OpenCV fine-grained) of the first partner, "
-                   "shared by the batch.",
-    "attentivemix": "Each image keeps its top ⌊49λ⌋ of 7×7 cells by a teacher's feature attention; the "
-                    "partner fills the rest.",
-    "fmix": "A binarised low-frequency noise image picks the partner's pixels; λ = the mask's exact share.",
-    "puzzlemix": "A graph cut over saliency gives each block (2, 4 or 8 per side) to the image, the partner "
-                 "or a 50/50 blend; transport then moves salient blocks into the shown ones.",
-    "resizemix": "Pastes the whole partner, shrunk (nearest) into a random box; λ = 1 − box area.",
-    "gridmix": "Pastes the partner through a grid of square holes inside a random crop; λ = 1 − hole area.",
-    "automix": "A MixBlock (attention over a momentum encoder's stage-3 features) predicts a per-pixel mask, "
-               "learned with the classifier.",
-    "samix": "AutoMix with a λ-aware, non-linear MixBlock and a mask-variance term that pushes masks to 0/1.",
-    "alignmix": "Per step, ManifoldMix or AlignMix: a Sinkhorn plan between the two layer-4 maps moves the "
-                "partner's features onto the image's positions, then blends them; shown on 8×8-px cells.",
-    "adautomix": "AutoMix's machinery with an adversarial generator: a co-attention block mixes three images, "
-                 "trained in turn to fool the classifier and to help it.",
-}
 MARKS = {  # label marks, as in OpenMixup's table (docs/protocol.md §4)
     "*": "* = an arXiv pre-print reproduced by the OpenMixup authors (docs/protocol.md §4).",
     "📖": "📖 = the original paper's numbers (official code), not run in OpenMixup (docs/protocol.md §4).",
@@ -218,13 +194,13 @@ def gallery_batch(method: MixMethod, model: nn.Module, x: Tensor, y: Tensor, *, 
 
 # ----------------------------------------------------------------------------- captions
 def caption(name: str, method: MixMethod | None = None) -> str:
-    """One line on what the method does: ``CAPTIONS``, else its module docstring's first line."""
+    """One line on what the method does: its registry caption, else its module docstring's first line."""
     if name == "manifoldmix":
         layers = ", ".join(getattr(method, "layers", ("input", "layer1", "layer2")))
         return (f"Mixes hidden features, λ·h + (1 − λ)·h[partner], after a layer drawn per step from "
                 f"{{{layers}}}; shown: the input-layer case, the only one that is an image.")
-    if name in CAPTIONS:
-        return CAPTIONS[name]
+    if name in REGISTRY and get_spec(name).caption:
+        return get_spec(name).caption
     cls = get_spec(name).cls if name in REGISTRY else type(method)
     doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
     return doc[0] if doc else f"{cls.__name__} (no caption; see {cls.__module__})"

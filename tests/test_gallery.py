@@ -180,7 +180,7 @@ def test_every_method_has_a_caption():
         assert gallery.caption(name, None).strip()
     from mixnb.mixups.mixup import MixUp
 
-    class Unlisted(MixUp):  # not registered, not in CAPTIONS: the first line of its module's docstring
+    class Unlisted(MixUp):  # not registered, so no registry caption: the first line of its module's docstring
         name = "unlisted"
 
     assert gallery.caption("unlisted", Unlisted()) == __doc__.strip().splitlines()[0]

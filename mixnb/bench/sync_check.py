@@ -12,11 +12,8 @@ import torch
 
 from mixnb.bench.rig import Steps, build_rig, parse_spec
 from mixnb.data import TinyImageNetTensors
+from mixnb.mixups import get_spec
 
-EXPECTED_SYNC = {  # methods whose step must meet the host, and why
-    "saliencymix": "the partner image goes to OpenCV on the host",
-    "puzzlemix": "the graph-cut terms go to gco on the host and the labels come back",
-}
 
 
 def sync_check(spec: str, backbone: str, data: TinyImageNetTensors, opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -37,7 +34,7 @@ def sync_check(spec: str, backbone: str, data: TinyImageNetTensors, opts: argpar
     except RuntimeError as e:
         frames = [f for f in traceback.extract_tb(e.__traceback__) if "mixnb" in f.filename]
         row["where"] = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} {frames[-1].name}" if frames else "?"
-        why = EXPECTED_SYNC.get(parse_spec(spec)[0])
+        why = get_spec(parse_spec(spec)[0]).host_sync or None
         if "synchroniz" not in str(e):  # a real error, not the sync-debug one
             row.update(result=f"error: {str(e).splitlines()[0]}", unexpected=True)
         else:

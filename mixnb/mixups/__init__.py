@@ -77,6 +77,8 @@ class MethodSpec:
     head: dict[str, Any] = field(default_factory=dict)  # the settings OpenMixup HEAD runs where ``defaults`` differ
     deviations: str = ""  # what the published reference still does not reproduce (the report prints it)
     needs: str | None = None  # a method whose finished run of the same backbone this one uses (its model: ``setup``)
+    caption: str = ""  # one line on what it does to a pair (the gallery's reading guide; "": its module's first line)
+    host_sync: str = ""  # why its step must meet the host ("": it must not; make bench --sync-check holds it to that)
 
     def __post_init__(self) -> None:
         if takes_loss_settings(self.cls):  # DecoupleMix's settings join the method's own: one dict, everywhere
@@ -117,13 +119,18 @@ def _both(code: Code) -> dict[str, Code]:
 
 # OpenMixup's Tiny-ImageNet table order; published = its page (docs/en/model_zoos/Mixup_sup.md, docs/protocol.md §4)
 REGISTRY: dict[str, MethodSpec] = {
-    "vanilla": MethodSpec(Vanilla, {}, label="Vanilla", published=_tiny(61.68, 65.04), code=_both(_E81)),
+    "vanilla": MethodSpec(Vanilla, {}, label="Vanilla",
+                          caption="No mixing: every image trains on its own label (λ = 1).",
+                          published=_tiny(61.68, 65.04), code=_both(_E81)),
     "mixup": MethodSpec(MixUp, {"alpha": 1.0}, label="MixUp",
+                        caption="Blends the whole images and their labels: λ · image + (1 − λ) · partner.",
                         paper="Zhang et al., ICLR 2018, arXiv 1710.09412",
                         published=_tiny(63.86, 66.36), published_alpha=1.0,
                         code=_both(_E81)),
     # partner_tries: a plain randperm at e81ed85; HEAD's no-repeat shuffle since 9fc838b (2025-03-19)
     "cutmix": MethodSpec(CutMix, {"alpha": 1.0, "partner_tries": 1}, label="CutMix",
+                         caption=("Pastes a box of the partner (one box per batch); λ = the image's true share once "
+                                  "the box is clipped to the image."),
                          paper="Yun et al., ICCV 2019, arXiv 1905.04899", published=_tiny(65.53, 66.47),
                          published_alpha=1.0, code=_both(_E81), head={"partner_tries": NO_REPEAT_TRIES}),
     "manifoldmix": MethodSpec(ManifoldMix, {"alpha": 0.2, "layers": ("input", "layer1", "layer2")},
@@ -132,15 +139,22 @@ REGISTRY: dict[str, MethodSpec] = {
                               published=_tiny(64.15, 67.30), published_alpha=0.2,
                               code=_both(_E81)),
     "smoothmix": MethodSpec(SmoothMix, {"alpha": 0.2, "label_weights": "openmixup"}, label="SmoothMix",
+                            caption=("Blends the partner in through a Gaussian mask of random centre and width (soft "
+                                     "edges, no box); λ comes from the mask, not from a Beta draw."),
                             paper="Lee et al., CVPR Workshops 2020",
                             published=_tiny(66.65, 69.65), published_alpha=0.2,
                             note="alpha has no effect in the code; its label weights are the paper's swapped",
                             code={"resnet18": _11D, "resnext50": _E01}),
     "saliencymix": MethodSpec(SaliencyMix, {"alpha": 1.0}, label="SaliencyMix",
+                              caption=("A CutMix box centred on the saliency peak (OpenCV fine-grained) of the first "
+                                       "partner, shared by the batch."),
                               paper="Uddin et al., ICLR 2021, arXiv 2006.01791", published=_tiny(64.60, 66.55),
-                              published_alpha=1.0, code=_both(_E81)),
+                              published_alpha=1.0, code=_both(_E81),
+                              host_sync="the partner image goes to OpenCV on the host"),
     "attentivemix": MethodSpec(AttentiveMix, {"alpha": 2.0, "teacher_weights": None, "lam_rule": "first"},
                                label="AttentiveMix+",
+                               caption=("Each image keeps its top ⌊49λ⌋ of 7×7 cells by a teacher's feature "
+                                        "attention; the partner fills the rest."),
                                paper="Walawalkar et al., ICASSP 2020, arXiv 2003.13048",
                                published=_tiny(64.85, 67.42), published_alpha=2.0,
                                note="OpenMixup's page gives 64.85 / 67.42; the survey's table gives 64.01 / 66.84",
@@ -150,6 +164,8 @@ REGISTRY: dict[str, MethodSpec] = {
                                           "run"),
     "fmix": MethodSpec(FMix, {"alpha": 1.0, "decay_power": 3.0, "size": (64, 64), "max_soft": 0.0,
                               "spectrum": "openmixup", "partner_tries": 1}, label="FMix*",
+                       caption=("A binarised low-frequency noise image picks the partner's pixels; λ = the mask's "
+                                "exact share."),
                        paper="Harris et al., arXiv 2002.12047", published=_tiny(63.47, 65.08), published_alpha=1.0,
                        code=_both(_E81), head={"partner_tries": NO_REPEAT_TRIES}),
     # block_num=5, t_size=4 and CIFAR stats from 3fea614 to a0c5840 (2022-12-21); HEAD: {2,4,8}, -1, ImageNet at 64 px
@@ -157,17 +173,25 @@ REGISTRY: dict[str, MethodSpec] = {
                                         "eta": 0.2, "neigh_size": 4, "n_labels": 3, "t_eps": 0.8, "transport": True,
                                         "t_size": 4, "workers": 0, "mean": CIFAR_MEAN, "std": CIFAR_STD},
                             label="PuzzleMix",
+                            caption=("A graph cut over saliency gives each block (2, 4 or 8 per side) to the image, "
+                                     "the partner or a 50/50 blend; transport then moves salient blocks into the shown "
+                                     "ones."),
                             paper="Kim et al., ICML 2020, arXiv 2009.06962",
                             published=_tiny(65.81, 67.83), published_alpha=1.0,
                             code={"resnet18": _E81, "resnext50": _7BF},
-                            head={"block_nums": (2, 4, 8), "t_size": -1, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}),
+                            head={"block_nums": (2, 4, 8), "t_size": -1, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+                            host_sync="the graph-cut terms go to gco on the host and the labels come back"),
     # use_alpha False at e81ed85 (tau ~ U(scope)); True since 3fea614: equal in distribution at alpha 1
     "resizemix": MethodSpec(ResizeMix, {"alpha": 1.0, "scope": (0.1, 0.8), "use_alpha": False,
                                         "interpolation": "nearest"}, label="ResizeMix*",
+                            caption=("Pastes the whole partner, shrunk (nearest) into a random box; λ = 1 − box "
+                                     "area."),
                             paper="Qin et al., arXiv 2012.11101", published=_tiny(63.74, 65.87),
                             published_alpha=1.0, code=_both(_E81), head={"use_alpha": True}),
     "gridmix": MethodSpec(GridMix, {"alpha": 0.2, "n_holes": (2, 6), "hole_aspect_ratio": (1.0, 1.0),
                                     "cut_area_ratio": (0.5, 1.0), "cut_aspect_ratio": (0.5, 2.0)}, label="GridMix",
+                          caption=("Pastes the partner through a grid of square holes inside a random crop; λ = 1 − "
+                                   "hole area."),
                           paper="Baek et al., Pattern Recognition 2021",
                           published=_tiny(65.14, 66.53), published_alpha=0.2,
                           note="GridMixup's holes in a crop, not the paper's local-context loss",
@@ -177,6 +201,9 @@ REGISTRY: dict[str, MethodSpec] = {
     "alignmix": MethodSpec(AlignMix, {"alpha": 2.0, "manifold_alpha": None, "layers": ("input", "layer1", "layer2"),
                                       "align_prob": 0.5, "eps": 0.1, "max_iter": 100, "tol": 0.1},
                            label="AlignMix",
+                           caption=("Per step, ManifoldMix or AlignMix: a Sinkhorn plan between the two layer-4 maps "
+                                    "moves the partner's features onto the image's positions, then blends them; shown "
+                                    "on 8×8-px cells."),
                            paper="Venkataramanan et al., CVPR 2022, arXiv 2103.15375",
                            sweep=False, published={"resnet18": 66.87}, published_alpha=2.0,
                            reproduced=False,
@@ -186,10 +213,14 @@ REGISTRY: dict[str, MethodSpec] = {
     # passes stay eager, and with CUDA graphs the R-18 step measured 34.8 ms (AutoMix) against 29.0 ms eager (H100,
     # BENCHMARKS.md); capture="step" graphs all of them and is not measured on a GPU yet
     "automix": MethodSpec(AutoMix, {**_AUTOMIX, "att_norm": True}, min_lr=0.05, label="AutoMix",
+                          caption=("A MixBlock (attention over a momentum encoder's stage-3 features) predicts a "
+                                   "per-pixel mask, learned with the classifier."),
                           paper="Liu et al., ECCV 2022, arXiv 2103.13027", auto_compile=False,
                           bn_groups=_2X50, published=_tiny(67.33, 70.72), published_alpha=2.0, note=_HEADS,
                           code=_both(_E81), head={"att_norm": False}, deviations=_AUTOMIX_DEVIATIONS),
     "samix": MethodSpec(SAMix, {**_AUTOMIX, "lam_mul_k": "auto", "att_norm": True}, min_lr=0.05, label="SAMix*",
+                        caption=("AutoMix with a λ-aware, non-linear MixBlock and a mask-variance term that pushes "
+                                 "masks to 0/1."),
                         paper="Li et al., arXiv 2111.15454",
                         auto_compile=False, bn_groups=_2X50, published=_tiny(68.89, 72.18), published_alpha=2.0,
                         note=_HEADS, code=_both(_E81), head={"att_norm": False}, deviations=_AUTOMIX_DEVIATIONS),
@@ -200,6 +231,8 @@ REGISTRY: dict[str, MethodSpec] = {
                                         "margin_rule": "authors", "mixup_radio": 0.5, "beta_radio": 0.4,
                                         "adv_interval": 2, "mixblock_min_lr": 0.0},
                             min_lr=0.0, label="AdAutoMix",
+                            caption=("AutoMix's machinery with an adversarial generator: a co-attention block mixes "
+                                     "three images, trained in turn to fool the classifier and to help it."),
                             paper="Qin, Jin et al., ICLR 2024, arXiv 2312.11954", auto_compile=False, sweep=False,
                             published=_tiny(69.19, 72.89), published_alpha=1.0, reproduced=False,
                             note="the authors' number (their README), not in OpenMixup's table: R-18 = their log's "

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
-from mixnb.mixups._helpers import NO_REPEAT_TRIES, mixed_cross_entropy, sample_beta, soft_target
+from mixnb.mixups._helpers import NO_REPEAT_TRIES, sample_beta, soft_target
 from mixnb.mixups.adautomix import AdAutoMix
 from mixnb.mixups.alignmix import AlignMix
 from mixnb.mixups.attentivemix import AttentiveMix
 from mixnb.mixups.automix import AutoMix
-from mixnb.mixups.base import MixedBatch, MixLoss, MixMethod, NeededRun, StepContext, StepOutput
+from mixnb.mixups.base import MixedBatch, MixLoss, MixMethod, NeededRun, StepContext, StepOutput, mixed_cross_entropy
 from mixnb.mixups.cutmix import CutMix
 from mixnb.mixups.fmix import FMix
 from mixnb.mixups.gridmix import GridMix

@@ -45,8 +45,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from mixnb.mixups._helpers import eager, gather_rows, mixed_cross_entropy, random_partner, sample_beta
-from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
+from mixnb.mixups._helpers import eager, gather_rows, random_partner, sample_beta
+from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha, mixed_cross_entropy
 from mixnb.mixups.manifoldmix import DEFAULT_LAYERS, ManifoldMix
 
 

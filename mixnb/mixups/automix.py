@@ -55,8 +55,9 @@ from mixnb.mixups._automix_ops import (
     reference_readout,
     training_forward,
 )
-from mixnb.mixups._helpers import eager, mix_with_mask, mixed_cross_entropy, random_partner, sample_beta
-from mixnb.mixups.base import MixedBatch, MixMethod, NeededRun, StepContext, StepOutput, check_alpha
+from mixnb.mixups._helpers import eager, mix_with_mask, random_partner, sample_beta
+from mixnb.mixups.base import (MixedBatch, MixMethod, NeededRun, StepContext, StepOutput, check_alpha,
+                               mixed_cross_entropy)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,29 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mixnb.mixups._helpers import decoupled_nll, mixed_cross_entropy
+
+# ----------------------------------------------------------------------------- the losses
+def mixed_cross_entropy(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Tensor) -> Tensor:
+    """Soft cross-entropy against lam*onehot(y_a) + (1-lam)*onehot(y_b), mean over N.
+
+    Equals lam*CE(y_a) + (1-lam)*CE(y_b) for scalar lam and supports per-sample (N,) lam
+    (docs/protocol.md §1.5, §2.13). Computed in float32.
+    """
+    logp = torch.log_softmax(logits.float(), dim=1)  # (N, K) float32
+    nll_a = -logp.gather(1, y_a[:, None]).squeeze(1)  # (N,)
+    nll_b = -logp.gather(1, y_b[:, None]).squeeze(1)
+    return (lam * nll_a + (1 - lam) * nll_b).mean()
+
+
+def decoupled_nll(logits: Tensor, y_a: Tensor, y_b: Tensor) -> tuple[Tensor, Tensor]:
+    """(N,) float32 each: -log of y_a's softmax over every class but y_b, and of y_b's over every class but y_a
+    (DecoupleMix's decoupled softmax, ``base.MixLoss``); -log(p_a / (1 - p_b)) by a masked logsumexp, exact
+    where p_b is near 1."""
+    z = logits.float()  # (N, K) float32
+    z_a, z_b = z.gather(1, y_a[:, None]).squeeze(1), z.gather(1, y_b[:, None]).squeeze(1)  # (N,)
+    without_b = z.scatter(1, y_b[:, None], float("-inf")).logsumexp(dim=1)  # (N,) log sum_{k != b} e^z_k
+    without_a = z.scatter(1, y_a[:, None], float("-inf")).logsumexp(dim=1)
+    return without_b - z_a, without_a - z_b
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mixnb.mixups._helpers import eager, mixed_cross_entropy, random_partner, sample_beta
-from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
+from mixnb.mixups._helpers import eager, random_partner, sample_beta
+from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha, mixed_cross_entropy
 from mixnb.models.resnet import STAGES, FeatureMix
 
 DEFAULT_LAYERS = ("input", "layer1", "layer2")  # docs/protocol.md §2.5: layer=(0, 3), upper bound exclusive

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixnb.mixups import _puzzlemix_ops as ops
-from mixnb.mixups._helpers import device_constant, eager, mixed_cross_entropy, random_partner, sample_beta
-from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha
+from mixnb.mixups._helpers import device_constant, eager, random_partner, sample_beta
+from mixnb.mixups.base import MixedBatch, MixMethod, StepContext, StepOutput, check_alpha, mixed_cross_entropy
 
 BLOCK_NUMS = (2, 4, 8, 16)  # 2 ** randint(1, 5): the published Tiny mix_args' block_num=5 (HEAD: 4, {2, 4, 8})
 T_SIZE = 4  # px per transport cell, the published Tiny mix_args' (HEAD: -1, the graph-cut block)

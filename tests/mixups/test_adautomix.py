@@ -13,7 +13,7 @@ from killing import run_until_killed
 from mixnb.config import RunConfig
 from mixnb.mixups import REGISTRY, get_method
 from mixnb.mixups._automix_ops import mask_loss, pool, reference_readout, training_forward
-from mixnb.mixups._helpers import mixed_cross_entropy
+from mixnb.mixups.base import mixed_cross_entropy
 from mixnb.mixups.adautomix import (
     AdAutoMix,
     AdAutoMixDraw,

@@ -16,7 +16,7 @@ from mixnb.mixups._automix_ops import (
     pool,
     reference_readout,
 )
-from mixnb.mixups._helpers import mixed_cross_entropy
+from mixnb.mixups.base import mixed_cross_entropy
 from mixnb.mixups.automix import AutoMix, AutoMixDraw, automix, sample_automix
 from mixnb.mixups.samix import SAMix
 from mixnb.train import fit

@@ -11,7 +11,7 @@ from torch import nn
 from mixnb.config import RunConfig, parse_method_args
 from mixnb.mixups import (LOSS_DEFAULTS, REGISTRY, MixLoss, MixMethod, get_method, get_spec,
                           mixed_cross_entropy)
-from mixnb.mixups._helpers import decoupled_nll
+from mixnb.mixups.base import decoupled_nll
 from mixnb.mixups.attentivemix import Teacher
 from mixnb.sweep import expand, parse_method_axes
 

@@ -1,4 +1,6 @@
-"""RunConfig and profiles: the one source of truth for a run's settings and its identity.
+"""RunConfig: the one source of truth for a run's settings and its identity.
+
+Slightly over ~450 lines on purpose: every setting of a run, its help text, checks, identity and name in one file.
 
 Notebook parameter cells (``from_parameters``), the CLI (fields become options) and the sweep all
 build a ``RunConfig``. Method defaults live only in the registry (``mixnb.mixups.REGISTRY``);

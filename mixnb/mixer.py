@@ -47,6 +47,9 @@ Example (runnable; more in ``Mixer``):
 >>> x_mixed, y_soft = mixer(x, y)
 >>> y_soft.shape, bool(torch.allclose(y_soft.sum(1), torch.ones(8)))
 (torch.Size([8, 10]), True)
+
+Slightly over ~450 lines on purpose: the whole library API a researcher reads, with its docstring examples, in one
+file.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Helpers the method tests share (tests/mixups/), with one seed convention.
+"""Helpers the method tests share (tests/mixups/), with one seed convention; and the run folders, configs and small
+Tiny-ImageNet replica that several of the other test files share (at the end).
 
 Seeds: every draw comes from an explicit ``gen(seed)``, a CPU ``torch.Generator`` seeded with ``seed``. A helper that
 draws takes the seed as an argument and makes its own generator, so a test's numbers depend only on the seeds it
@@ -12,11 +13,17 @@ package under it).
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mixnb.config import RunConfig
+from mixnb.data import ImageTensors, load_tiny_imagenet, make_sample_dataset
 from mixnb.mixups import MixMethod, StepContext, get_method
 from mixnb.models import build_model
 
@@ -105,3 +112,46 @@ class Ops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops.append(func)
         return func(*args, **(kwargs or {}))
+
+
+# ----------------------------------------------------------------------------- runs, configs and a tiny dataset
+TEST = dict(profile="test", epochs=1, device="cpu")  # RunConfig(**TEST): one epoch of the test profile on the CPU
+CPU = torch.device("cpu")
+R18, RX50 = "resnet18", "resnext50"
+
+
+def make_tiny(path: Path, seed: int = 0) -> Path:
+    """3 classes x 4 train + 2 val images, wnids n90000000.. (sorted, so wnids.txt order = sorted order)."""
+    return make_sample_dataset(path, seed=seed, num_classes=3, train_per_class=4, val_per_class=2)
+
+
+# The fixtures of the tiny set: a test module imports all three it needs (``tiny`` and ``zip_data`` use ``pristine``);
+# the module-scoped ones are then built once per module that imports them.
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny(tmp_path_factory.mktemp("pristine") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def zip_data(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> ImageTensors:
+    return load_tiny_imagenet(pristine, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture
+def tiny(pristine: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the tiny set that a test may change."""
+    return Path(shutil.copytree(pristine, tmp_path / "tiny"))
+
+
+def write_params(run_dir: Path, dataset: dict) -> dict:
+    """A run folder whose params.json records `dataset`, as fit writes it; returns the identity."""
+    identity = RunConfig(profile="test").identity(CPU, dataset)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "params.json").write_text(json.dumps({"identity": identity}))
+    return identity
+
+
+def old_dataset_record(data: ImageTensors) -> dict:
+    """A dataset record as mixnb wrote it before the content key."""
+    return {"root": data.root, "manifest_key": data.manifest_key, "train_images": len(data.y_train),
+            "val_images": len(data.y_val), "classes": len(data.wnids)}

@@ -17,48 +17,20 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import CPU, make_tiny, pristine, tiny, write_params, zip_data  # tests/helpers.py, on sys.path
+from helpers import old_dataset_record as _old_record
 from mixnb import runs
 from mixnb.__main__ import main
 from mixnb.config import RunConfig
-from mixnb.data import DatasetError, ImageTensors, detect_form, load_dataset, load_tiny_imagenet, make_sample_dataset
+from mixnb.data import DatasetError, ImageTensors, detect_form, load_dataset, load_tiny_imagenet
 from mixnb.data.replicas import FORMS, planar, write_pickle, write_replica
 from mixnb.runs import RunConflict, check_identity, dataset_differences, dataset_record
 
-CPU = torch.device("cpu")
 TENSORS = ("x_train", "y_train", "x_val", "y_val")
-
-
-def make_tiny(path: Path, seed: int = 0) -> Path:
-    """3 classes x 4 train + 2 val images, wnids n90000000.. (sorted, so wnids.txt order = sorted order)."""
-    return make_sample_dataset(path, seed=seed, num_classes=3, train_per_class=4, val_per_class=2)
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny(tmp_path_factory.mktemp("pristine") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def zip_data(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> ImageTensors:
-    return load_tiny_imagenet(pristine, cache_dir=tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture
-def tiny(pristine: Path, tmp_path: Path) -> Path:
-    """A fresh copy of the tiny set that a test may change."""
-    return Path(shutil.copytree(pristine, tmp_path / "tiny"))
 
 
 def same_tensors(a: ImageTensors, b: ImageTensors) -> bool:
     return all(torch.equal(getattr(a, k), getattr(b, k)) for k in TENSORS) and a.wnids == b.wnids
-
-
-def write_params(run_dir: Path, dataset: dict) -> dict:
-    """A run folder whose params.json records `dataset`, as fit writes it; returns the identity."""
-    identity = RunConfig(profile="test").identity(CPU, dataset)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "params.json").write_text(json.dumps({"identity": identity}))
-    return identity
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,58 +87,6 @@ def test_a_relabelled_image_changes_the_content_key(tiny: Path, tmp_path: Path) 
     lines[0][1], lines[other][1] = lines[other][1], lines[0][1]  # same counts per class, two labels swapped
     ann.write_text("".join("\t".join(f) + "\n" for f in lines))
     assert load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache").content_key != first.content_key
-
-
-def _old_record(data: ImageTensors) -> dict:
-    """A dataset record as mixnb wrote it before the content key."""
-    return {"root": data.root, "manifest_key": data.manifest_key, "train_images": len(data.y_train),
-            "val_images": len(data.y_val), "classes": len(data.wnids)}
-
-
-def test_an_old_record_maps_by_its_stat_key_or_by_name_and_counts(tiny: Path, tmp_path: Path) -> None:
-    old = _old_record(load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache"))
-    renamed = load_tiny_imagenet(tiny.rename(tmp_path / "renamed"), cache_dir=tmp_path / "cache")  # same files
-    assert renamed.manifest_key == old["manifest_key"]
-    write_params(tmp_path / "run", old)
-    check_identity(tmp_path / "run", RunConfig(profile="test").identity(CPU, dataset_record(renamed)))
-
-    restaged = load_tiny_imagenet(shutil.copytree(tmp_path / "renamed", tmp_path / "b" / "tiny"),
-                                  cache_dir=tmp_path / "cache")  # other inodes, the old folder name
-    assert restaged.manifest_key != old["manifest_key"]
-    check_identity(tmp_path / "run", RunConfig(profile="test").identity(CPU, dataset_record(restaged)))
-
-    other = load_tiny_imagenet(make_sample_dataset(tmp_path / "c" / "tiny", num_classes=3, train_per_class=5,
-                                                   val_per_class=2), cache_dir=tmp_path / "cache")
-    with pytest.raises(RunConflict, match="dataset.manifest_key.*dataset.train_images: 12 there, 15 now"):
-        check_identity(tmp_path / "run", RunConfig(profile="test").identity(CPU, dataset_record(other)))
-
-
-def test_open_run_compares_the_dataset_it_trained_on(tiny: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    data = load_tiny_imagenet(tiny, cache_dir=tmp_path / "cache")
-    cfg = RunConfig(profile="test")
-    monkeypatch.setattr(runs, "load_data", lambda cfg: data)
-
-    def opened(*args: object) -> None:
-        raise LookupError("past the dataset check")
-
-    monkeypatch.setattr(runs, "_model", opened)
-    for record in (dataset_record(data), _old_record(data)):
-        monkeypatch.setattr(runs, "_checkpoint", lambda run_dir, device: ({"identity": {"dataset": record}}, cfg))
-        with pytest.raises(LookupError):
-            runs.open_run(tmp_path / "run")
-    changed = {**dataset_record(data), "content_key": "0" * 40}
-    monkeypatch.setattr(runs, "_checkpoint", lambda run_dir, device: ({"identity": {"dataset": changed}}, cfg))
-    with pytest.raises(ValueError, match="another version of the dataset.*content_key 000000000000 then"):
-        runs.open_run(tmp_path / "run")
-
-
-def test_root_and_form_are_information_not_identity(zip_data: ImageTensors) -> None:
-    record = dataset_record(zip_data)
-    moved = {**record, "root": "/elsewhere/tiny", "form": "tiny-imagenet-parquet", "label_order": "from-metadata",
-             "boxes": False}
-    assert dataset_differences(record, moved, lambda: None) == {}
-    assert "manifest_key" not in record and set(record) >= {"content_key", "root", "form", "label_order", "boxes"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,17 +1,16 @@
 """Experiments as data: one config path (notebook, CLI, sweep), run identity, no stale or pooled results, grids."""
 
-import ast
 import dataclasses
 import json
 import subprocess
 import sys
 
-import nbformat
 import pandas as pd
 import pytest
 
+from helpers import TEST  # tests/helpers.py, on sys.path
 from mixnb.__main__ import main
-from mixnb.config import NOTEBOOK_ONLY, RunConfig, from_parameters
+from mixnb.config import RunConfig
 from mixnb.data import make_sample_dataset
 from mixnb.paths import NOTEBOOKS
 from mixnb.report import appendix_table, benchmark_table, best_alpha, load_runs
@@ -19,34 +18,8 @@ from mixnb.runs import RunConflict
 from mixnb.sweep import dry_run, expand, run_sweep
 from mixnb.train import fit
 
-TEST = dict(profile="test", epochs=1, device="cpu")
-
 
 # ----------------------------------------------------------------------------- one configuration path
-def _parameters_cell() -> dict:
-    nb = nbformat.read(NOTEBOOKS / "train.ipynb", as_version=4)
-    [cell] = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
-
-
-def test_the_notebook_declares_every_runconfig_field_with_its_default():
-    declared = _parameters_cell()
-    defaults = {f.name: (f.default_factory() if callable(f.default_factory) else f.default)
-                for f in dataclasses.fields(RunConfig)}
-    assert set(declared) == set(defaults) | set(NOTEBOOK_ONLY)  # drift in either direction fails
-    assert {k: declared[k] for k in defaults} == defaults
-    assert {k: declared[k] for k in NOTEBOOK_ONLY} == NOTEBOOK_ONLY
-
-
-def test_unknown_notebook_parameter_fails_with_the_valid_names():
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['epoch'\].*epochs"):
-        from_parameters({**_parameters_cell(), "epoch": 1, "In": [], "json": json})
-    cfg, options = from_parameters({**_parameters_cell(), "lr": 0.1, "method": "cutmix",
-                                    "method_args": '{"alpha": 0.2}'})  # papermill -p passes the JSON as text
-    assert cfg.lr == 0.1 and cfg.method_args == {"alpha": 0.2} and options["progress"] == "epoch"
-    assert from_parameters({"method": "cutmix", "method_args": "alpha=0.3"})[0].method_args == {"alpha": 0.3}
-
-
 @pytest.mark.slow
 def test_papermill_runs_what_its_parameters_say(tmp_path):
     """`-p lr 0.1` trains at 0.1 (it was dropped); `-p epoch 1` fails naming `epochs` (it started 400)."""
@@ -83,30 +56,6 @@ def test_cli_accumulates_repeated_options_and_types_method_args(tmp_path, capsys
 
 
 # ----------------------------------------------------------------------------- run identity
-def test_run_names_are_readable_and_distinct():
-    assert RunConfig(method="cutmix").run_name() == "cutmix-resnet18-s0"
-    assert RunConfig(method="cutmix", method_args={"alpha": 1}).run_name() == "cutmix-resnet18-s0"  # the default
-    assert RunConfig(method="cutmix", method_args={"alpha": 0.2}).run_name() == "cutmix-resnet18-s0-a0.2"
-    assert RunConfig(method="mixup", seed=1, epochs=100, lr=0.1).run_name() == "mixup-resnet18-s1-ep100-lr0.1"
-    assert RunConfig(method="mixup", epochs=3).run_name() == "mixup-resnet18-s0"  # the sample profile's 3
-    a, b = RunConfig(data="/data/a"), RunConfig(data="/data/b")
-    assert a.run_name() == b.run_name() == RunConfig().run_name()  # the dataset is in the identity, not the name
-    assert RunConfig(compile="off", log_every=3, eval_batch_size=7, device="cpu").run_name() == "vanilla-resnet18-s0"
-
-
-def test_identity_ignores_what_does_not_change_the_result():
-    import torch
-
-    cpu = torch.device("cpu")
-    data = {"root": "/x", "manifest_key": "k"}
-    base = RunConfig(precision="fp32").identity(cpu, data)
-    for other in (dict(compile="default"), dict(log_every=3), dict(eval_batch_size=10), dict(device="cpu")):
-        assert RunConfig(precision="fp32", **other).identity(cpu, data) == base
-    assert RunConfig(precision="fp32", epochs=3).identity(cpu, data) == base  # resolved: the profile's 3
-    assert RunConfig(precision="bf16").identity(cpu, data) != base
-    assert RunConfig(precision="fp32").identity(cpu, {**data, "manifest_key": "other"}) != base
-
-
 def test_fit_refuses_another_configs_folder_instead_of_returning_its_summary(tmp_path):
     first = fit(RunConfig(method="mixup", **TEST), tmp_path, progress="none")
     assert fit(RunConfig(method="mixup", **TEST), tmp_path, progress="none") == first  # same run: finished

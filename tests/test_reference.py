@@ -1,7 +1,7 @@
 """RunConfig.reference: what "published" (the OpenMixup code that published each Tiny-ImageNet cell) and "head"
 (OpenMixup's 2025 code) resolve to, the bilinear crop, PuzzleMix at 16 x 16 blocks, the partner's self-pair rate,
-the MixBlock's q/k BatchNorm, rank 0's BN buffers under DDP, and earlier runs keeping their identity
-(docs/publication.md)."""
+the MixBlock's q/k BatchNorm and earlier runs keeping their identity (docs/publication.md); rank 0's BN buffers
+under DDP are in test_distributed.py."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import R18, RX50  # tests/helpers.py, on sys.path
 from mixnb.config import RunConfig
 from mixnb.data import IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, resized_crop, sample_crop_boxes
 from mixnb.mixups import REGISTRY, get_method, get_spec
@@ -20,7 +21,6 @@ from mixnb.mixups._helpers import random_partner
 from mixnb.mixups.puzzlemix import CIFAR_MEAN, CIFAR_STD, PuzzleMixArgs, PuzzleMixDraw, puzzle_mask, puzzlemix
 from mixnb.runs import RunConflict, check_identity, complete_identity
 
-R18, RX50 = "resnet18", "resnext50"
 DATASET = {"root": None, "manifest_key": "test"}
 
 # Written out, not read from the registry: (method, backbone) -> crop under "published" (HEAD: bicubic everywhere)
@@ -76,20 +76,6 @@ def _built(cfg: RunConfig):
 def _value(method, name: str):
     """A built method's setting (PuzzleMix keeps its solver settings in ``args``)."""
     return getattr(method.args if name in ("t_size", "mean", "std") else method, name)
-
-
-def test_resolved_values_are_settings_and_explicit_values_win():
-    cfg = RunConfig(method="cutmix", reference="head", crop_interpolation="bilinear", method_args={"partner_tries": 3})
-    assert cfg.crop == "bilinear" and cfg.full_method_args()["partner_tries"] == 3
-    assert RunConfig(method="automix", backbone=RX50, running_stats="mean").maths()["running_stats"] == "mean"
-    assert RunConfig.from_dict({"method": "puzzlemix", "reference": "head"}).full_method_args()["t_size"] == -1
-    assert RunConfig(method="puzzlemix", method_args={"mean": [0.5] * 3, "std": [0.25] * 3}).method_args == {
-        "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}  # mean/std are registry settings, typed
-    for bad in ({"reference": "2022"}, {"crop_interpolation": "nearest"}, {"running_stats": "last"}):
-        with pytest.raises(ValueError, match=next(iter(bad))):
-            RunConfig(**bad)
-    with pytest.raises(ValueError, match="partner_tries"):
-        RunConfig(method="cutmix", method_args={"partner_tries": 0})
 
 
 def test_every_published_cell_names_its_code():
@@ -246,38 +232,6 @@ def test_mixblock_bn_is_grouped_like_the_method_s_other_bns():
 
 
 # ---------------------------------------------------------------------------------------------
-# DDP: rank 0's buffers
-
-
-class _TwoRanks:
-    """torch.distributed as rank 0 of 2 sees it, rank 1's buffers being 2 - rank 0's: broadcast keeps rank 0's
-    values, all_reduce sums the two."""
-
-    def is_initialized(self) -> bool:
-        return True
-
-    def get_world_size(self) -> int:
-        return 2
-
-    def broadcast(self, t: torch.Tensor, src: int) -> None:
-        assert src == 0
-
-    def all_reduce(self, t: torch.Tensor) -> None:
-        t.copy_(t + (2 - t))
-
-
-@pytest.mark.parametrize("mode, expect", [("first", 0.5), ("mean", 1.0)])
-def test_ddp_buffers_are_rank_0s_with_first(monkeypatch, mode, expect):
-    import mixnb.distributed as distributed
-
-    monkeypatch.setattr(distributed, "dist", _TwoRanks())
-    bn = torch.nn.BatchNorm2d(3)
-    bn.running_mean.fill_(0.5)
-    distributed.average_buffers_(bn, running_stats=mode)
-    assert bn.running_mean.eq(expect).all()
-
-
-# ---------------------------------------------------------------------------------------------
 # Runs made before the reference keep their identity
 
 
@@ -354,10 +308,3 @@ def test_report_names_the_code_of_each_cell():
     assert table[("R-18", "code")].tolist() == ["HEAD 37e1372 (2025-10-15)", "e81ed85 (2022-03-10)"]
     assert "AttentiveMix+: published by R-18 7bf8bcf (2022-03-25, crop bicubic, ‡ crop undetermined" in \
         table_notes_html(["attentivemix"]) and "teacher" in table_notes_html(["attentivemix"])
-
-
-def test_running_stats_names_only_a_non_default_choice():
-    assert RunConfig(bn_groups=2).run_name() == "vanilla-resnet18-s0-bng2"
-    assert RunConfig(bn_groups=2, running_stats="mean").run_name() == "vanilla-resnet18-s0-bng2-bnstatsmean"
-    assert RunConfig(method="automix", backbone=RX50, running_stats="mean").run_name() == \
-        "automix-resnext50-s0-bnstatsmean"

@@ -3,7 +3,6 @@ says what and where (the run-folder half; the dataset half is in test_data.py)."
 
 import json
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import TEST  # tests/helpers.py, on sys.path
 from mixnb import runs
 from mixnb.__main__ import main
 from mixnb.config import RunConfig
@@ -23,8 +23,6 @@ from mixnb.report import load_runs, render_report
 from mixnb.runs import is_finished
 from mixnb.sweep import expand, run_sweep
 from mixnb.train import Diverged, Generators, fit
-
-TEST = dict(profile="test", epochs=1, device="cpu")
 
 
 class _Payload:
@@ -88,26 +86,6 @@ def test_a_diverged_sweep_run_is_failed_with_its_reason_and_shown_as_diverged(tm
     assert runs.summaries.empty and list(runs.diverged["run"]) == [job.config.run_name()]
     with pytest.raises(ValueError, match="alpha must be finite"):
         RunConfig(method="mixup", method_args={"alpha": float("inf")})
-
-
-def test_unreadable_and_corrupt_checkpoints(tmp_path, monkeypatch):
-    ckpt = tmp_path / "checkpoint.pt"
-    ckpt.write_bytes(b"")
-
-    def denied(*args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(args[0]))
-
-    monkeypatch.setattr(runs, "open", denied, raising=False)  # root reads anything: fake what chmod 000 does
-    with pytest.raises(OSError, match=r"checkpoint.pt cannot be read \(Permission denied\).*chmod.*Nothing was changed"):
-        runs.load_checkpoint(ckpt, move_corrupt=True)
-    monkeypatch.undo()
-    assert ckpt.exists()  # not moved aside
-    for _ in range(2):  # corrupt (empty, then truncated): moved aside, never over an earlier one
-        assert runs.load_checkpoint(ckpt, move_corrupt=True) is None and not ckpt.exists()
-        ckpt.write_bytes(b"PK\x03\x04 truncated")
-    assert len(list(tmp_path.glob("checkpoint.pt.corrupt-*"))) == 2
-    fit(RunConfig(method="vanilla", **TEST), tmp_path / "run", progress="none")
-    assert stat.S_IMODE((tmp_path / "run" / "checkpoint.pt").stat().st_mode) == 0o644  # shared like the rest
 
 
 @pytest.mark.slow
@@ -230,24 +208,6 @@ def test_a_failed_analysis_keeps_the_run_is_reported_and_is_retried_by_the_next_
     assert (job.run_dir / "summary.json").read_text() == trained
     assert read_analysis(job.run_dir) is not None and analysis_failure(job.run_dir) is None
     assert analysis_failures_html(load_runs("test").summaries, "test") == ""
-
-
-def test_a_checkpoint_truncated_anywhere_is_moved_aside_not_called_unreadable(tmp_path):
-    """torch.load of a checkpoint cut past its first bytes seeks beyond the end (OSError EINVAL): corrupt."""
-    ckpt = tmp_path / "checkpoint.pt"
-    torch.save({"identity": {}, "model": {"w": torch.zeros(64, 64)}, "rows": [], "epoch": 1}, ckpt)
-    whole = ckpt.read_bytes()
-    for size in (100, 5000, len(whole) // 2, len(whole) - 10):
-        ckpt.write_bytes(whole[:size])
-        assert runs.load_checkpoint(ckpt, move_corrupt=True) is None and not ckpt.exists()
-    assert len(list(tmp_path.glob("checkpoint.pt.corrupt-*"))) == 4
-
-
-def test_run_names_tell_apart_floats_that_print_alike_and_keep_todays_names():
-    names = [RunConfig(method="mixup", method_args={"alpha": a}).run_name() for a in (0.2, 0.2000001, 0.5)]
-    assert names == ["mixup-resnet18-s0-a0.2", "mixup-resnet18-s0-a0.2000001", "mixup-resnet18-s0-a0.5"]
-    assert RunConfig(method="mixup", lr=0.1, epochs=100).run_name() == "mixup-resnet18-s0-ep100-lr0.1"
-    assert len(expand("test", ["mixup"], alphas=[0.2, 0.2000001])) == 2  # the sweep kept only the first
 
 
 def test_a_damaged_executed_notebook_is_skipped_by_the_report_and_never_left_by_the_sweep(tmp_path, monkeypatch,

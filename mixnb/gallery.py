@@ -357,8 +357,8 @@ def run_gallery(run_dir: str | Path, *, n: int = 8, seed: int = 0) -> plt.Figure
     if run.setup_error is not None:  # its masks need the method's state (AttentiveMix+: its teacher)
         raise RuntimeError(f"{run_dir}: {run.cfg.method} cannot be shown: {run.setup_error}")
     cfg, data, model, method, ckpt = run.cfg, run.data, run.model, run.method, run.ckpt
-    # one image from each of the first n classes, always the same ones
-    idx = torch.stack([(data.y_val == c).nonzero()[0, 0] for c in range(min(n, len(data.wnids)))])
+    # one image from each of the first n classes that val holds, always the same ones
+    idx = torch.stack([(data.y_val == c).nonzero()[0, 0] for c in data.y_val.unique()[:n]])
     loader = DeviceLoader(data.x_val[idx], data.y_val[idx], batch_size=len(idx), device="cpu", train=False)
     x, y = next(iter(loader))
     model.eval()

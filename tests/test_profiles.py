@@ -17,7 +17,7 @@ from mixnb.data.loader import AUGMENTS, DeviceLoader, batch_flip_lr, padded_crop
 from mixnb.mixups import CIFAR100, PUBLISHED, REGISTRY, TINY_IMAGENET, nearest_budget, published_top1
 from mixnb.profiles import PIPELINES, PROFILES, Profile
 from mixnb.report import (benchmark_table, compares_with_openmixup, header_html, load_runs, table_intro_html,
-                          tidy_table)
+                          table_notes_html, tidy_table)
 from mixnb.sweep import expand
 from test_report import TINY_DATA, write_run
 
@@ -171,6 +171,9 @@ def test_report_compares_cifar100_runs_with_cifar100_numbers(tmp_path):
     assert "Protocol: OpenMixup&#x27;s CIFAR-100 benchmark (SGD lr 0.1" in header and "Tiny-ImageNet" not in header
     assert "epochs 4 in 2 of 2 runs (protocol: 200/400/800/1200)" in header
     assert "(read as <code>cifar-100-python</code>" in header  # the form the runs read
+    assert not any(col[1] == "code" for col in table.columns)  # Tiny-ImageNet's code provenance does not apply
+    notes = table_notes_html(["vanilla", "cutmix"], s)
+    assert "Settings: OpenMixup's CIFAR-100 configs" in notes and "e81ed85" not in notes
 
     write_run(tmp_path / "long", [75.0] * 400, profile="cifar100", dataset=CIFAR_DATA)
     s = load_runs("cifar100", tmp_path / "long").summaries

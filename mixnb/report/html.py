@@ -17,7 +17,7 @@ from mixnb.mixups import REGISTRY, get_spec
 from mixnb.report.analysis import definitions
 from mixnb.report.frames import READOUT_WINDOW, Runs, _col, _rows, short_runs
 from mixnb.report.labels import BACKBONE_LABELS, _alpha, _values, method_label, row_label, run_page
-from mixnb.report.published import off_protocol, openmixup_why
+from mixnb.report.published import follows_tiny_code, off_protocol, openmixup_why, published_source
 from mixnb.report.tables import LOAD_SPREAD, appendix_table, timing_caveat
 from mixnb.runs import analysis_failure, failure, read_summary
 
@@ -119,15 +119,21 @@ def table_intro_html(summaries: pd.DataFrame, profile: str) -> str:
     return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
 
 
-def table_notes_html(methods: list[str]) -> str:
-    """The legend of the table's marks and the notes on the published numbers of ``methods``."""
+def table_notes_html(methods: list[str], summaries: pd.DataFrame | None = None) -> str:
+    """The legend of the table's marks and the notes on the published numbers of ``methods``; the per-method code
+    provenance only where it applies to ``summaries``' runs (``follows_tiny_code``), else the table's source."""
     items = ["<code>*</code> after a name: an arXiv pre-print whose number OpenMixup's authors reproduced; "
              "📖: the original paper's number, not run in OpenMixup (docs/protocol.md §4); †: read as OpenMixup read "
              "these rows, the best of four heads' medians (online/EMA × clean/mixed, docs/protocol.md §1.7); the online "
-             "encoder's plain median is in the read-out table below.",
-             "code: the OpenMixup code a cell's runs follow (RunConfig.reference, docs/publication.md): the commit "
-             "that published the number (the default, reference=published) or HEAD (reference=head); ‡: a setting "
-             "that commit cannot decide, picked as the note says."]
+             "encoder's plain median is in the read-out table below."]
+    if summaries is not None and not follows_tiny_code(summaries):
+        table, _ = published_source(summaries)
+        items.append(f"Settings: OpenMixup's {escape(table.dataset)} configs, and its numbers from "
+                     f"{escape(table.source)} (docs/protocol.md §8); the Tiny-ImageNet code provenance does not apply.")
+        return "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+    items.append("code: the OpenMixup code a cell's runs follow (RunConfig.reference, docs/publication.md): the commit "
+                 "that published the number (the default, reference=published) or HEAD (reference=head); ‡: a setting "
+                 "that commit cannot decide, picked as the note says.")
     for m in [m for m in REGISTRY if m in set(methods)]:
         spec = get_spec(m)
         if spec.note or not spec.reproduced:

@@ -75,6 +75,13 @@ def code_followed(method: str, backbone: str, identity: dict[str, Any]) -> str:
     return "neither: " + ", ".join(f"{k} {_num(v)}" for k, v in mismatch["published"])
 
 
+def follows_tiny_code(summaries: pd.DataFrame) -> bool:
+    """Whether the per-method OpenMixup code provenance (``code_followed``: the commits that published the
+    Tiny-ImageNet cells) applies to these runs: not where a profile's own table set the settings (CIFAR-100's)."""
+    tables = summaries.get("published_table", pd.Series(dtype=object))
+    return bool(tables.fillna("tiny-imagenet").eq("tiny-imagenet").all())
+
+
 def _code(method: str, backbone: str, config_key: str) -> str:
     """``code_followed`` of a pooled configuration (its ``config_key``: the identity without the seed)."""
     try:

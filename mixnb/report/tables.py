@@ -18,7 +18,7 @@ from mixnb.report.analysis import train_gflops
 from mixnb.report.frames import (MEDIANS, TRAIN_SECONDS, _col, _rows, _vanilla_keys, best_alpha, pooled, short_runs,
                                  vanilla_deltas)
 from mixnb.report.labels import BACKBONE_LABELS, _alpha, method_label, row_label, run_page
-from mixnb.report.published import _code, openmixup_header, published_column, published_source
+from mixnb.report.published import _code, follows_tiny_code, openmixup_header, published_column, published_source
 
 
 def methods_markdown() -> str:
@@ -43,7 +43,8 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
     of the mean when a cell has two seeds or more; that alpha (ties: ``best_alpha``); the number of seeds; the
     difference to Vanilla (``vanilla_deltas``, "ref" on Vanilla's row, "–" without a Vanilla run). With
     ``reference``, OpenMixup's published number and the difference to it, the latter only for cells on the
-    protocol (``on_protocol``); with ``code``, the OpenMixup code each cell's runs follow. A configuration with only
+    protocol (``on_protocol``); with ``code``, the OpenMixup code each cell's runs follow (``follows_tiny_code``:
+    not for a profile whose own table set the settings). A configuration with only
     diverged runs reads "diverged". ``by``: the read-out that picks the alpha (default ``value``; the best-epoch
     table shows the main table's). ``links``: a "runs" column per backbone with HTML links to the run pages.
 
@@ -95,7 +96,7 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
                                                               else "–" for r, b in zip(ref, book)]
             cols[(label, "Δ OpenMixup")] = [f"{cells[k].mean - r:+.2f}" if r is not None and k in cells
                                             and cells[k].config_key in on_protocol else "–" for k, r in zip(order, ref)]
-        if code:
+        if code and follows_tiny_code(summaries):
             cols[(label, "code")] = column(lambda c: _code(c.method, backbone, c.config_key))
     heads = set(summaries.loc[summaries.get("readout", pd.Series(dtype=str)) == "best of 4 heads", "method"]) \
         if value == "readout_top1" and not summaries.empty else set()

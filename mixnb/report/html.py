@@ -92,8 +92,8 @@ def table_intro_html(summaries: pd.DataFrame, profile: str) -> str:
     """What the main table's numbers are, in plain words: the read-out (and, for runs shorter than its window,
     that the "median" covers every epoch), seeds and intervals, Δ Vanilla, the α choice and its tie rule, and
     whether OpenMixup's numbers are shown (only beside runs on their protocol) and why not."""
-    items = ["top-1 (%): the median of the last 10 epochs as OpenMixup's summary script reads them (epochs 390–400 "
-             "of 400: 11 values), mean ± std over the seeds of one configuration (seeds pool only within identical "
+    items = ["top-1 (%): the median of the last 10 epochs as OpenMixup's summary script reads them (epochs E−10 to E "
+             "of E: 11 values), mean ± std over the seeds of one configuration (seeds pool only within identical "
              "settings); each method at its best α among those that ran, chosen on the validation set by this same "
              "read-out (as OpenMixup: no split is held out for the choice). A tie (means equal at two decimals) goes to the "
              "published α when it is among the tied, else to the smallest; the α cell names it. Every configuration "

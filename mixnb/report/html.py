@@ -185,8 +185,9 @@ def cost_note_html(summaries: pd.DataFrame) -> str:
     verdict = (f"<b>× Vanilla is greyed: not a finding</b>: {escape(caveat)}." if caveat else
                f"The runs' loads agree within {LOAD_SPREAD} and stay under the core count: × Vanilla compares like "
                f"with like on this machine.")
-    return (f"<p>FLOPs per image do not depend on the machine and lead. Wall times: {escape(devices)} on host "
-            f"{escape(hosts)}, {escape(load)}, each run timed on its own, one after another. {verdict} For relative "
+    return (f"<p>FLOPs per image do not depend on the machine and load. Wall times: {escape(devices)} on host "
+            f"{escape(hosts)}, {escape(load)}, each run's own epochs (a sweep may run several at once, on a CPU two: "
+            f"the load says how busy the machine was). {verdict} For relative "
             f"costs measured interleaved in one process on one device, run <code>make bench</code>.</p>")
 
 

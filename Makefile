@@ -71,7 +71,8 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.stamp-*
 	@touch $@
 
-# A failed run does not stop the others; the report renders what finished, then make fails.
+# A failed run does not stop the others; the report renders what finished, then make fails. No $(MAKE) in the
+# recipe: make -n would run it (a real sweep) instead of printing it.
 sweep: $(STAMP)
 ifneq ($(filter-out 0,$(DRY_RUN)),)
 	$(PY) -m mixnb sweep $(SWEEP_ARGS)
@@ -80,7 +81,7 @@ else ifeq ($(WAIT),0)
 	@echo $(call quote,WAIT=0: the jobs run on; 'make report PROFILE=$(PROFILE)' renders the runs that have finished)
 else
 	$(PY) -m mixnb sweep $(SWEEP_ARGS); rc=$$?; \
-	$(MAKE) --no-print-directory report PROFILE=$(call quote,$(PROFILE)) && exit $$rc
+	$(PY) -m mixnb report --profile $(call quote,$(PROFILE)) && exit $$rc
 endif
 
 report: $(STAMP)

@@ -450,6 +450,17 @@ def test_make_passes_every_value_as_one_quoted_word():
     assert "--arg 'cutmix:alpha=0.5' 'it'\\''s'" in command
 
 
+def test_make_n_sweep_prints_the_sweep_and_runs_nothing(tmp_path):
+    """make -n ran a real sweep while the recipe called $(MAKE) (make runs such lines even under -n)."""
+    from mixnb.paths import ROOT
+
+    env = {**os.environ, "MIXNB_RUNS": str(tmp_path / "runs"), "MIXNB_REPORTS": str(tmp_path / "reports")}
+    out = subprocess.run(["make", "-n", "sweep", "PROFILE=test"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert " -m mixnb sweep --profile 'test'" in out and " -m mixnb report --profile 'test'" in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+
+
 def test_explore_notebook_checks_its_profile_before_drawing():
     """explore.ipynb's ``profile`` is checked by get_profile before the galleries (a typo read as "AttentiveMix+ has
     no teacher"), and that check names the valid profiles."""

@@ -290,7 +290,8 @@ def test_a_run_page_keeps_its_notebook_and_none_of_its_script(tmp_path):
 def test_labels_and_exports_escape_what_matplotlib_markdown_and_latex_would_read(tmp_path):
     import pandas as pd
 
-    from mixnb.report import _md, _tex, config_label, plot_curves
+    from mixnb.report import config_label, plot_curves
+    from mixnb.report.exports import _md, _tex
 
     assert config_label("mixup", 0.2, "spectrum $x$") == r"MixUp α 0.2 (spectrum \$x\$)"
     metrics = pd.DataFrame({"backbone": "resnet18", "method": "mixup", "alpha": 0.2, "settings": r"eps $\frac{$",

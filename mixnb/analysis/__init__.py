@@ -65,13 +65,9 @@ from mixnb.analysis.corruption_ops import (
     zoom_blur,
 )
 from mixnb.analysis.corruptions import TINC_ENV, corruption_accuracy, generated_corruptions, official_corruptions
-from mixnb.analysis.corruption_ops import _disk as _disk  # private, used by tests/test_analysis.py
 from mixnb.analysis.flop_count import count_flops, flops
 from mixnb.analysis.occlude import curve_auc, occlusion, occlusion_masks, patch_mask
 from mixnb.analysis.run import MEAN, STD, Run, load_run, predict
-from mixnb.analysis.run import _images as _images  # private, used by tests/test_analysis.py
-from mixnb.analysis.run import _normalise as _normalise  # private, used by tests/test_analysis.py
-from mixnb.analysis.run import _subset as _subset  # private, used by tests/test_analysis.py
 from mixnb.analysis.settings import PROFILE_SETTINGS, AnalysisSettings, settings_for
 
 __all__ = [

@@ -9,8 +9,6 @@ line and the tests use are re-exported here.
 
 from mixnb.report.analysis import (beyond_accuracy, beyond_styler, beyond_view, cam_gallery, corruption_table,
                                    mce_table, plot_occlusion, plot_reliability)
-from mixnb.report.exports import _md as _md  # private, used by tests/test_reliability.py
-from mixnb.report.exports import _tex as _tex  # private, used by tests/test_reliability.py
 from mixnb.report.exports import write_exports
 from mixnb.report.frames import Runs, best_alpha, dataset_name, load_runs, vanilla_deltas
 from mixnb.report.html import (analysis_failures_html, appendix_html, as_jpeg, cost_note_html, definitions_html,

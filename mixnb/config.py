@@ -214,6 +214,11 @@ class RunConfig:
         return self.profile_spec.augment
 
     @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) of the input normalisation, 0..1 units: the profile's (ImageNet's; CIFAR-100's for cifar100)."""
+        return tuple(self.profile_spec.mean), tuple(self.profile_spec.std)
+
+    @property
     def batchnorm_groups(self) -> int:
         if self.bn_groups is not None:
             return self.bn_groups
@@ -247,6 +252,9 @@ class RunConfig:
                 "bn_groups": self.batchnorm_groups, "crop_interpolation": self.crop,
                 # the Tiny pipeline (RandomResizedCrop + flip) is every earlier run's: only another one is recorded
                 **({"pipeline": self.profile_spec.pipeline} if self.profile_spec.pipeline != "rrc" else {}),
+                # ImageNet's mean/std is every earlier run's: only another normalisation is recorded
+                **({"normalisation": [list(v) for v in self.normalisation]}
+                   if self.normalisation != (IMAGENET_MEAN, IMAGENET_STD) else {}),
                 # one group has one set of statistics: the choice exists (and splits identities) only with several
                 **({"running_stats": self.bn_running_stats} if self.batchnorm_groups > 1 else {})}
 

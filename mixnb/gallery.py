@@ -302,10 +302,13 @@ def plot_mixed_grid(batch: MixedBatch, x: Tensor, *, mean: tuple[float, ...], st
 
 
 def gallery_figure(name: str, method: MixMethod, model: nn.Module, x: Tensor, y: Tensor, *, classes: list[str],
-                   seed: int, context: str, trained: str | None = None) -> plt.Figure:
-    """The gallery of one method: ``gallery_batch`` drawn by ``plot_mixed_grid`` with its caption and notes."""
+                   seed: int, context: str, trained: str | None = None,
+                   normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> plt.Figure:
+    """The gallery of one method: ``gallery_batch`` drawn by ``plot_mixed_grid`` with its caption and notes;
+    ``normalisation``: the (mean, std) ``x`` is normalised with (default ImageNet's)."""
     from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
 
+    mean, std = normalisation or (IMAGENET_MEAN, IMAGENET_STD)
     gb = gallery_batch(method, model, x, y, seed=seed)
     footer = [caption(name, method), *notes(name, method), *_spread_note(gb, method, trained)]
     if not gb.mixes:
@@ -325,7 +328,7 @@ def gallery_figure(name: str, method: MixMethod, model: nn.Module, x: Tensor, y:
     if model_note:
         footer.append(model_note)
     label = get_spec(name).label if name in REGISTRY else name
-    return plot_mixed_grid(gb.batch, x, mean=IMAGENET_MEAN, std=IMAGENET_STD, classes=classes,
+    return plot_mixed_grid(gb.batch, x, mean=mean, std=std, classes=classes,
                            targets=gb.targets if gb.mixes else None, footer=footer,
                            title=f"{label} — {context}{', ' + tag if tag else ''}, seed {seed}")
 
@@ -359,14 +362,17 @@ def run_gallery(run_dir: str | Path, *, n: int = 8, seed: int = 0) -> plt.Figure
     cfg, data, model, method, ckpt = run.cfg, run.data, run.model, run.method, run.ckpt
     # one image from each of the first n classes that val holds, always the same ones
     idx = torch.stack([(data.y_val == c).nonzero()[0, 0] for c in data.y_val.unique()[:n]])
-    loader = DeviceLoader(data.x_val[idx], data.y_val[idx], batch_size=len(idx), device="cpu", train=False)
+    mean, std = cfg.normalisation  # as the run trained
+    loader = DeviceLoader(data.x_val[idx], data.y_val[idx], batch_size=len(idx), device="cpu", train=False, mean=mean,
+                          std=std)
     x, y = next(iter(loader))
     model.eval()
     method.eval()
     words = [data.words.get(w, w) for w in data.wnids]
     trained = f"epoch-{ckpt['epoch']} checkpoint"
     return gallery_figure(cfg.method, method, model, x, y, classes=words, seed=seed,
-                          context=f"{cfg.backbone}, {trained}, val images", trained=trained)
+                          context=f"{cfg.backbone}, {trained}, val images", trained=trained,
+                          normalisation=cfg.normalisation)
 
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",

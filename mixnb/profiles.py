@@ -27,9 +27,9 @@ from mixnb.mixups.puzzlemix import CIFAR_MEAN, CIFAR_STD
 # "rrc" = RandomResizedCrop(size, scale (0.08, 1)) + flip (OpenMixup's Tiny-ImageNet, docs/protocol.md §1.4);
 # "crop-pad" = RandomCrop(32, padding=4, reflect) + flip (OpenMixup's CIFAR-100, docs/protocol.md §8.2).
 PIPELINES = {"rrc": ("random_resized_crop", "flip_lr"), "crop-pad": ("random_crop_pad", "flip_lr")}
-# CIFAR_MEAN/CIFAR_STD (one copy, PuzzleMix's) are also OpenMixup's CIFAR-100 normalisation (configs/classification/_base_/datasets/cifar100/sz32_bs100.py at 69ee565 and
-# 37e1372: the CIFAR-10 statistics). TODO: runs normalise with ImageNet's for every profile: the analysis (attacks,
-# corruptions, CAM) and the gallery normalise with one constant; when that constant becomes the profile's, use this.
+# CIFAR_MEAN/CIFAR_STD (one copy, PuzzleMix's) are also OpenMixup's CIFAR-100 normalisation
+# (configs/classification/_base_/datasets/cifar100/sz32_bs100.py at 69ee565 and 37e1372: the CIFAR-10 statistics);
+# training, the analysis and the galleries read a run's from RunConfig.normalisation.
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Profile:
         backbones: what ``make sweep`` runs when BACKBONES is unset.
         published: the key of the published table runs are compared with (``mixnb.mixups.PUBLISHED``), or None.
         batch_size, lr, momentum, weight_decay: defaults of the RunConfig fields of those names.
-        mean, std: the normalisation the reference used (0..1 units; see ``CIFAR_MEAN``'s TODO).
+        mean, std: the input normalisation the reference used (0..1 units; ``RunConfig.normalisation``).
         method_args: method -> settings this protocol changes from the registry's (the published α of its table,
             FMix's mask size); explicit ``method_args`` win.
         registry_bn_groups: whether the registry's per-backbone BN groups apply (OpenMixup's Tiny RX-50 AutoMix/SAMix

@@ -338,10 +338,12 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
         gens = Generators.from_seed(cfg.seed, device, rank=rank)
         train_loader = DeviceLoader(data.x_train, data.y_train, batch_size=cfg.batch_size, device=device,
                                     train=True, gen=gens.data, channels_last=on_cuda, shard=(rank, world),
-                                    interpolation=cfg.crop, augment=cfg.augment)  # the profile's pipeline
+                                    interpolation=cfg.crop, augment=cfg.augment,  # the profile's pipeline
+                                    mean=cfg.normalisation[0], std=cfg.normalisation[1])
         lo, hi = rank * len(data.y_val) // world, (rank + 1) * len(data.y_val) // world  # this rank's val shard
         val_loader = DeviceLoader(data.x_val[lo:hi], data.y_val[lo:hi], batch_size=cfg.eval_batch_size,
-                                  device=device, train=False, channels_last=on_cuda)
+                                  device=device, train=False, channels_last=on_cuda,
+                                  mean=cfg.normalisation[0], std=cfg.normalisation[1])
 
         # Resume from the last checkpoint: every RNG state, so the run ends as if never stopped.
         rows: list[dict[str, Any]] = []

@@ -13,8 +13,10 @@ from mixnb.analysis.settings import PROFILE_SETTINGS
 from mixnb.config import RunConfig
 from mixnb.data import DatasetError
 from mixnb.data.replicas import write_replica
-from mixnb.data.loader import AUGMENTS, DeviceLoader, batch_flip_lr, padded_crop, sample_crop_offsets
+from mixnb.data.loader import (AUGMENTS, IMAGENET_MEAN, IMAGENET_STD, DeviceLoader, batch_flip_lr, normalize,
+                               padded_crop, sample_crop_offsets)
 from mixnb.mixups import CIFAR100, PUBLISHED, REGISTRY, TINY_IMAGENET, nearest_budget, published_top1
+from mixnb.mixups.puzzlemix import CIFAR_MEAN, CIFAR_STD
 from mixnb.profiles import PIPELINES, PROFILES, Profile
 from mixnb.report import (benchmark_table, compares_with_openmixup, header_html, load_runs, table_intro_html,
                           table_notes_html, tidy_table)
@@ -127,6 +129,20 @@ def test_cifar100_trains_one_epoch_on_a_cifar_replica(tmp_path):
     identity = json.loads((tmp_path / "run" / "params.json").read_text())["identity"]
     assert summary["epochs"] == 1 and identity["pipeline"] == "crop-pad" and identity["dataset"]["classes"] == 100
     assert identity["lr"] == 0.1 and identity["method_args"]["alpha"] == 0.2 and np.isfinite(summary["median_top1"])
+    assert identity["normalisation"] == [list(CIFAR_MEAN), list(CIFAR_STD)]  # OpenMixup's CIFAR-100 configs' statistics
+    from mixnb.analysis import load_run  # the analysis normalises as the run trained
+
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(load_run(tmp_path / "run", "cpu").normalise(x), normalize(x * 255, CIFAR_MEAN, CIFAR_STD))
+
+
+def test_only_a_profile_off_imagenets_statistics_records_its_normalisation():
+    """ImageNet's mean/std is every earlier run's: recorded only where it differs, so no earlier identity changes."""
+    assert RunConfig(profile="cifar100").normalisation == (CIFAR_MEAN, CIFAR_STD)
+    assert RunConfig(profile="cifar100").maths()["normalisation"] == [list(CIFAR_MEAN), list(CIFAR_STD)]
+    for profile in ("tiny-imagenet", "imagenet64", "sample"):
+        cfg = RunConfig(profile=profile)
+        assert cfg.normalisation == (IMAGENET_MEAN, IMAGENET_STD) and "normalisation" not in cfg.maths()
 
 
 @pytest.mark.parametrize("form, profile, reads_it", [("cifar-100-python", "tiny-imagenet", "cifar100"),

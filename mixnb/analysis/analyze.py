@@ -26,7 +26,7 @@ from mixnb.analysis.cam import gallery_indices, localisation
 from mixnb.analysis.corruptions import check_tinc, corruption_accuracy, official_corruptions
 from mixnb.analysis.flop_count import flops
 from mixnb.analysis.occlude import occlusion
-from mixnb.analysis.run import MEAN, STD, _images, _subset, load_run, predict
+from mixnb.analysis.run import _images, _subset, load_run, predict
 from mixnb.analysis.settings import PROFILE_SETTINGS, AnalysisSettings, settings_for
 from mixnb.config import RunConfig
 from mixnb.device import autocast_dtype
@@ -174,27 +174,30 @@ def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
     boxes = data.val_boxes.to(dev)
     gallery = gallery_indices(data.y_val, s.gallery_images).to(dev)
     # one forward for the CAMs and the clean logits (the reported head is model(x): _reported_head checked)
-    localization, logits = timed("clean + CAM", lambda: localisation(run.model, x, y, boxes, s, gallery))
+    norm = run.normalise  # the run's own mean/std (its profile's), in every pass
+    localization, logits = timed("clean + CAM", lambda: localisation(run.model, x, y, boxes, s, gallery, normalise=norm))
     if run.logits is not run.model:
-        logits = timed("clean", lambda: predict(run.logits, x, batch_size=s.batch_size))
+        logits = timed("clean", lambda: predict(run.logits, x, batch_size=s.batch_size, normalise=norm))
     autocast = autocast_dtype(run.cfg.precision, dev) == torch.bfloat16
     result: dict[str, Any] = {
         "version": ANALYSIS_VERSION, "key": analysis_key(record, s, tinc), "checkpoint": {**record, "epoch": run.ckpt["epoch"]},
         "run": run.cfg.run_name(), "run_dir": str(run_dir), "method": run.cfg.method, "backbone": run.cfg.backbone,
         "seed": run.cfg.seed, "profile": run.cfg.profile, "settings": s.to_dict(), "device": str(dev),
         "precision": "fp32 (the run evaluated in bf16 autocast)" if autocast else "fp32",
-        "head": run.head, "setup_error": run.setup_error, "normalisation": {"mean": MEAN, "std": STD},
+        "head": run.head, "setup_error": run.setup_error, "normalisation": dict(zip(("mean", "std"), run.cfg.normalisation)),
         "clean": {"top1": 100 * float((logits.argmax(1) == y).double().mean()), "images": len(y)}, "memory": memory,
     }
     result["calibration"] = timed("calibration", lambda: calibration(logits, y, n_bins=s.n_bins))
     sub = _subset(len(y), s.attack_images, s.seed, "attack-images").to(dev)
-    result["adversarial"] = timed("adversarial", lambda: adversarial(run.logits, x[sub], y[sub], s))
+    result["adversarial"] = timed("adversarial", lambda: adversarial(run.logits, x[sub], y[sub], s, normalise=norm))
     occ = _subset(len(y), s.occlusion_images, s.seed, "occlusion-images").to(dev)
-    result["occlusion"] = timed("occlusion", lambda: occlusion(run.logits, x[occ], y[occ], s))
-    result["corruptions"] = {"generated": timed("corruptions", lambda: corruption_accuracy(run.logits, data, s, dev)),
+    result["occlusion"] = timed("occlusion", lambda: occlusion(run.logits, x[occ], y[occ], s, normalise=norm))
+    result["corruptions"] = {"generated": timed("corruptions", lambda: corruption_accuracy(run.logits, data, s, dev,
+                                                                                          normalise=norm)),
                              "official": None}
     if tinc:
-        result["corruptions"]["official"] = timed("official", lambda: official_corruptions(run.logits, tinc, data, s, dev))
+        result["corruptions"]["official"] = timed("official", lambda: official_corruptions(run.logits, tinc, data, s, dev,
+                                                                                          normalise=norm))
     result["localization"] = with_gallery_images(localization, data)
     result["flops"] = timed("flops", lambda: flops(run)) if s.flops else None
     seconds["total"] = time.perf_counter() - t_all

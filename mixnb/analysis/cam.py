@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixnb.analysis.run import _normalise
+from mixnb.analysis.run import Normalise, _normalise
 from mixnb.analysis.settings import AnalysisSettings
 
 
@@ -79,12 +79,12 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 def localisation(model: nn.Module, x: Tensor, y: Tensor, boxes: Tensor, s: AnalysisSettings,
-                 gallery: Tensor) -> tuple[dict[str, Any], Tensor]:
+                 gallery: Tensor, *, normalise: Normalise = _normalise) -> tuple[dict[str, Any], Tensor]:
     """(Top-1 and GT-known localisation (%) of (N, 3, H, W) uint8 ``x`` against its (N, 4) inclusive boxes with
     the 8x8 CAMs of the images ``gallery`` indexes, the (N, K) float32 logits of the same forward passes)."""
     top1_hit, iou_all, cams, all_logits = [], [], {}, []
     for i in range(0, len(x), s.batch_size):
-        xb, yb = _normalise(x[i:i + s.batch_size].float() / 255), y[i:i + s.batch_size]
+        xb, yb = normalise(x[i:i + s.batch_size].float() / 255), y[i:i + s.batch_size]
         logits, cam = grad_cam(model, xb, yb)
         up = upsample_cam(cam, x.shape[-1])
         box = largest_region_boxes(up >= s.cam_threshold)  # the map's max is 1 after normalising

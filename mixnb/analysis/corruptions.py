@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from mixnb.analysis.corruption_ops import CORRUPTION_CACHE_VERSION, CORRUPTIONS, corrupt, frost_files, skip_reason
-from mixnb.analysis.run import _images, _subset, predict
+from mixnb.analysis.run import Normalise, _images, _normalise, _subset, predict
 from mixnb.analysis.settings import AnalysisSettings
 from mixnb.device import cache_dir
 from mixnb.io import atomic_torch_save, remove_stale_temps
@@ -94,7 +94,7 @@ def _cached(path: Path, key: str, shape: tuple[int, ...]) -> dict[str, Any] | No
 
 
 def corruption_accuracy(logits: Callable[[Tensor], Tensor], data: Any, s: AnalysisSettings,
-                        device: torch.device) -> dict[str, Any]:
+                        device: torch.device, *, normalise: Normalise = _normalise) -> dict[str, Any]:
     """Top-1 (%) per generated corruption and severity, their mean (common 15 and extras apart), and why
     the missing ones are missing."""
     gen = generated_corruptions(data, s)
@@ -103,7 +103,8 @@ def corruption_accuracy(logits: Callable[[Tensor], Tensor], data: Any, s: Analys
     per: dict[str, list[float]] = {}
     if names:
         flat = x.reshape(-1, *x.shape[3:]).to(device)  # (C * S * K, 3, H, W) uint8
-        hits = predict(logits, flat, batch_size=s.batch_size).argmax(1).view(len(names), len(sevs), -1) == y
+        hits = predict(logits, flat, batch_size=s.batch_size, normalise=normalise).argmax(1).view(
+            len(names), len(sevs), -1) == y
         per = {c: (100 * hits[i].double().mean(1)).tolist() for i, c in enumerate(names)}
     common = [v for c, vs in per.items() if CORRUPTIONS[c][2] for v in vs]
     extra = [v for c, vs in per.items() if not CORRUPTIONS[c][2] for v in vs]
@@ -121,7 +122,7 @@ def corruption_accuracy(logits: Callable[[Tensor], Tensor], data: Any, s: Analys
 
 
 def official_corruptions(logits: Callable[[Tensor], Tensor], root: str | Path, data: Any, s: AnalysisSettings,
-                         device: torch.device) -> dict[str, Any]:
+                         device: torch.device, *, normalise: Normalise = _normalise) -> dict[str, Any]:
     """Top-1 (%) on an official Tiny-ImageNet-C folder (``<corruption>/<severity>/<wnid>/<image>``), every
     corruption folder and severity found; labels through this dataset's wnid order (not the folders' sorted
     order, §4.4). Decoded per (corruption, severity), in threads, and evaluated in batches."""
@@ -154,7 +155,7 @@ def official_corruptions(logits: Callable[[Tensor], Tensor], root: str | Path, d
                 if not files:
                     continue
                 x = torch.from_numpy(np.stack(list(pool.map(decode, files))))  # (M, 64, 64, 3) uint8
-                pred = predict(logits, _images(x, device), batch_size=s.batch_size).argmax(1).cpu()
+                pred = predict(logits, _images(x, device), batch_size=s.batch_size, normalise=normalise).argmax(1).cpu()
                 per.setdefault(cdir.name, {})[sdir.name] = 100 * float((pred == torch.tensor(ys)).double().mean())
                 counts.setdefault(cdir.name, {})[sdir.name] = len(files)
     if not per:

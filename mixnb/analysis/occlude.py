@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mixnb.analysis.run import _normalise
+from mixnb.analysis.run import Normalise, _normalise
 from mixnb.analysis.settings import AnalysisSettings
 from mixnb.rng import stream_seed
 
@@ -31,7 +31,8 @@ def patch_mask(mask: Tensor, patch: int) -> Tensor:
     return mask.repeat_interleave(patch, dim=-2).repeat_interleave(patch, dim=-1)
 
 
-def occlusion(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, s: AnalysisSettings) -> dict[str, Any]:
+def occlusion(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, s: AnalysisSettings, *,
+              normalise: Normalise = _normalise) -> dict[str, Any]:
     """Top-1 (%) at each occlusion fraction of (N, 3, H, W) uint8 ``x`` and the normalised area under the curve."""
     gen = torch.Generator(x.device).manual_seed(stream_seed(s.seed, "occlusion"))
     masks = occlusion_masks(len(x), x.shape[-1], s.occlusion_patch, s.occlusion_fractions, gen=gen)
@@ -40,7 +41,7 @@ def occlusion(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, s: Analy
         hits = 0
         for i in range(0, len(x), s.batch_size):
             with torch.no_grad():
-                xb = _normalise(x[i:i + s.batch_size].float() / 255)
+                xb = normalise(x[i:i + s.batch_size].float() / 255)
                 xb = xb.masked_fill(patch_mask(mask[i:i + s.batch_size], s.occlusion_patch), 0.0)  # the mean colour
                 hits += int((logits(xb).argmax(1) == y[i:i + s.batch_size]).sum())
         top1.append(100 * hits / len(x))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,12 @@ from mixnb.data import DeviceLoader, normalize
 from mixnb.rng import stream_seed
 from mixnb.runs import open_run
 
-# The normalisation every run trains with: fit's DeviceLoader uses its defaults (ImageNet mean and std),
-# read from the loader itself so that a change there reaches the attacks (§2: OpenMixup's default 'cifar'
-# statistics give a pixel eps of ~9/255 on Tiny-ImageNet).
+# The default normalisation, the loader's (ImageNet mean and std: the Tiny-ImageNet protocol's), read from the loader
+# itself; a run's own is its profile's (``RunConfig.normalisation``, ``Run.normalise``), which ``analyze_run`` passes
+# to every pass (§2: OpenMixup's default 'cifar' statistics give a pixel eps of ~9/255 on Tiny-ImageNet).
 _LOADER = inspect.signature(DeviceLoader).parameters
 MEAN, STD = tuple(_LOADER["mean"].default), tuple(_LOADER["std"].default)
+Normalise = Callable[[Tensor], Tensor]  # (N, 3, H, W) pixels in [0, 1] -> the model's input
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Run:
     device: torch.device
     head: str  # how the reported head is computed
     logits: Callable[[Tensor], Tensor]  # normalised (N, 3, H, W) -> (N, K) logits of the reported head
+    normalise: Normalise  # pixels in [0, 1] -> the model's input, with the run's mean and std
     setup_error: str | None = None
 
 
@@ -46,7 +48,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     opened = open_run(run_dir, dev)
     model = opened.model.to(memory_format=memory_format(dev))
     run = Run(opened.run_dir, opened.cfg, opened.ckpt, opened.data, model, opened.method, dev, "", model,
-              opened.setup_error)
+              normaliser(*opened.cfg.normalisation), opened.setup_error)
     run.head, run.logits = _reported_head(run)
     return run
 
@@ -55,7 +57,7 @@ def _reported_head(run: Run) -> tuple[str, Callable[[Tensor], Tensor]]:
     """The logits the run reports (``eval_logits``'s "" head). Every method's is ``model(x)`` today (AutoMix:
     its backbone's fc), checked here on 8 val images; a method whose head differs is evaluated through
     ``eval_logits`` (all its heads computed, the "" one kept)."""
-    x = _normalise(run.data.x_val[:8].to(run.device).permute(0, 3, 1, 2).float() / 255)
+    x = run.normalise(run.data.x_val[:8].to(run.device).permute(0, 3, 1, 2).float() / 255)
     with torch.no_grad():
         own = run.method.eval_logits(run.model, x)[""]
         if torch.allclose(own, run.model(x), rtol=1e-4, atol=1e-5):
@@ -63,9 +65,12 @@ def _reported_head(run: Run) -> tuple[str, Callable[[Tensor], Tensor]]:
     return "method.eval_logits(model, x)[''] (not model(x))", lambda x: run.method.eval_logits(run.model, x)[""]
 
 
-def _normalise(x: Tensor) -> Tensor:
-    """(N, 3, H, W) pixels in [0, 1] -> the model's input (the run's mean/std) in the device's layout."""
-    return normalize(x * 255, MEAN, STD).contiguous(memory_format=memory_format(x.device))
+def normaliser(mean: Sequence[float], std: Sequence[float]) -> Normalise:
+    """(N, 3, H, W) pixels in [0, 1] -> the model's input with ``mean``/``std``, in the device's layout."""
+    return lambda x: normalize(x * 255, mean, std).contiguous(memory_format=memory_format(x.device))
+
+
+_normalise = normaliser(MEAN, STD)  # the default: a run's own is ``Run.normalise``
 
 
 def _images(x_uint8: Tensor, device: torch.device) -> Tensor:
@@ -74,13 +79,14 @@ def _images(x_uint8: Tensor, device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
-def predict(logits: Callable[[Tensor], Tensor], x: Tensor, *, batch_size: int) -> Tensor:
+def predict(logits: Callable[[Tensor], Tensor], x: Tensor, *, batch_size: int, normalise: Normalise = _normalise
+            ) -> Tensor:
     """(N, K) float32 logits of (N, 3, H, W) uint8 or [0, 1] float images, ``batch_size`` at a time."""
     out = []
     for s in range(0, len(x), batch_size):
         xb = x[s:s + batch_size]
         xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb
-        out.append(logits(_normalise(xb)).float())
+        out.append(logits(normalise(xb)).float())
     return torch.cat(out)
 
 

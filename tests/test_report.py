@@ -76,6 +76,11 @@ def test_short_runs_say_what_their_number_is_and_show_last_and_best_epoch(tmp_pa
     assert "last epoch" not in benchmark_table(s).columns.get_level_values(1)
     assert "fewer than the read-out" not in table_intro_html(s, "sample")
 
+    one = tmp_path / "one"
+    write_run(one, [50.0], epochs=1)
+    assert "1 of 1 run has 1 epoch, fewer than the read-out's 11" in table_intro_html(load_runs("sample", one).summaries,
+                                                                                       "sample")
+
 
 def test_openmixup_numbers_stand_only_beside_runs_on_its_protocol(tmp_path):
     write_run(tmp_path, [40, 60, 50, 70], epochs=4)

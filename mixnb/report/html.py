@@ -101,8 +101,10 @@ def table_intro_html(summaries: pd.DataFrame, profile: str) -> str:
     if not summaries.empty:
         short = summaries[short_runs(summaries)]
         if len(short):
-            epochs = "/".join(map(str, sorted(set(short["epochs"]))))
-            items.append(f"<b>{len(short)} of {len(summaries)} runs have {epochs} epochs, fewer than the read-out's "
+            epochs = "/".join(map(str, sorted(set(short["epochs"])))) + (" epoch" if set(short["epochs"]) == {1} else
+                                                                          " epochs")
+            runs = "run has" if len(summaries) == 1 else "runs have"
+            items.append(f"<b>{len(short)} of {len(summaries)} {runs} {epochs}, fewer than the read-out's "
                          f"{READOUT_WINDOW}</b>: their top-1 is the median of all their epochs, early ones included, "
                          f"not the protocol's read-out; the last- and best-epoch top-1 (means over seeds) stand beside "
                          f"it.")

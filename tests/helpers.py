@@ -88,6 +88,17 @@ def share_of_x(x: torch.Tensor, x_mixed: torch.Tensor) -> torch.Tensor:
     return (x_mixed == x).all(dim=1).float().mean(dim=(1, 2))  # (N,)
 
 
+def assert_mix_seeded_on_odd_batches(name: str, seed: int) -> None:
+    """``name``'s ``mix`` gives the same batch from the same seed, at batch sizes 1 and 5, in the input's shape,
+    with one (1, 1, H, W) mask for the batch."""
+    for n in (1, 5):
+        x, y = batch(n)
+        method = get_method(name)
+        a, b = method.mix(x, y, gen=gen(seed)), method.mix(x, y, gen=gen(seed))
+        assert torch.equal(a.x, b.x) and torch.equal(a.lam, b.lam) and torch.equal(a.y_b, b.y_b)
+        assert a.x.shape == x.shape and a.mask.shape == (1, 1, H, W)
+
+
 class HostReads(TorchDispatchMode):
     """Records aten ops that need tensor data on the host (``.item()``, ``bool()``, ``int()``) or
     make a tensor from host data (``torch.tensor``): on CUDA a sync or a pageable host-to-device copy."""

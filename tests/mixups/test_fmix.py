@@ -12,7 +12,8 @@ from mixnb.mixups import get_method, soft_target
 from mixnb.mixups._helpers import NO_REPEAT_TRIES, random_partner, sample_beta
 from mixnb.mixups.fmix import SPECTRA, FMix, FMixDraw, fmix, fmix_field, fmix_mask, sample_fmix, spectrum_weight
 
-from helpers import H, REV5, W, batch, bits, constant_batch, ctx, gen, tiny_model  # tests/helpers.py, on sys.path
+from helpers import (H, REV5, W, assert_mix_seeded_on_odd_batches, batch, bits, constant_batch, ctx,  # tests/helpers.py
+                     gen, tiny_model)
 
 
 def ramp_field() -> torch.Tensor:
@@ -127,12 +128,7 @@ def test_fmix_soft_mask():
 
 
 def test_fmix_seeded_reproduces_and_odd_batches():
-    for n in (1, 5):
-        x, y = batch(n)
-        method = get_method("fmix")
-        a, b = method.mix(x, y, gen=gen(11)), method.mix(x, y, gen=gen(11))
-        assert torch.equal(a.x, b.x) and torch.equal(a.lam, b.lam) and torch.equal(a.y_b, b.y_b)
-        assert a.x.shape == x.shape and a.mask.shape == (1, 1, H, W)
+    assert_mix_seeded_on_odd_batches("fmix", 11)
     x1, y1 = batch(1)
     assert torch.equal(get_method("fmix").mix(x1, y1, gen=gen(0)).x, x1)  # a batch of one pairs with itself
 

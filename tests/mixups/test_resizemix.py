@@ -12,7 +12,8 @@ from mixnb.mixups import get_method, soft_target
 from mixnb.mixups._helpers import box_around, box_mask, lam_from_box, random_partner, sample_beta
 from mixnb.mixups.resizemix import ResizeMix, ResizeMixDraw, _nearest_src, paste_index, resizemix, sample_resizemix
 
-from helpers import H, REV5, W, batch, bits, constant_batch, ctx, gen, tiny_model  # tests/helpers.py, on sys.path
+from helpers import (H, REV5, W, assert_mix_seeded_on_odd_batches, batch, bits, constant_batch, ctx,  # tests/helpers.py
+                     gen, tiny_model)
 
 
 def test_nearest_index_matches_interpolate():
@@ -86,12 +87,7 @@ def test_resizemix_tau_sampler(alpha, use_alpha):
 
 
 def test_resizemix_seeded_reproduces_and_odd_batches():
-    for n in (1, 5):
-        x, y = batch(n)
-        method = get_method("resizemix")
-        a, b = method.mix(x, y, gen=gen(13)), method.mix(x, y, gen=gen(13))
-        assert torch.equal(a.x, b.x) and torch.equal(a.lam, b.lam) and torch.equal(a.y_b, b.y_b)
-        assert a.x.shape == x.shape and a.mask.shape == (1, 1, H, W)
+    assert_mix_seeded_on_odd_batches("resizemix", 13)
 
 
 def resizemix_reference(x: torch.Tensor, draw: ResizeMixDraw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

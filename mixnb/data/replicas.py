@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mixnb.data.base import TinyImageNetTensors
 from mixnb.data.sample import MARKER, make_sample_dataset
 from mixnb.data.tinyimagenet import load_tiny_imagenet
 
@@ -127,7 +128,7 @@ def _sample(path: Path, **sample: int) -> Path:
     return make_sample_dataset(path.with_name(path.name + ".sample"), **sample)
 
 
-def _tensors(path: Path, **sample: int):  # -> TinyImageNetTensors
+def _tensors(path: Path, **sample: int) -> TinyImageNetTensors:
     root = _sample(path, **sample)
     return load_tiny_imagenet(root, cache_dir=root.with_name(root.name + ".cache"))
 

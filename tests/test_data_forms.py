@@ -437,3 +437,7 @@ def test_every_replica_reads_as_its_form_and_the_tiny_forms_share_one_content_ke
     assert torch.equal(cifar.x_train, blocks.round().to(torch.uint8))
     with pytest.raises(FileExistsError, match="not empty"):
         write_replica("hf-parquet", tmp_path / "hf-parquet", **sample)
+    with pytest.raises(ValueError, match="needs at least 10 train images .* got 6"):
+        write_replica("imagenet64-npz", tmp_path / "too-small", num_classes=3, train_per_class=2, val_per_class=1)
+    with pytest.raises(ValueError, match="unknown form 'zip2'; one of zip, val-class-folders"):
+        write_replica("zip2", tmp_path / "nowhere")

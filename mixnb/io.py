@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import glob
 import json
 import os
@@ -11,7 +12,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -54,6 +57,32 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's live process
         return True
     return True
+
+
+@contextmanager
+def file_lock(path: Path, *, wait_s: float | None = None) -> Iterator[int | None]:
+    """Hold an exclusive ``fcntl.flock`` on ``path`` (created if missing); yields its file descriptor, or None when
+    another process still holds it after ``wait_s`` seconds (None: wait as long as it takes). Closing the
+    descriptor releases it, and the OS does so when the holder dies, so a crash never leaves it stuck."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if wait_s is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+            return
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield None
+                    return
+                time.sleep(0.05)
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import fcntl
 import json
 import os
 import pickle
@@ -32,7 +31,7 @@ from mixnb.config import (ADDED_GROUPED_SETTINGS, ADDED_METHOD_SETTINGS, ADDED_S
 from mixnb.device import cache_dir
 from mixnb.data import DatasetError, ImageTensors, load_dataset, make_sample_dataset
 from mixnb.data.tinyimagenet import folder_stat_key
-from mixnb.io import write_json
+from mixnb.io import file_lock, write_json
 from mixnb.mixups import REGISTRY, NeededRun, get_method, get_spec
 from mixnb.models import build_model
 
@@ -289,22 +288,8 @@ def run_lock(run_dir: Path, *, wait_s: float = 0.0) -> Iterator[int | None]:
     """Hold ``run_dir/.lock`` exclusively; yields its file descriptor, or None when another process
     holds it (after retrying for ``wait_s`` seconds). Closing the descriptor releases it."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-                break
-            except BlockingIOError:
-                held = False
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(0.05)
-        yield fd if held else None
-    finally:
-        os.close(fd)
+    with file_lock(run_dir / LOCK, wait_s=wait_s) as fd:
+        yield fd
 
 
 def is_locked(run_dir: Path) -> bool:

@@ -7,6 +7,8 @@ import errno
 import os
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -204,7 +206,7 @@ def test_stale_temps_are_removed_on_the_next_start(tiny: Path, tmp_path: Path) -
     assert sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) == sorted(
         [f".{name}.{live}.wr1t1ng.tmp", elsewhere])
     make_tiny(tiny)  # complete already: only the stale folder goes
-    temps = sorted(p.name for p in tiny.parent.iterdir() if p.name.startswith("."))
+    temps = sorted(p.name for p in tiny.parent.iterdir() if p.name.endswith(".tmp"))
     assert temps == [f".{tiny.name}.{live}.wr1t1ng.tmp"]
 
 
@@ -219,6 +221,30 @@ def test_sample_temp_folder_is_named_for_remove_stale_temps(tmp_path: Path, monk
     with pytest.raises(RuntimeError, match="killed"):
         make_tiny(tmp_path / "tiny")
     assert len(seen) == 1 and seen[0].startswith(f".tiny.{HOST}-{os.getpid()}.") and seen[0].endswith(".tmp")
+
+
+def test_two_writers_of_one_sample_write_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # CI stop 26: two pytest workers built the same sample; the second swapped out the folder the first was decoding.
+    write, writes, started = mixnb.data.sample._write_folder, [], threading.Event()
+
+    def slow(out: Path, params: dict, gen: torch.Generator) -> None:
+        writes.append(out.name)
+        started.set()
+        time.sleep(0.3)  # the second writer arrives while this one writes
+        write(out, params, gen)
+
+    monkeypatch.setattr(mixnb.data.sample, "_write_folder", slow)
+    first = threading.Thread(target=make_tiny, args=(tmp_path / "tiny",))
+    first.start()
+    started.wait(10)
+    marker = None
+    try:
+        make_tiny(tmp_path / "tiny")  # waits for the first writer, then finds the sample complete
+        marker = (tmp_path / "tiny" / "wnids.txt").stat().st_ino
+    finally:
+        first.join()
+    assert len(writes) == 1
+    assert (tmp_path / "tiny" / "wnids.txt").stat().st_ino == marker  # not swapped out after the second returned
 
 
 LABEL_FILES = ["wnids.txt", "words.txt", "val/val_annotations.txt"]
@@ -520,7 +546,7 @@ def test_sample_layout_and_reuse(tiny: Path, tmp_path: Path) -> None:
 
     mtime = (tiny / "wnids.txt").stat().st_mtime_ns
     assert make_tiny(tiny) == tiny and (tiny / "wnids.txt").stat().st_mtime_ns == mtime  # complete: not rewritten
-    assert not [p for p in tiny.parent.iterdir() if p.name.startswith(".")]  # no temp siblings left
+    assert not [p for p in tiny.parent.iterdir() if p.name.endswith(".tmp")]  # no temp siblings left
     bigger = make_sample_dataset(tiny, seed=0, num_classes=3, train_per_class=5, val_per_class=2)
     assert len(list((bigger / "train" / wnids[0] / "images").iterdir())) == 5  # other parameters: rebuilt
     (tmp_path / "user").mkdir()

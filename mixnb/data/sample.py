@@ -25,7 +25,7 @@ from PIL import Image
 
 from mixnb.data.base import DatasetError
 from mixnb.data.tinyimagenet import IMAGE_SIZE
-from mixnb.io import remove_stale_temps, temp_path
+from mixnb.io import file_lock, remove_stale_temps, temp_path
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond")
 COLOURS = {  # name -> RGB in 0..1; the first ones are the most distinct hues
@@ -271,17 +271,19 @@ def make_sample_dataset(
         raise DatasetError(f"{root} exists but is not a generated sample dataset; remove it or choose another folder.")
 
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(root, folder=True)
-    try:
-        _write_folder(tmp, params, torch.Generator().manual_seed(seed))
-        if root.exists():  # an older sample with other parameters: swap it out
-            old = temp_path(root, folder=True)
-            os.replace(root, old / root.name)
-            shutil.rmtree(old)
-        os.rename(tmp, root)
-    except OSError:
-        if not _is_complete(root, params):  # lost a race to a writer of the same sample: fine
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # One writer at a time (parallel test workers, sweep jobs): a second writer of the same sample must not swap out
+    # the folder the first one's readers are decoding.
+    with file_lock(root.parent / f".{root.name}.lock"):
+        if _is_complete(root, params):  # written while we waited
+            return root
+        tmp = temp_path(root, folder=True)
+        try:
+            _write_folder(tmp, params, torch.Generator().manual_seed(seed))
+            if root.exists():  # an older sample with other parameters: swap it out
+                old = temp_path(root, folder=True)
+                os.replace(root, old / root.name)
+                shutil.rmtree(old)
+            os.rename(tmp, root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return root

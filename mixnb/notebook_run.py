@@ -16,7 +16,8 @@ from mixnb.paths import KERNEL
 
 
 def run_notebook(source: Path, output: Path, parameters: dict[str, Any], *, log: Path | None = None,
-                 env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (), cwd: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (), cwd: Path | None = None,
+                 kernel: str = KERNEL) -> None:
     """Execute ``source`` with ``parameters`` into ``output`` (in an existing folder); raises
     ``subprocess.CalledProcessError`` when papermill fails, with the executed notebook (its error cell included)
     kept at ``output`` when whole.
@@ -29,10 +30,11 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any], *, log:
         env: variables added to this process's environment for the child (e.g. ``CUDA_VISIBLE_DEVICES``).
         pass_fds: descriptors the child inherits (a run lock, so it lasts as long as papermill).
         cwd: the kernel's working folder (papermill's ``--cwd``); None: this process's.
+        kernel: the Jupyter kernel; ``mixnb`` (``make install`` registers it) unless a machine without it says so.
     """
     remove_stale_temps(output)
     tmp = temp_path(output, folder=True)
-    cmd = [sys.executable, "-m", "papermill", str(source), str(tmp / output.name), "-k", KERNEL,
+    cmd = [sys.executable, "-m", "papermill", str(source), str(tmp / output.name), "-k", kernel,
            "-y", json.dumps(parameters), "--no-progress-bar"]
     cmd += ["--cwd", str(cwd)] if cwd is not None else []
     cmd += ["--log-output"] if log is not None else []

@@ -496,20 +496,22 @@ def check_notebook(s: Sizes, dry: bool, tmp: Path) -> tuple[str, str]:
         return "SKIP", f"{', '.join(missing)} not importable here (carry .cache/gpu-wheels: make gpu-wheels)"
     from jupyter_client.kernelspec import KernelSpecManager
 
-    kernel = "mixnb" if "mixnb" in KernelSpecManager().find_kernel_specs() else "python3"
-    run_dir = tmp / "notebook-run"
-    params = {"profile": "test", "epochs": "1", "device": s.device, "compile": "off", "run_dir": str(run_dir),
-              "width": str(s.width), "precision": s.precision}
-    cmd = [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "train.ipynb"), str(tmp / "train.ipynb"),
-           "-k", kernel, "--no-progress-bar"]
-    for k, v in params.items():  # -r: a raw string; -p: parsed (1 -> int)
-        cmd += ["-p" if v.isdigit() else "-r", k, v]
+    from mixnb.notebook_run import run_notebook
+    from mixnb.paths import KERNEL
+
+    kernel = KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
+    run_dir, log = tmp / "notebook-run", tmp / "papermill.log"
+    params = {"profile": "test", "epochs": 1, "device": s.device, "compile": "off", "run_dir": str(run_dir),
+              "width": s.width, "precision": s.precision}
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+    try:
+        run_notebook(ROOT / "notebooks" / "train.ipynb", tmp / "train.ipynb", params, log=log, cwd=tmp, kernel=kernel)
+    except subprocess.CalledProcessError as err:
+        output = log.read_text(errors="replace") if log.is_file() else ""
+        sys.stderr.write(output[-8000:])
+        return "FAIL", (f"papermill exited {err.returncode} after {time.perf_counter() - t0:.0f} s: "
+                        f"{last_error(output)}")
     seconds = time.perf_counter() - t0
-    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-    if proc.returncode != 0:
-        return "FAIL", f"papermill exited {proc.returncode} after {seconds:.0f} s: {last_error(proc.stderr + proc.stdout)}"
     made = [name for name in ("summary.json", "analysis.json", "mix_samples.png") if (run_dir / name).exists()]
     if len(made) < 3:
         return "FAIL", f"papermill finished but the run folder holds only {made}"

@@ -12,6 +12,7 @@ import torch
 
 from mixnb.bench import (KERNEL_CATEGORIES, OTHER, TOP_KERNELS, Barrier, Stat, build_rig, concurrent_row,
                          kernel_category, main, parse_args, parse_spec, process_results, time_window)
+from mixnb.bench.throughput import mix_probe
 from mixnb.config import RunConfig
 from mixnb.mixups import REGISTRY
 from mixnb.runs import load_data
@@ -273,3 +274,7 @@ def test_method_specs_and_the_timing_helper():
     calls = []
     assert time_window(calls.append, 3, torch.device("cpu")) >= 0 and calls == [3]
     assert Stat.of([3.0, 1.0, 2.0]) == Stat(2.0, 1.0, 3.0)
+
+
+def test_a_method_that_mixes_inside_the_forward_has_no_mixing_probe():
+    assert mix_probe("manifoldmix", None) == ("n/a: mixes hidden features inside the forward", None)

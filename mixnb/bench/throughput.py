@@ -21,13 +21,10 @@ from mixnb.mixups import REGISTRY, MixMethod
 from mixnb.device import peak_memory_mb
 from mixnb.train import evaluate, resolve_compile
 
-NO_MIX_PROBE = {"manifoldmix": "mixes hidden features inside the forward"}
-
-
 def mix_probe(name: str, rig: Rig) -> tuple[str, Callable[[Tensor, Tensor], object] | None]:
     """(what is timed, the call) for the method's mixing alone, or (why not, None)."""
-    if name in NO_MIX_PROBE:
-        return f"n/a: {NO_MIX_PROBE[name]}", None
+    if why := REGISTRY[name].no_mix_probe:
+        return f"n/a: {why}", None
     if type(rig.method).mix is not MixMethod.mix:
         return "mix()", partial(rig.method.mix, gen=rig.ctx.gen)
     return "preview(): all the mixing work", partial(rig.method.preview, rig.model, gen=rig.ctx.gen)

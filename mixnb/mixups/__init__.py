@@ -79,6 +79,7 @@ class MethodSpec:
     needs: str | None = None  # a method whose finished run of the same backbone this one uses (its model: ``setup``)
     caption: str = ""  # one line on what it does to a pair (the gallery's reading guide; "": its module's first line)
     host_sync: str = ""  # why its step must meet the host ("": it must not; make bench --sync-check holds it to that)
+    no_mix_probe: str = ""  # why make bench cannot time its mixing alone ("": its mix() or preview() is all of it)
 
     def __post_init__(self) -> None:
         if takes_loss_settings(self.cls):  # DecoupleMix's settings join the method's own: one dict, everywhere
@@ -137,7 +138,7 @@ REGISTRY: dict[str, MethodSpec] = {
                               label="ManifoldMix",
                               paper="Verma et al., ICML 2019, arXiv 1806.05236",
                               published=_tiny(64.15, 67.30), published_alpha=0.2,
-                              code=_both(_E81)),
+                              code=_both(_E81), no_mix_probe="mixes hidden features inside the forward"),
     "smoothmix": MethodSpec(SmoothMix, {"alpha": 0.2, "label_weights": "openmixup"}, label="SmoothMix",
                             caption=("Blends the partner in through a Gaussian mask of random centre and width (soft "
                                      "edges, no box); λ comes from the mask, not from a Beta draw."),

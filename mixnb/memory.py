@@ -16,7 +16,7 @@ Activations are measured on the CPU, eager, under bf16 autocast as on CUDA (CPU 
 dtypes: bf16 conv/linear outputs, BN in its input dtype) at ``PROBE_BATCHES`` images and extrapolated as a
 line to the config's batch: the fit's intercept is what does not scale (the bf16 weight casts). A step is not
 measured on the meta device: PuzzleMix's graph cuts, SaliencyMix's OpenCV saliency and the samplers read
-values. An analysis pass is ``mixnb.analysis.attacks._input_grad`` on the meta device (the plain model reads
+values. An analysis pass is ``mixnb.analysis.attacks.input_grad`` on the meta device (the plain model reads
 no values): eval mode, fp32, forward + input gradient, plus the val images on the device twice (the moved set
 and the attacked subset). Measurements are cached under ``mixnb.device.cache_dir() / "memory"``, keyed by method
 (every resolved setting), backbone, width, BN groups, image size, classes, precision and torch version; the
@@ -246,7 +246,7 @@ def _measure_step(cfg: RunConfig) -> dict[str, Any]:
 def _measure_attack(cfg: RunConfig) -> dict[str, Any]:
     """Saved bytes of one attack pass (fp32, eval mode, input gradient) at each of ``PROBE_BATCHES``, on the meta
     device (the plain model reads no values)."""
-    from mixnb.analysis.attacks import _input_grad
+    from mixnb.analysis.attacks import input_grad
     from mixnb.models import build_model
 
     _, _, classes = _dataset(cfg.profile)
@@ -258,7 +258,7 @@ def _measure_attack(cfg: RunConfig) -> dict[str, Any]:
         x, y = torch.empty(b, 3, IMAGE_SIZE, IMAGE_SIZE, device="meta"), torch.empty(b, dtype=torch.long, device="meta")
         saved = SavedTensors(state, batch=b)
         with saved.hooks():
-            _input_grad(model, x, y)
+            input_grad(model, x, y)
         out["saved"].append(saved.peak)
         out["largest"].append(saved.largest)
     return out

@@ -414,7 +414,7 @@ def check_analysis(backbone: str) -> Callable[[Sizes, bool, Path], tuple[str, st
         data = load_data(RunConfig(profile=s.profile))
         n_val = 10_000 if not dry else 64
         idx = torch.arange(n_val) % len(data.y_val)
-        x = data.x_val[idx].to(dev).permute(0, 3, 1, 2).contiguous()  # (N, 3, 64, 64) uint8, as analyze_run's _images
+        x = data.x_val[idx].to(dev).permute(0, 3, 1, 2).contiguous()  # (N, 3, 64, 64) uint8, as chw_images makes
         y = data.y_val[idx].to(dev)
         model = build_model(backbone, num_classes=200, width=s.protocol_width).to(dev, memory_format=memory_format(dev)).eval()
         if dev.type == "cuda":

@@ -17,7 +17,7 @@ from PIL import Image
 
 import mixnb.analysis as A
 from mixnb.analysis.corruption_ops import _disk
-from mixnb.analysis.run import _images, _normalise, _subset
+from mixnb.analysis.run import chw_images, imagenet_normalise, seeded_subset
 from mixnb import runs
 from mixnb.config import RunConfig
 from mixnb.data import IMAGENET_MEAN, IMAGENET_STD
@@ -131,11 +131,11 @@ class _Recorder:
 
 def _loss(run: A.Run, x: torch.Tensor, y: torch.Tensor) -> float:
     with torch.no_grad():
-        return float(F.cross_entropy(run.model(_normalise(x)), y))
+        return float(F.cross_entropy(run.model(imagenet_normalise(x)), y))
 
 
 def test_fgsm_raises_the_loss_within_eps_in_pixel_space(run: A.Run) -> None:
-    x = _images(run.data.x_val, run.device).float() / 255
+    x = chw_images(run.data.x_val, run.device).float() / 255
     y = run.data.y_val
     rec = _Recorder(run.model)
     x_adv = A.fgsm(rec, x, y, eps=8 / 255)
@@ -149,7 +149,7 @@ def test_fgsm_raises_the_loss_within_eps_in_pixel_space(run: A.Run) -> None:
 
 
 def test_pgd_stays_in_the_eps_box_and_beats_clean(run: A.Run) -> None:
-    x = _images(run.data.x_val, run.device).float() / 255
+    x = chw_images(run.data.x_val, run.device).float() / 255
     y = run.data.y_val
     gen = torch.Generator().manual_seed(0)
     x_adv = A.pgd(run.model, x, y, eps=8 / 255, step=2 / 255, steps=5, gen=gen)
@@ -171,7 +171,7 @@ def test_occlusion_masks_grow_and_are_seeded() -> None:
 
 
 def test_occlusion_at_zero_is_clean_accuracy(run: A.Run) -> None:
-    x, y = _images(run.data.x_val, run.device), run.data.y_val
+    x, y = chw_images(run.data.x_val, run.device), run.data.y_val
     s = A.settings_for("test")
     occ = A.occlusion(run.logits, x, y, s)
     clean = 100 * float((A.predict(run.logits, x, batch_size=64).argmax(1) == y).double().mean())
@@ -182,7 +182,7 @@ def test_occlusion_at_zero_is_clean_accuracy(run: A.Run) -> None:
 
 # ----------------------------------------------------------------------------- corruptions
 def _val(run: A.Run, n: int = 6) -> torch.Tensor:
-    return _images(run.data.x_val[:n], torch.device("cpu"))
+    return chw_images(run.data.x_val[:n], torch.device("cpu"))
 
 
 def test_gaussian_noise_variance_rises_with_severity() -> None:
@@ -336,7 +336,8 @@ def test_official_folder_is_read_through_this_datasets_wnids(run: A.Run, tmp_pat
     files = sorted((root / "gaussian_noise" / "1").rglob("*.JPEG"))
     x = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
     ys = torch.tensor([data.wnids.index(f.parent.name) for f in files])
-    expect = 100 * float((A.predict(run.logits, _images(x, run.device), batch_size=64).argmax(1) == ys).double().mean())
+    pred = A.predict(run.logits, chw_images(x, run.device), batch_size=64).argmax(1)
+    expect = 100 * float((pred == ys).double().mean())
     assert out["top1"]["gaussian_noise"]["1"] == pytest.approx(expect)
     assert out["images"]["gaussian_noise"] == {"1": len(data.y_val), "3": len(data.y_val)}
     assert out["mean_top1_common"] == pytest.approx(out["mean_top1"])
@@ -344,7 +345,7 @@ def test_official_folder_is_read_through_this_datasets_wnids(run: A.Run, tmp_pat
 
 # ----------------------------------------------------------------------------- CAM and boxes
 def test_grad_cam_is_cam_with_negatives_clipped(run: A.Run) -> None:
-    x = _normalise(_images(run.data.x_val[:5], run.device).float() / 255)
+    x = imagenet_normalise(chw_images(run.data.x_val[:5], run.device).float() / 255)
     y = run.data.y_val[:5]
     logits, cam = A.grad_cam(run.model, x, y)
     assert cam.shape == (5, 8, 8) and float(cam.min()) >= 0 and float(cam.max()) <= 1
@@ -367,7 +368,7 @@ def test_grad_cam_matches_pytorch_grad_cam(run: A.Run) -> None:
     gc = pytest.importorskip("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    x = _normalise(_images(run.data.x_val[:4], run.device).float() / 255)
+    x = imagenet_normalise(chw_images(run.data.x_val[:4], run.device).float() / 255)
     y = run.data.y_val[:4]
     with gc.GradCAM(model=run.model, target_layers=[run.model.layer4[-1]]) as cam:
         ref = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in y])  # (N, 64, 64)
@@ -411,7 +412,7 @@ def test_iou_inclusive_and_clamped() -> None:
 
 
 def test_localisation_rule(run: A.Run) -> None:
-    x, y = _images(run.data.x_val, run.device), run.data.y_val
+    x, y = chw_images(run.data.x_val, run.device), run.data.y_val
     s = A.settings_for("test")
     whole = torch.tensor([[0, 0, 63, 63]]).expand(len(y), 4)
     loc, logits = A.localisation(run.model, x, y, whole, s, A.gallery_indices(y, 2))
@@ -438,8 +439,8 @@ def test_analyze_run_writes_every_section(analysed: dict, run_dir: Path) -> None
     assert "not the official release" in gen["source"] and set(gen["skipped"]) >= {"motion_blur", "snow"}
     assert gen["severities"] == [1, 5] and all(len(v) == 2 for v in gen["top1"].values())
     run = A.load_run(run_dir, "cpu")
-    sub = _subset(len(run.data.y_val), A.settings_for("test").occlusion_images, 0, "occlusion-images")
-    clean = A.predict(run.logits, _images(run.data.x_val[sub], run.device), batch_size=64).argmax(1)
+    sub = seeded_subset(len(run.data.y_val), A.settings_for("test").occlusion_images, 0, "occlusion-images")
+    clean = A.predict(run.logits, chw_images(run.data.x_val[sub], run.device), batch_size=64).argmax(1)
     assert analysed["occlusion"]["top1"][0] == pytest.approx(100 * float((clean == run.data.y_val[sub]).double().mean()))
     assert analysed["clean"]["top1"] == pytest.approx(analysed["calibration"]["top1"])
     assert analysed["head"].startswith("model(x)") and analysed["checkpoint"]["sha256"]

@@ -26,7 +26,7 @@ from mixnb.analysis.cam import gallery_indices, localisation
 from mixnb.analysis.corruptions import check_tinc, corruption_accuracy, official_corruptions
 from mixnb.analysis.flop_count import flops
 from mixnb.analysis.occlude import occlusion
-from mixnb.analysis.run import _images, _subset, load_run, predict
+from mixnb.analysis.run import chw_images, load_run, predict, seeded_subset
 from mixnb.analysis.settings import PROFILE_SETTINGS, AnalysisSettings, settings_for
 from mixnb.config import RunConfig
 from mixnb.device import autocast_dtype
@@ -169,7 +169,7 @@ def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
     seconds["load"] = time.perf_counter() - t0
     memory = pass_batch(run.cfg, settings, batch_size)
     s, data, dev = dataclasses.replace(settings, batch_size=memory["batch_size"]), run.data, run.device
-    x = _images(data.x_val, dev)  # (N, 3, 64, 64) uint8, on the device once
+    x = chw_images(data.x_val, dev)  # (N, 3, 64, 64) uint8, on the device once
     y = data.y_val.to(dev)
     boxes = data.val_boxes.to(dev)
     gallery = gallery_indices(data.y_val, s.gallery_images).to(dev)
@@ -188,9 +188,9 @@ def analyze_run(run_dir: str | Path, *, settings: AnalysisSettings | None = None
         "clean": {"top1": 100 * float((logits.argmax(1) == y).double().mean()), "images": len(y)}, "memory": memory,
     }
     result["calibration"] = timed("calibration", lambda: calibration(logits, y, n_bins=s.n_bins))
-    sub = _subset(len(y), s.attack_images, s.seed, "attack-images").to(dev)
+    sub = seeded_subset(len(y), s.attack_images, s.seed, "attack-images").to(dev)
     result["adversarial"] = timed("adversarial", lambda: adversarial(run.logits, x[sub], y[sub], s, normalise=norm))
-    occ = _subset(len(y), s.occlusion_images, s.seed, "occlusion-images").to(dev)
+    occ = seeded_subset(len(y), s.occlusion_images, s.seed, "occlusion-images").to(dev)
     result["occlusion"] = timed("occlusion", lambda: occlusion(run.logits, x[occ], y[occ], s, normalise=norm))
     result["corruptions"] = {"generated": timed("corruptions", lambda: corruption_accuracy(run.logits, data, s, dev,
                                                                                           normalise=norm)),

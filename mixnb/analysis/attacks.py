@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mixnb.analysis.run import Normalise, _normalise
+from mixnb.analysis.run import Normalise, imagenet_normalise
 from mixnb.analysis.settings import AnalysisSettings
 from mixnb.rng import stream_seed
 
 
-def _input_grad(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
-                normalise: Normalise = _normalise) -> Tensor:
+def input_grad(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
+                normalise: Normalise = imagenet_normalise) -> Tensor:
     """d CE(f(normalise(x)), y) / dx for pixels x in [0, 1] (summed CE: each image's own gradient)."""
     x = x.detach().requires_grad_(True)
     loss = F.cross_entropy(logits(normalise(x)).float(), y, reduction="sum")
@@ -26,26 +26,26 @@ def _input_grad(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
 
 
 def fgsm(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *, eps: float = 8 / 255,
-         normalise: Normalise = _normalise) -> Tensor:
+         normalise: Normalise = imagenet_normalise) -> Tensor:
     """x + eps sign(grad), clamped to [0, 1]; x: (N, 3, H, W) pixels in [0, 1] (§2, the standard form)."""
-    return (x + eps * _input_grad(logits, x, y, normalise).sign()).clamp(0, 1).detach()
+    return (x + eps * input_grad(logits, x, y, normalise).sign()).clamp(0, 1).detach()
 
 
 def pgd(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, *, eps: float = 8 / 255, step: float = 2 / 255,
-        steps: int = 10, gen: torch.Generator, normalise: Normalise = _normalise) -> Tensor:
+        steps: int = 10, gen: torch.Generator, normalise: Normalise = imagenet_normalise) -> Tensor:
     """Untargeted L-inf PGD in pixel space (§2 "standard"): x0 = clamp(x + U(-eps, eps), 0, 1), then ``steps``
     times x <- clamp(min(max(x + step sign(grad), x - eps), x + eps), 0, 1). The clean centre is fixed
     (OpenMixup's re-de-normalised centre collapses images to a flat colour, §2 bug 3)."""
     u = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
     x_adv = (x + (2 * u - 1) * eps).clamp(0, 1)
     for _ in range(steps):
-        x_adv = x_adv + step * _input_grad(logits, x_adv, y, normalise).sign()
+        x_adv = x_adv + step * input_grad(logits, x_adv, y, normalise).sign()
         x_adv = torch.minimum(torch.maximum(x_adv, x - eps), x + eps).clamp(0, 1).detach()
     return x_adv
 
 
 def adversarial(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, s: AnalysisSettings, *,
-                normalise: Normalise = _normalise) -> dict[str, Any]:
+                normalise: Normalise = imagenet_normalise) -> dict[str, Any]:
     """Top-1 (%) on clean, FGSM and PGD images of (N, 3, H, W) uint8 ``x``, in batches; PGD over restarts."""
     gen = torch.Generator(x.device).manual_seed(stream_seed(s.seed, "pgd"))
     hits = {"clean": 0, "fgsm": 0, "pgd": 0}

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mixnb.analysis.run import Normalise, _normalise
+from mixnb.analysis.run import Normalise, imagenet_normalise
 from mixnb.analysis.settings import AnalysisSettings
 
 
@@ -79,7 +79,7 @@ def box_iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 def localisation(model: nn.Module, x: Tensor, y: Tensor, boxes: Tensor, s: AnalysisSettings,
-                 gallery: Tensor, *, normalise: Normalise = _normalise) -> tuple[dict[str, Any], Tensor]:
+                 gallery: Tensor, *, normalise: Normalise = imagenet_normalise) -> tuple[dict[str, Any], Tensor]:
     """(Top-1 and GT-known localisation (%) of (N, 3, H, W) uint8 ``x`` against its (N, 4) inclusive boxes with
     the 8x8 CAMs of the images ``gallery`` indexes, the (N, K) float32 logits of the same forward passes)."""
     top1_hit, iou_all, cams, all_logits = [], [], {}, []

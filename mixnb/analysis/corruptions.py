@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from mixnb.analysis.corruption_ops import CORRUPTION_CACHE_VERSION, CORRUPTIONS, corrupt, frost_files, skip_reason
-from mixnb.analysis.run import Normalise, _images, _normalise, _subset, predict
+from mixnb.analysis.run import Normalise, chw_images, imagenet_normalise, predict, seeded_subset
 from mixnb.analysis.settings import AnalysisSettings
 from mixnb.device import cache_dir
 from mixnb.io import atomic_torch_save, remove_stale_temps
@@ -53,7 +53,7 @@ def generated_corruptions(data: Any, s: AnalysisSettings) -> dict[str, Any]:
     the frost pictures."""
     names = [c for c in s.corruptions if skip_reason(c) is None]
     skipped = {c: skip_reason(c) for c in s.corruptions if skip_reason(c) is not None}
-    idx = _subset(len(data.y_val), s.corruption_images, s.seed, "corruption-images")
+    idx = seeded_subset(len(data.y_val), s.corruption_images, s.seed, "corruption-images")
     frost = None
     if "frost" in names:
         frost = hashlib.sha1(b"".join(f.read_bytes() for f in frost_files() or [])).hexdigest()
@@ -66,7 +66,7 @@ def generated_corruptions(data: Any, s: AnalysisSettings) -> dict[str, Any]:
     if (blob := _cached(path, key, shape)) is not None:
         return {**blob, "skipped": skipped, "path": str(path), "cached": True}
     t0 = time.perf_counter()
-    x = _images(data.x_val[idx], torch.device("cpu"))  # (K, 3, H, W) uint8
+    x = chw_images(data.x_val[idx], torch.device("cpu"))  # (K, 3, H, W) uint8
     stack = torch.stack([torch.stack([corrupt(x, c, sev, seed=s.seed) for sev in s.corruption_severities])
                          for c in names]) if names else torch.empty(0, len(s.corruption_severities), *x.shape, dtype=torch.uint8)
     blob = {"key": key, "x": stack, "idx": idx, "names": names, "severities": list(s.corruption_severities),
@@ -94,7 +94,7 @@ def _cached(path: Path, key: str, shape: tuple[int, ...]) -> dict[str, Any] | No
 
 
 def corruption_accuracy(logits: Callable[[Tensor], Tensor], data: Any, s: AnalysisSettings,
-                        device: torch.device, *, normalise: Normalise = _normalise) -> dict[str, Any]:
+                        device: torch.device, *, normalise: Normalise = imagenet_normalise) -> dict[str, Any]:
     """Top-1 (%) per generated corruption and severity, their mean (common 15 and extras apart), and why
     the missing ones are missing."""
     gen = generated_corruptions(data, s)
@@ -122,7 +122,7 @@ def corruption_accuracy(logits: Callable[[Tensor], Tensor], data: Any, s: Analys
 
 
 def official_corruptions(logits: Callable[[Tensor], Tensor], root: str | Path, data: Any, s: AnalysisSettings,
-                         device: torch.device, *, normalise: Normalise = _normalise) -> dict[str, Any]:
+                         device: torch.device, *, normalise: Normalise = imagenet_normalise) -> dict[str, Any]:
     """Top-1 (%) on an official Tiny-ImageNet-C folder (``<corruption>/<severity>/<wnid>/<image>``), every
     corruption folder and severity found; labels through this dataset's wnid order (not the folders' sorted
     order, §4.4). Decoded per (corruption, severity), in threads, and evaluated in batches."""
@@ -155,7 +155,8 @@ def official_corruptions(logits: Callable[[Tensor], Tensor], root: str | Path, d
                 if not files:
                     continue
                 x = torch.from_numpy(np.stack(list(pool.map(decode, files))))  # (M, 64, 64, 3) uint8
-                pred = predict(logits, _images(x, device), batch_size=s.batch_size, normalise=normalise).argmax(1).cpu()
+                pred = predict(logits, chw_images(x, device), batch_size=s.batch_size,
+                               normalise=normalise).argmax(1).cpu()
                 per.setdefault(cdir.name, {})[sdir.name] = 100 * float((pred == torch.tensor(ys)).double().mean())
                 counts.setdefault(cdir.name, {})[sdir.name] = len(files)
     if not per:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mixnb.analysis.run import Normalise, _normalise
+from mixnb.analysis.run import Normalise, imagenet_normalise
 from mixnb.analysis.settings import AnalysisSettings
 from mixnb.rng import stream_seed
 
@@ -32,7 +32,7 @@ def patch_mask(mask: Tensor, patch: int) -> Tensor:
 
 
 def occlusion(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, s: AnalysisSettings, *,
-              normalise: Normalise = _normalise) -> dict[str, Any]:
+              normalise: Normalise = imagenet_normalise) -> dict[str, Any]:
     """Top-1 (%) at each occlusion fraction of (N, 3, H, W) uint8 ``x`` and the normalised area under the curve."""
     gen = torch.Generator(x.device).manual_seed(stream_seed(s.seed, "occlusion"))
     masks = occlusion_masks(len(x), x.shape[-1], s.occlusion_patch, s.occlusion_fractions, gen=gen)

@@ -70,16 +70,16 @@ def normaliser(mean: Sequence[float], std: Sequence[float]) -> Normalise:
     return lambda x: normalize(x * 255, mean, std).contiguous(memory_format=memory_format(x.device))
 
 
-_normalise = normaliser(MEAN, STD)  # the default: a run's own is ``Run.normalise``
+imagenet_normalise = normaliser(MEAN, STD)  # the default: a run's own is ``Run.normalise``
 
 
-def _images(x_uint8: Tensor, device: torch.device) -> Tensor:
+def chw_images(x_uint8: Tensor, device: torch.device) -> Tensor:
     """(N, H, W, 3) uint8 (the data's layout) -> (N, 3, H, W) uint8 on ``device``, moved once."""
     return x_uint8.to(device).permute(0, 3, 1, 2).contiguous()
 
 
 @torch.no_grad()
-def predict(logits: Callable[[Tensor], Tensor], x: Tensor, *, batch_size: int, normalise: Normalise = _normalise
+def predict(logits: Callable[[Tensor], Tensor], x: Tensor, *, batch_size: int, normalise: Normalise = imagenet_normalise
             ) -> Tensor:
     """(N, K) float32 logits of (N, 3, H, W) uint8 or [0, 1] float images, ``batch_size`` at a time."""
     out = []
@@ -90,7 +90,7 @@ def predict(logits: Callable[[Tensor], Tensor], x: Tensor, *, batch_size: int, n
     return torch.cat(out)
 
 
-def _subset(n: int, k: int | None, seed: int, stream: str) -> Tensor:
+def seeded_subset(n: int, k: int | None, seed: int, stream: str) -> Tensor:
     """(k,) sorted int64 indices: a seeded subset of range(n) (all of it when k is None or >= n)."""
     if k is None or k >= n:
         return torch.arange(n)

@@ -19,8 +19,8 @@ from mixnb.analysis.cam import upsample_cam
 from mixnb.analysis.corruption_ops import CORRUPTIONS
 from mixnb.analysis.settings import AnalysisSettings
 from mixnb.mixups import REGISTRY
-from mixnb.report.frames import _rows
-from mixnb.report.labels import BACKBONE_LABELS, _alpha, method_label
+from mixnb.report.frames import frame_rows
+from mixnb.report.labels import BACKBONE_LABELS, alpha_text, method_label
 from mixnb.runs import ANALYSIS, read_analysis
 
 
@@ -141,7 +141,7 @@ def beyond_accuracy(summaries: pd.DataFrame) -> pd.DataFrame:
     mean over the seeds, "<number> n" (the images it was computed on) and "<number> low"/"high" (the mean of the
     seeds' 95 % intervals; ``beyond_value``)."""
     rows = []
-    for r in _rows(summaries):
+    for r in frame_rows(summaries):
         record = read_analysis(r.run_dir)
         if record is None:
             continue
@@ -160,7 +160,7 @@ def beyond_accuracy(summaries: pd.DataFrame) -> pd.DataFrame:
     out = grouped[columns].mean().assign(seeds=grouped.size(), alpha=grouped["alpha"].first()).reset_index()
     out["_o"] = out["method"].map(lambda m: list(REGISTRY).index(m) if m in REGISTRY else 99)
     out = out.sort_values(["backbone", "_o", "alpha"], kind="stable")
-    out["α"] = out["alpha"].map(_alpha)
+    out["α"] = out["alpha"].map(alpha_text)
     out["method"] = out["method"].map(method_label)
     out["backbone"] = out["backbone"].map(lambda b: BACKBONE_LABELS.get(b, b))
     return out.set_index(["backbone", "method", "α", "settings"])[["seeds", *columns]]

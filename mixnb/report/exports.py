@@ -9,7 +9,7 @@ import pandas as pd
 
 from mixnb.io import atomic_write_text
 from mixnb.report.analysis import beyond_accuracy, beyond_view
-from mixnb.report.labels import BACKBONE_LABELS, _alpha, method_label
+from mixnb.report.labels import BACKBONE_LABELS, alpha_text, method_label
 from mixnb.report.published import compares_with_openmixup, openmixup_header, published_source
 from mixnb.report.tables import tidy_table
 
@@ -31,7 +31,7 @@ def write_exports(summaries: pd.DataFrame, out_dir: Path) -> list[Path]:
     best = {b: tidy[tidy["backbone"] == b]["top1_mean"].max() for b in backbones}
     for (method, settings), group in tidy.groupby(["method", "settings"], sort=False):
         cells = {r.backbone: r for r in group.itertuples()}
-        alphas = "/".join(_alpha(cells[b].alpha) if b in cells else "–" for b in backbones)
+        alphas = "/".join(alpha_text(cells[b].alpha) if b in cells else "–" for b in backbones)
         row = [(f"{method} ({settings})" if settings else method), alphas]
         for b in backbones:
             r = cells.get(b)

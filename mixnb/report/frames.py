@@ -199,7 +199,7 @@ def vanilla_deltas(summaries: pd.DataFrame, value: str = "median_top1") -> dict[
     configuration without such a Vanilla run has no entry."""
     if summaries.empty or not (summaries["method"] == "vanilla").any():
         return {}
-    df = summaries.assign(_vanilla=_vanilla_keys(summaries))
+    df = summaries.assign(_vanilla=vanilla_keys(summaries))
     base = df[df["method"] == "vanilla"].groupby(["_vanilla", "seed"])[value].mean()
     out = {}
     for config_key, group in df.groupby("config_key", sort=False):
@@ -216,7 +216,7 @@ def vanilla_deltas(summaries: pd.DataFrame, value: str = "median_top1") -> dict[
     return out
 
 
-def _vanilla_keys(summaries: pd.DataFrame) -> pd.Series:
+def vanilla_keys(summaries: pd.DataFrame) -> pd.Series:
     """Each run's ``vanilla_key``; a hand-made frame without it: its backbone and settings."""
     return summaries["vanilla_key"] if "vanilla_key" in summaries else summaries["backbone"] + "|" + summaries["settings"]
 
@@ -227,9 +227,9 @@ def short_runs(summaries: pd.DataFrame) -> pd.Series:
     return summaries.get("median_window", pd.Series(READOUT_WINDOW, index=summaries.index)) < READOUT_WINDOW
 
 
-def _col(df: pd.DataFrame | None, name: str) -> list[Any]:
+def column_values(df: pd.DataFrame | None, name: str) -> list[Any]:
     return [] if df is None or df.empty else list(df[name])
 
 
-def _rows(df: pd.DataFrame | None) -> list[Any]:
+def frame_rows(df: pd.DataFrame | None) -> list[Any]:
     return [] if df is None or df.empty else list(df.itertuples())

@@ -15,8 +15,8 @@ import pandas as pd
 from mixnb.config import PROFILES
 from mixnb.mixups import REGISTRY, get_spec
 from mixnb.report.analysis import definitions
-from mixnb.report.frames import READOUT_WINDOW, Runs, _col, _rows, short_runs
-from mixnb.report.labels import BACKBONE_LABELS, _alpha, _values, method_label, row_label, run_page
+from mixnb.report.frames import READOUT_WINDOW, Runs, column_values, frame_rows, short_runs
+from mixnb.report.labels import BACKBONE_LABELS, alpha_text, method_label, row_label, run_page, values_text
 from mixnb.report.published import follows_tiny_code, off_protocol, openmixup_why, published_source
 from mixnb.report.tables import LOAD_SPREAD, appendix_table, timing_caveat
 from mixnb.runs import analysis_failure, failure, read_summary
@@ -36,7 +36,7 @@ def header_html(runs: Runs, profile: str) -> str:
     reference = PROFILES[profile].reference if profile in PROFILES else PROFILES["tiny-imagenet"]
     items = [f"Protocol: {escape(reference.protocol)}."]
     if not s.empty:
-        used = {name: _values(s[col]) for name, col in (
+        used = {name: values_text(s[col]) for name, col in (
             ("epochs", "epochs"), ("width", "width"), ("batch", "batch_size"), ("lr", "lr"), ("momentum", "momentum"),
             ("weight decay", "weight_decay"), ("min lr", "min_lr"), ("precision", "precision"))}
         items.append("Hyperparameters of these runs: " + "; ".join(f"{k} {escape(v)}" for k, v in used.items()) + ".")
@@ -140,7 +140,7 @@ def table_notes_html(methods: list[str], summaries: pd.DataFrame | None = None) 
         spec = get_spec(m)
         if spec.note or not spec.reproduced:
             mark = "" if spec.reproduced else "📖 "
-            items.append(f"{mark}{escape(method_label(m))}: published at α {_alpha(spec.published_alpha)}; "
+            items.append(f"{mark}{escape(method_label(m))}: published at α {alpha_text(spec.published_alpha)}; "
                          f"{escape(spec.note)}")
         if spec.code:
             cells = "; ".join(f"{BACKBONE_LABELS.get(b, b)} {c.commit} ({c.date}, crop {c.crop}"
@@ -163,9 +163,9 @@ def appendix_html(summaries: pd.DataFrame, diverged: pd.DataFrame | None = None)
         return ""
     runs: dict[tuple[str, str, str, str], list[tuple[int, str]]] = {}
     for df in (summaries, diverged if diverged is not None else pd.DataFrame()):
-        for r in _rows(df):
+        for r in frame_rows(df):
             key = (BACKBONE_LABELS.get(r.backbone, r.backbone), method_label(r.method),
-                   _alpha(getattr(r, "alpha", None)) if df is summaries else "", r.settings or "–")
+                   alpha_text(getattr(r, "alpha", None)) if df is summaries else "", r.settings or "–")
             runs.setdefault(key, []).append((r.seed, r.run))
     head = "".join(f"<th>{escape(str(c))}</th>" for c in [*table.index.names, *table.columns, "runs"])
     body = []
@@ -195,7 +195,7 @@ def cost_note_html(summaries: pd.DataFrame) -> str:
 
 def analysis_failures_html(summaries: pd.DataFrame, profile: str) -> str:
     """The finished runs whose analysis failed, each with its reason (analysis_failed.json), escaped; "" if none."""
-    failed = [(Path(d).name, f["reason"]) for d in _col(summaries, "run_dir") if (f := analysis_failure(d))]
+    failed = [(Path(d).name, f["reason"]) for d in column_values(summaries, "run_dir") if (f := analysis_failure(d))]
     if not failed:
         return ""
     items = "".join(f"<li><b>{escape(run)}</b>: {escape(reason)}</li>" for run, reason in failed)
@@ -236,7 +236,7 @@ def run_gallery_files(summaries: pd.DataFrame) -> list[tuple[str, Path]]:
         return []
     order = {m: i for i, m in enumerate(REGISTRY)}
     rows = summaries.assign(_o=summaries["method"].map(order)).sort_values(["backbone", "_o", "alpha", "seed"])
-    return [(f"{row_label(r.method, r.settings)}, α {_alpha(r.alpha)} — {r.backbone}, seed {r.seed}",
+    return [(f"{row_label(r.method, r.settings)}, α {alpha_text(r.alpha)} — {r.backbone}, seed {r.seed}",
              Path(r.run_dir) / "mix_samples.png") for r in rows.itertuples() if (Path(r.run_dir) / "mix_samples.png").exists()]
 
 

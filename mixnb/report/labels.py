@@ -24,15 +24,15 @@ def row_label(method: str, settings: str) -> str:
 def settings_label(cfg: RunConfig) -> str:
     """The run's settings that differ from its profile's and method's defaults (alpha excluded: the table shows
     it), e.g. "epochs 100, lr 0.1"; "" for a default run."""
-    return ", ".join(f"{key.removeprefix('method_args.')} {_num(value)}" for key, value in cfg.overrides().items()
-                     if key not in ("seed", "method_args.alpha"))
+    return ", ".join(f"{key.removeprefix('method_args.')} {number_text(value)}"
+                     for key, value in cfg.overrides().items() if key not in ("seed", "method_args.alpha"))
 
 
-def _num(value: Any) -> str:
+def number_text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _alpha(alpha: float | None, candidates: int = 1, tied: tuple[float, ...] = (), rule: str = "") -> str:
+def alpha_text(alpha: float | None, candidates: int = 1, tied: tuple[float, ...] = (), rule: str = "") -> str:
     """"0.2", "0.2 (best of 2)", or with a tie "1 (best of 2; tied with 0.2: published α)"."""
     if alpha is None or pd.isna(alpha):
         return "–"
@@ -40,7 +40,7 @@ def _alpha(alpha: float | None, candidates: int = 1, tied: tuple[float, ...] = (
     return f"{alpha:g}" + (f" (best of {candidates}{tie})" if candidates > 1 else "")
 
 
-def _values(col: pd.Series) -> str:
+def values_text(col: pd.Series) -> str:
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted(set(col.dropna())))
 
 

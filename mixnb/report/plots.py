@@ -11,7 +11,7 @@ import pandas as pd
 from mixnb.mixups import REGISTRY
 from mixnb.report.analysis import train_gflops
 from mixnb.report.frames import TRAIN_SECONDS, best_alpha, pooled
-from mixnb.report.labels import BACKBONE_LABELS, _alpha, method_label
+from mixnb.report.labels import BACKBONE_LABELS, alpha_text, method_label
 
 
 MARKERS = "osD^vP*XhpH<>8d"
@@ -25,7 +25,7 @@ def method_style(method: str) -> dict[str, Any]:
 
 def config_label(method: str, alpha: float | None, settings: str) -> str:
     """A plot legend's label, ``$`` escaped: matplotlib reads ``$...$`` as maths (a bad formula stops the plot)."""
-    parts = [method_label(method)] + ([f"α {_alpha(alpha)}"] if alpha is not None and pd.notna(alpha) else [])
+    parts = [method_label(method)] + ([f"α {alpha_text(alpha)}"] if alpha is not None and pd.notna(alpha) else [])
     return (" ".join(parts) + (f" ({settings})" if settings else "")).replace("$", r"\$")
 
 

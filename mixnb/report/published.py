@@ -12,7 +12,7 @@ import pandas as pd
 from mixnb.config import ADDED_METHOD_SETTINGS, PROFILES, REFERENCES, RunConfig
 from mixnb.mixups import HEAD, PUBLISHED, REGISTRY, PublishedTable, get_spec, nearest_budget, published_top1, reference_code
 from mixnb.profiles import Profile
-from mixnb.report.labels import _num, _values
+from mixnb.report.labels import number_text, values_text
 
 
 def comparison(table_key: str | None, dataset: str, identity: dict[str, Any],
@@ -72,7 +72,7 @@ def code_followed(method: str, backbone: str, identity: dict[str, Any]) -> str:
             code = reference_code(method, backbone, reference)
             name = f"HEAD {code.commit}" if code == HEAD else code.commit  # no published cell: HEAD's code
             return f"{name} ({code.date}){' ‡' if code.undetermined and reference == 'published' else ''}"
-    return "neither: " + ", ".join(f"{k} {_num(v)}" for k, v in mismatch["published"])
+    return "neither: " + ", ".join(f"{k} {number_text(v)}" for k, v in mismatch["published"])
 
 
 def follows_tiny_code(summaries: pd.DataFrame) -> bool:
@@ -82,7 +82,7 @@ def follows_tiny_code(summaries: pd.DataFrame) -> bool:
     return bool(tables.fillna("tiny-imagenet").eq("tiny-imagenet").all())
 
 
-def _code(method: str, backbone: str, config_key: str) -> str:
+def code_of_config(method: str, backbone: str, config_key: str) -> str:
     """``code_followed`` of a pooled configuration (its ``config_key``: the identity without the seed)."""
     try:
         identity = json.loads(config_key)
@@ -103,13 +103,13 @@ def openmixup_why(summaries: pd.DataFrame, profile: str) -> list[str]:
     if not compares_with_openmixup(summaries):
         datasets = ", ".join(sorted(set(summaries.get("dataset", pd.Series(["?"])))))
         return [f"OpenMixup's published numbers are left out: they are {table.dataset} at {budgets} epochs and width "
-                f"{table.width}, and no run here is (these: {escape(datasets)}, {_values(summaries['epochs'])} epochs, "
-                f"width {_values(summaries['width'])})."]
+                f"{table.width}, and no run here is (these: {escape(datasets)}, "
+                f"{values_text(summaries['epochs'])} epochs, width {values_text(summaries['width'])})."]
     out = []
     if len(table.budgets) > 1:
         _, budget = published_source(summaries)
         out.append(f"OpenMixup {budget} ep: {table.dataset}'s published numbers at {budget} epochs, the budget "
-                   f"({budgets}) nearest these runs' {_values(summaries['epochs'])} ({escape(table.source)}).")
+                   f"({budgets}) nearest these runs' {values_text(summaries['epochs'])} ({escape(table.source)}).")
     if not summaries["on_protocol"].all():
         out.append(f"Δ OpenMixup only where a cell's runs are on the protocol ({table.dataset}, {budgets} epochs, "
                    f"width {table.width}, no other setting changed).")
@@ -125,7 +125,7 @@ def off_protocol(summaries: pd.DataFrame, reference: Profile) -> list[str]:
     for key, allowed in (("epochs", reference.protocol_epochs), ("width", (reference.width,))):
         off = summaries[~summaries[key].isin(allowed)]
         if len(off):
-            out.append(f"{key} {_values(off[key])} in {len(off)} of {len(summaries)} runs (protocol: "
+            out.append(f"{key} {values_text(off[key])} in {len(off)} of {len(summaries)} runs (protocol: "
                        f"{'/'.join(map(str, allowed))})")
     others = summaries["settings"].map(lambda st: ", ".join(p for p in st.split(", ") if p
                                                             and not p.startswith(("epochs ", "width "))))

@@ -13,7 +13,7 @@ from mixnb.io import atomic_write_text
 from mixnb.notebook_run import run_notebook
 from mixnb.paths import NOTEBOOKS, reports_root, runs_root
 from mixnb.report.exports import write_exports
-from mixnb.report.frames import _col, load_runs
+from mixnb.report.frames import column_values, load_runs
 from mixnb.report.html import run_summary_box, sanitised
 from mixnb.runs import METRICS, PARAMS, is_finished
 
@@ -35,7 +35,8 @@ def render_report(profile: str) -> Path:
     _to_html(nbformat.read(executed, as_version=4), html,
              title=f"mixnb benchmark: {profile} ({time.strftime('%Y-%m-%d %H:%M')})")
     write_exports(runs.summaries, out_dir)
-    write_run_pages([Path(d) for d in [*_col(runs.summaries, "run_dir"), *_col(runs.diverged, "run_dir")]], out_dir)
+    run_dirs = [*column_values(runs.summaries, "run_dir"), *column_values(runs.diverged, "run_dir")]
+    write_run_pages([Path(d) for d in run_dirs], out_dir)
     write_index()
     return html
 

@@ -15,10 +15,11 @@ import pandas as pd
 
 from mixnb.mixups import REGISTRY, published_top1
 from mixnb.report.analysis import train_gflops
-from mixnb.report.frames import (MEDIANS, TRAIN_SECONDS, _col, _rows, _vanilla_keys, best_alpha, pooled, short_runs,
-                                 vanilla_deltas)
-from mixnb.report.labels import BACKBONE_LABELS, _alpha, method_label, row_label, run_page
-from mixnb.report.published import _code, follows_tiny_code, openmixup_header, published_column, published_source
+from mixnb.report.frames import (MEDIANS, TRAIN_SECONDS, best_alpha, column_values, frame_rows, pooled, short_runs,
+                                 vanilla_deltas, vanilla_keys)
+from mixnb.report.labels import BACKBONE_LABELS, alpha_text, method_label, row_label, run_page
+from mixnb.report.published import (code_of_config, follows_tiny_code, openmixup_header, published_column,
+                                    published_source)
 
 
 def methods_markdown() -> str:
@@ -60,7 +61,7 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
     if diverged is not None and not diverged.empty:
         rows |= {(r.method, r.settings) for r in diverged.itertuples()}
     order = sorted(rows, key=lambda ms: (list(REGISTRY).index(ms[0]) if ms[0] in REGISTRY else len(REGISTRY), ms[1]))
-    backbones = [b for b in BACKBONE_LABELS if b in set(best["backbone"]) | set(_col(diverged, "backbone"))]
+    backbones = [b for b in BACKBONE_LABELS if b in set(best["backbone"]) | set(column_values(diverged, "backbone"))]
     deltas = vanilla_deltas(summaries, value)
     short = set(summaries.loc[short_runs(summaries), "config_key"]) if value in MEDIANS and not summaries.empty else set()
     on_protocol = set(summaries.loc[summaries["on_protocol"], "config_key"]) if "on_protocol" in summaries else set()
@@ -69,7 +70,7 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
     for backbone in backbones:
         label = BACKBONE_LABELS[backbone]
         cells = {(r.method, r.settings): r for r in best[best["backbone"] == backbone].itertuples()}
-        failed = {(r.method, r.settings) for r in _rows(diverged) if r.backbone == backbone}
+        failed = {(r.method, r.settings) for r in frame_rows(diverged) if r.backbone == backbone}
 
         def column(cell: Any) -> list[str]:
             return [cell(cells[k]) if k in cells else "diverged" if k in failed else "–" for k in order]
@@ -83,7 +84,7 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
                 cols[(label, name)] = column(lambda c: f"{means[c.config_key]:.2f}")
         if any(c.count > 1 for c in cells.values()):
             cols[(label, "95 % CI")] = column(lambda c: f"[{c.ci[0]:.2f}, {c.ci[1]:.2f}]" if c.ci else "n=1")
-        cols[(label, "α")] = column(lambda c: _alpha(c.alpha, c.candidates, c.tied, c.tie_rule))
+        cols[(label, "α")] = column(lambda c: alpha_text(c.alpha, c.candidates, c.tied, c.tie_rule))
         cols[(label, "seeds")] = column(lambda c: str(c.count))
         cols[(label, "Δ Vanilla")] = column(lambda c: "ref" if c.method == "vanilla" else
                                             deltas[c.config_key].label() if c.config_key in deltas else "–")
@@ -97,7 +98,7 @@ def benchmark_table(summaries: pd.DataFrame, value: str = "readout_top1", *, div
             cols[(label, "Δ OpenMixup")] = [f"{cells[k].mean - r:+.2f}" if r is not None and k in cells
                                             and cells[k].config_key in on_protocol else "–" for k, r in zip(order, ref)]
         if code and follows_tiny_code(summaries):
-            cols[(label, "code")] = column(lambda c: _code(c.method, backbone, c.config_key))
+            cols[(label, "code")] = column(lambda c: code_of_config(c.method, backbone, c.config_key))
     heads = set(summaries.loc[summaries.get("readout", pd.Series(dtype=str)) == "best of 4 heads", "method"]) \
         if value == "readout_top1" and not summaries.empty else set()
     labels = [row_label(m, st) + (" †" if m in heads else "") for m, st in order]
@@ -212,14 +213,14 @@ def appendix_table(summaries: pd.DataFrame, diverged: pd.DataFrame | None = None
                                        if r.tied else "") for r in best_alpha(summaries, readout).itertuples()}
         for r in pooled(summaries).itertuples():
             rows.append({"method": method_label(r.method), "backbone": BACKBONE_LABELS.get(r.backbone, r.backbone),
-                         "α": _alpha(r.alpha), "settings": r.settings or "–",
+                         "α": alpha_text(r.alpha), "settings": r.settings or "–",
                          "median top-1": _fmt(r.mean, r.std, r.count), "seeds": r.count,
                          "95 % CI": f"[{r.ci[0]:.2f}, {r.ci[1]:.2f}]" if r.ci else "n=1",
                          "Δ Vanilla": "ref" if r.method == "vanilla" else
                          deltas[r.config_key].label() if r.config_key in deltas else "–",
                          "chosen α": chosen.get(r.config_key, ""),
                          "_order": list(REGISTRY).index(r.method) if r.method in REGISTRY else 99})
-    for r in _rows(diverged):
+    for r in frame_rows(diverged):
         rows.append({"method": method_label(r.method), "backbone": BACKBONE_LABELS.get(r.backbone, r.backbone),
                      "α": "", "settings": r.settings or "–", "median top-1": r.reason,
                      "seeds": f"seed {r.seed}", "95 % CI": "", "Δ Vanilla": "", "chosen α": "",
@@ -238,15 +239,15 @@ def readout_table(summaries: pd.DataFrame) -> pd.DataFrame:
     if "reference_top1" not in summaries:
         return pd.DataFrame()
     rows = summaries.dropna(subset=["reference_top1"])
-    vanilla = summaries[summaries["method"] == "vanilla"].assign(_key=_vanilla_keys).set_index(["_key", "seed"])
-    at = [(k, seed) for k, seed in zip(_vanilla_keys(rows), rows["seed"])]
+    vanilla = summaries[summaries["method"] == "vanilla"].assign(_key=vanilla_keys).set_index(["_key", "seed"])
+    at = [(k, seed) for k, seed in zip(vanilla_keys(rows), rows["seed"])]
     out = rows[["method", "backbone", "alpha", "settings", "seed", "median_top1", "reference_top1"]].copy()
     for value, base, name in (("median_top1", "median_top1", "online Δ Vanilla"),
                               ("reference_top1", "readout_top1", "read-out Δ Vanilla")):
         ref = vanilla.get(base, vanilla["median_top1"])
         out[name] = [v - ref[k] if k in ref.index else float("nan") for v, k in zip(rows[value], at)]
     out["method"] = out["method"].map(method_label)
-    out["alpha"] = out["alpha"].map(_alpha)
+    out["alpha"] = out["alpha"].map(alpha_text)
     out = out.rename(columns={"alpha": "α", "median_top1": "online q median",
                               "reference_top1": "reference read-out (in the table, †)"}
                      ).set_index(["method", "backbone", "α", "settings", "seed"]).round(2)
@@ -267,7 +268,7 @@ def cost_table(summaries: pd.DataFrame) -> pd.DataFrame:
     df["peak MiB"] = pooled(summaries, "peak_mem_mb")["mean"].to_numpy()
     df["load"] = df["config_key"].map(summaries.groupby("config_key")["load_avg"].median()) \
         if "load_avg" in summaries else float("nan")
-    df["vanilla_key"] = df["config_key"].map(_vanilla_keys(summaries).groupby(summaries["config_key"]).first())
+    df["vanilla_key"] = df["config_key"].map(vanilla_keys(summaries).groupby(summaries["config_key"]).first())
     base = {r.vanilla_key: r.seconds for r in df[df["method"] == "vanilla"].itertuples()}
     df["× Vanilla"] = [r.seconds / base[r.vanilla_key] if r.vanilla_key in base else float("nan")
                        for r in df.itertuples()]
@@ -277,7 +278,7 @@ def cost_table(summaries: pd.DataFrame) -> pd.DataFrame:
     df["_order"] = [list(REGISTRY).index(m) if m in REGISTRY else 99 for m in df["method"]]
     df = df.sort_values(["backbone", "_order", "alpha"], kind="stable")
     df["method"] = df["method"].map(method_label)
-    df["α"] = df["alpha"].map(_alpha)
+    df["α"] = df["alpha"].map(alpha_text)
     df["backbone"] = df["backbone"].map(lambda b: BACKBONE_LABELS.get(b, b))
     df = df.set_index(["backbone", "method", "α", "settings"])[
         ["train GFLOPs/image", "train s/epoch", "× Vanilla", "load", "peak MiB"]].round(2)

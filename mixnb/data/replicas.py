@@ -17,7 +17,7 @@ import numpy as np
 
 from mixnb.data.base import TinyImageNetTensors
 from mixnb.data.sample import MARKER, make_sample_dataset
-from mixnb.data.tinyimagenet import load_tiny_imagenet
+from mixnb.data.tinyimagenet import load_tiny_imagenet, read_val_annotations
 
 IMAGENET64_TRAIN_BATCHES = 10  # train_data_batch_1..10, as the real set
 
@@ -31,13 +31,13 @@ def val_class_folders(path: Path, **sample: int) -> Path:
     """The layout prep scripts leave: val images in ``val/<wnid>/images/`` with ``<wnid>_boxes.txt``, no
     ``val_annotations.txt``, train box files deleted."""
     root = _fresh_copy(path, **sample)
-    ann = [line.split("\t") for line in (root / "val" / "val_annotations.txt").read_text().splitlines()]
-    for name, wnid, *box in ann:
-        folder = root / "val" / wnid / "images"
+    wnids = (root / "wnids.txt").read_text().split()
+    for name, label, box in zip(*read_val_annotations(root, wnids)):
+        folder = root / "val" / wnids[label] / "images"
         folder.mkdir(parents=True, exist_ok=True)
         (root / "val" / "images" / name).rename(folder / name)
-        with open(root / "val" / wnid / f"{wnid}_boxes.txt", "a") as f:
-            f.write("\t".join([name, *box]) + "\n")
+        with open(root / "val" / wnids[label] / f"{wnids[label]}_boxes.txt", "a") as f:
+            f.write("\t".join([name, *map(str, box)]) + "\n")
     (root / "val" / "val_annotations.txt").unlink()
     (root / "val" / "images").rmdir()
     for boxes in (root / "train").glob("*/*_boxes.txt"):
@@ -55,9 +55,9 @@ def hf_parquet(path: Path, *, class_names: bool = True, **sample: int) -> Path:
     root = _sample(path, **sample)
     wnids = (root / "wnids.txt").read_text().split()
     label = {w: k for k, w in enumerate(sorted(wnids))}
+    val_names, val_labels, _ = read_val_annotations(root, wnids)
     rows = {"train": [(p, label[w]) for w in wnids for p in sorted((root / "train" / w / "images").iterdir())],
-            "valid": [(root / "val" / "images" / name, label[w]) for name, w, *_ in
-                      (line.split("\t") for line in (root / "val" / "val_annotations.txt").read_text().splitlines())]}
+            "valid": [(root / "val" / "images" / name, label[wnids[k]]) for name, k in zip(val_names, val_labels)]}
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     meta = {b"huggingface": json.dumps({"info": {"features": {
         "image": {"_type": "Image"}, "label": {"names": sorted(wnids), "_type": "ClassLabel"}}}})} if class_names else None

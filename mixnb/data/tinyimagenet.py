@@ -189,7 +189,7 @@ def _parse_box_line(path: Path, lineno: int, line: str, layout: str) -> tuple[li
     return fields[:names], (x0, y0, x1, y1)
 
 
-def _read_annotations(root: Path, wnids: list[str]) -> tuple[list[str], list[int], list[tuple[int, int, int, int]]]:
+def read_val_annotations(root: Path, wnids: list[str]) -> tuple[list[str], list[int], list[tuple[int, int, int, int]]]:
     """Val image names, labels and boxes from val_annotations.txt, checked against wnids and val/images."""
     ann = root / "val" / "val_annotations.txt"
     text = _read_text(ann)
@@ -284,7 +284,7 @@ def _list_files(root: Path, wnids: list[str]) -> _FileList:
     words = ["words.txt"] if (root / "words.txt").is_file() else []
     classes_at = _val_class_root(root, wnids)
     if classes_at is None:
-        val, y_val, val_boxes = _read_annotations(root, wnids)
+        val, y_val, val_boxes = read_val_annotations(root, wnids)
         return _FileList(train, y_train, [f"val/images/{n}" for n in val], y_val, val_boxes,
                          ["wnids.txt", "val/val_annotations.txt", *words], "tiny-imagenet-zip", True)
     val, y_val, val_boxes, boxes_files = _list_val_folders(root, classes_at, wnids)

@@ -66,8 +66,16 @@ def _reported_head(run: Run) -> tuple[str, Callable[[Tensor], Tensor]]:
 
 
 def normaliser(mean: Sequence[float], std: Sequence[float]) -> Normalise:
-    """(N, 3, H, W) pixels in [0, 1] -> the model's input with ``mean``/``std``, in the device's layout."""
-    return lambda x: normalize(x * 255, mean, std).contiguous(memory_format=memory_format(x.device))
+    """(N, 3, H, W) pixels in [0, 1] -> the model's input with ``mean``/``std``, in the device's layout. The
+    statistics go to each device once, not per batch: a list copied to CUDA would meet the host at every PGD step."""
+    on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def normalise(x: Tensor) -> Tensor:
+        if x.device not in on_device:
+            on_device[x.device] = (torch.tensor(mean, device=x.device), torch.tensor(std, device=x.device))
+        return normalize(x * 255, *on_device[x.device]).contiguous(memory_format=memory_format(x.device))
+
+    return normalise
 
 
 imagenet_normalise = normaliser(MEAN, STD)  # the default: a run's own is ``Run.normalise``

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 _TMP = Path(tempfile.mkdtemp(prefix="mixnb-tests-"))
-os.environ.setdefault("MIXNB_CACHE", str(_TMP / "cache"))
+if not os.environ.get("PYTEST_XDIST_WORKER"):  # never the user's cache; xdist's workers share the controller's
+    os.environ["MIXNB_CACHE"] = str(_TMP / "cache")
 os.environ["MIXNB_RUNS"] = str(_TMP / "runs")
 os.environ["MIXNB_REPORTS"] = str(_TMP / "reports")
 os.environ.pop("MIXNB_DATA", None)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from mixnb.config import RunConfig
 from mixnb.data import DeviceLoader, TinyImageNetTensors
+from mixnb.io import atomic_torch_save
 from mixnb.mixups import MixMethod, StepContext
 from mixnb.train import Generators, build_parts, train_one_epoch, train_step
 
@@ -102,6 +103,6 @@ def random_teacher(tmp: Path) -> str:
     import torchvision
 
     path = tmp / "resnet18-random.pth"
-    if not path.exists():
-        torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    if not path.exists():  # atomic: parallel test workers share the memory cache folder and read it meanwhile
+        atomic_torch_save(torchvision.models.resnet18(weights=None).state_dict(), path)
     return str(path)

@@ -1,6 +1,8 @@
 """Test-wide isolation: caches, runs and reports go to a temporary folder, never the repo's."""
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 _TMP = Path(tempfile.mkdtemp(prefix="mixnb-tests-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)  # each process its own; xdist's controller outlives its workers
 if not os.environ.get("PYTEST_XDIST_WORKER"):  # never the user's cache; xdist's workers share the controller's
     os.environ["MIXNB_CACHE"] = str(_TMP / "cache")
 os.environ["MIXNB_RUNS"] = str(_TMP / "runs")

@@ -119,13 +119,18 @@ def test_gpu_groups_and_time_limits(monkeypatch):
 
 
 LOCK_SWEEP = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     import mixnb.sweep as s
     import mixnb.sweep.job
+    ready = sys.argv[3]
+    open(os.path.join(ready, str(os.getpid())), "w").close()  # imported: torch's import time varies with the load
     def fake(job, *, env=None, pass_fds=()):  # a job that takes a while, then is finished
         with open(sys.argv[1], "a") as log:
             log.write(f"start {job.config.run_name()} {time.time()}\\n")
-        time.sleep(1.5)  # long enough that the other sweep, started at once, finds jobs running (two slots each)
+        deadline = time.time() + 60
+        while len(os.listdir(ready)) < 2 and time.time() < deadline:  # both sweeps up before any job ends
+            time.sleep(0.05)
+        time.sleep(1.5)  # long enough that the other sweep finds jobs running (two slots each)
         (job.run_dir / "metrics.csv").write_text("epoch\\n1\\n")
         (job.run_dir / "summary.json").write_text('{"epochs": 1}')
         with open(sys.argv[1], "a") as log:
@@ -140,8 +145,9 @@ def test_two_sweeps_at_once_run_each_job_once(tmp_path):
     methods = ["vanilla", "attentivemix", "mixup", "cutmix"]
     env = {**os.environ, "MIXNB_RUNS": str(tmp_path / "runs")}
     log = tmp_path / "executions.log"
-    procs = [subprocess.Popen([sys.executable, "-c", LOCK_SWEEP, str(log), ",".join(methods)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    (tmp_path / "ready").mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", LOCK_SWEEP, str(log), ",".join(methods), str(tmp_path / "ready")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     events = [line.split() for line in log.read_text().splitlines()]

@@ -67,22 +67,26 @@ def file_lock(path: Path, *, wait_s: float | None = None) -> Iterator[int | None
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         if wait_s is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield fd
-            return
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield None
-                    return
-                time.sleep(0.05)
-        yield fd
+            fcntl.flock(fd, fcntl.LOCK_EX)  # blocks until held
+            held = True
+        else:
+            held = _flock_within(fd, wait_s)
+        yield fd if held else None
     finally:
         os.close(fd)
+
+
+def _flock_within(fd: int, wait_s: float) -> bool:
+    """Whether ``fd`` got its exclusive flock within ``wait_s`` seconds (retried every 50 ms)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -18,7 +18,7 @@ from mixnb.rng import stream_seed
 
 
 def input_grad(logits: Callable[[Tensor], Tensor], x: Tensor, y: Tensor,
-                normalise: Normalise = imagenet_normalise) -> Tensor:
+               normalise: Normalise = imagenet_normalise) -> Tensor:
     """d CE(f(normalise(x)), y) / dx for pixels x in [0, 1] (summed CE: each image's own gradient)."""
     x = x.detach().requires_grad_(True)
     loss = F.cross_entropy(logits(normalise(x)).float(), y, reduction="sum")

@@ -87,8 +87,8 @@ def chw_images(x_uint8: Tensor, device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
-def predict(logits: Callable[[Tensor], Tensor], x: Tensor, *, batch_size: int, normalise: Normalise = imagenet_normalise
-            ) -> Tensor:
+def predict(logits: Callable[[Tensor], Tensor], x: Tensor, *, batch_size: int,
+            normalise: Normalise = imagenet_normalise) -> Tensor:
     """(N, K) float32 logits of (N, 3, H, W) uint8 or [0, 1] float images, ``batch_size`` at a time."""
     out = []
     for s in range(0, len(x), batch_size):

@@ -21,6 +21,7 @@ from mixnb.mixups import REGISTRY, MixMethod
 from mixnb.device import peak_memory_mb
 from mixnb.train import evaluate, resolve_compile
 
+
 def mix_probe(name: str, rig: Rig) -> tuple[str, Callable[[Tensor, Tensor], object] | None]:
     """(what is timed, the call) for the method's mixing alone, or (why not, None)."""
     if why := REGISTRY[name].no_mix_probe:

@@ -33,10 +33,11 @@ def val_class_folders(path: Path, **sample: int) -> Path:
     root = _fresh_copy(path, **sample)
     wnids = (root / "wnids.txt").read_text().split()
     for name, label, box in zip(*read_val_annotations(root, wnids)):
-        folder = root / "val" / wnids[label] / "images"
+        wnid = wnids[label]
+        folder = root / "val" / wnid / "images"
         folder.mkdir(parents=True, exist_ok=True)
         (root / "val" / "images" / name).rename(folder / name)
-        with open(root / "val" / wnids[label] / f"{wnids[label]}_boxes.txt", "a") as f:
+        with open(root / "val" / wnid / f"{wnid}_boxes.txt", "a") as f:
             f.write("\t".join([name, *map(str, box)]) + "\n")
     (root / "val" / "val_annotations.txt").unlink()
     (root / "val" / "images").rmdir()

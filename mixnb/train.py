@@ -336,14 +336,14 @@ def fit(cfg: RunConfig, run_dir: str | Path, *, progress: str = "bar") -> dict[s
         model, method, optimizer, autocast = build_parts(
             cfg, device, num_classes=len(data.wnids), run_dir=run_dir, world=world)
         gens = Generators.from_seed(cfg.seed, device, rank=rank)
+        mean, std = cfg.normalisation  # the profile's; the batches come in the model's layout
+        batches = dict(channels_last=memory_format(device) == torch.channels_last, mean=mean, std=std)
         train_loader = DeviceLoader(data.x_train, data.y_train, batch_size=cfg.batch_size, device=device,
-                                    train=True, gen=gens.data, channels_last=on_cuda, shard=(rank, world),
-                                    interpolation=cfg.crop, augment=cfg.augment,  # the profile's pipeline
-                                    mean=cfg.normalisation[0], std=cfg.normalisation[1])
+                                    train=True, gen=gens.data, shard=(rank, world), interpolation=cfg.crop,
+                                    augment=cfg.augment, **batches)  # the profile's pipeline
         lo, hi = rank * len(data.y_val) // world, (rank + 1) * len(data.y_val) // world  # this rank's val shard
         val_loader = DeviceLoader(data.x_val[lo:hi], data.y_val[lo:hi], batch_size=cfg.eval_batch_size,
-                                  device=device, train=False, channels_last=on_cuda,
-                                  mean=cfg.normalisation[0], std=cfg.normalisation[1])
+                                  device=device, train=False, **batches)
 
         # Resume from the last checkpoint: every RNG state, so the run ends as if never stopped.
         rows: list[dict[str, Any]] = []

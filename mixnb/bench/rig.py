@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from mixnb.config import RunConfig
 from mixnb.data import DeviceLoader, TinyImageNetTensors
+from mixnb.device import memory_format
 from mixnb.io import atomic_torch_save
 from mixnb.mixups import MixMethod, StepContext
 from mixnb.train import Generators, build_parts, train_one_epoch, train_step
@@ -71,16 +72,17 @@ def build_rig(spec: str, backbone: str, data: TinyImageNetTensors, opts: argpars
     name, overrides = parse_spec(spec)
     if name == "attentivemix" and "teacher_weights" not in overrides and not os.environ.get("MIXNB_ATTENTIVEMIX_TEACHER"):
         overrides["teacher_weights"] = random_teacher(tmp)  # same cost as the ImageNet teacher; timing only
-    dev, on_cuda = opts.device, opts.device.type == "cuda"
+    dev = opts.device
+    channels_last = memory_format(dev) == torch.channels_last  # the model's layout (build_parts)
     cfg = RunConfig(method=name, backbone=backbone, width=opts.width, batch_size=opts.batch_size, device=str(dev),
                     method_args=overrides, compile=opts.compile, capture=opts.capture, precision=opts.precision)
     model, method, optimizer, autocast = build_parts(cfg, dev, num_classes=NUM_CLASSES, run_dir=None)
     gens = Generators.from_seed(cfg.seed, dev)
     x, y = tile(data.x_train, data.y_train, max(len(data.x_train), 10 * cfg.batch_size))
     train = DeviceLoader(x, y, batch_size=cfg.batch_size, device=dev, train=True, gen=gens.data, drop_last=True,
-                         channels_last=on_cuda)
+                         channels_last=channels_last)
     val = DeviceLoader(*tile(data.x_val, data.y_val, opts.eval_images), batch_size=cfg.eval_batch_size, device=dev,
-                       train=False, channels_last=on_cuda)
+                       train=False, channels_last=channels_last)
     ctx = StepContext(gen=gens.mix, cpu_gen=gens.host, total_steps=10**6)
     return Rig(cfg, model, method, optimizer, ctx, autocast, train, val)
 
